@@ -75,6 +75,38 @@ def _cmd_validate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_data_stats(args: argparse.Namespace) -> int:
+    import json
+
+    from instructrl import data
+
+    stats = data.stats()
+    if args.json:
+        print(json.dumps(stats, indent=2))
+        return 0
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(
+        title=f"shipped data: {stats['prompts']} prompts, {stats['adversarial_prompts']} adversarial"
+    )
+    table.add_column("category")
+    table.add_column("prompts", justify="right")
+    table.add_column("share", justify="right")
+    for category, n in stats["by_category"].items():
+        table.add_row(category, str(n), f"{100 * n / stats['prompts']:.1f} %")
+    console = Console()
+    console.print(table)
+    console.print("splits: " + ", ".join(f"{k} {v}" for k, v in stats["by_split"].items()))
+    console.print(
+        f"constraints: {stats['constrained_prompts']} prompts, {stats['constraint_kinds']} kinds"
+    )
+    console.print(
+        f"held-out text: {stats['heldout_text_documents']} documents, {stats['heldout_text_tokens']:,} tokens"
+    )
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="instructrl",
@@ -108,6 +140,14 @@ def build_parser() -> argparse.ArgumentParser:
         "--kind", choices=KINDS, help="record kind (inferred from the fields when not given)"
     )
     p.set_defaults(func=_cmd_validate)
+
+    p = sub.add_parser("data", help="the shipped default data")
+    data_sub = p.add_subparsers(dest="data_command", required=True, metavar="command")
+    q = data_sub.add_parser(
+        "stats", help="counts by category, split and constraint kind; held-out text size"
+    )
+    q.add_argument("--json", action="store_true", help="print JSON")
+    q.set_defaults(func=_cmd_data_stats)
     return parser
 
 

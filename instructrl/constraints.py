@@ -383,3 +383,252 @@ def check_all(
     constraints: list[dict[str, Any]] | None, response: str, *, prompt_text: str | None = None
 ) -> list[bool]:
     return [check(c, response, prompt_text=prompt_text) for c in constraints or []]
+
+
+# ---------------------------------------------------------------------------------------------
+# Fixers: edit a draft so it satisfies a constraint. The data builder uses them to make reference
+# answers that follow their prompt's constraints, and the simulated panel uses them to edit its
+# demonstrations (design.md, "Simulated labelers"). `None` means the kind cannot be fixed by an
+# edit (e.g. answering in another language); such kinds are not sampled into shipped prompts.
+
+PADDING = [
+    "I hope this helps.",
+    "Let me know if you would like more detail.",
+    "Thanks for asking.",
+    "That covers the main points.",
+    "Feel free to ask a follow-up question.",
+]
+
+
+def _pad_sentences(text: str, count: int) -> str:
+    extra = [PADDING[i % len(PADDING)] for i in range(max(0, count))]
+    return " ".join([text.strip(), *extra]).strip()
+
+
+def _first_words(text: str, n: int) -> str:
+    pieces = re.findall(r"\S+", text)
+    kept = []
+    for piece in pieces:
+        if len(words(" ".join([*kept, piece]))) > n:
+            break
+        kept.append(piece)
+    out = " ".join(kept).rstrip(",;:")
+    return out if out.endswith((".", "!", "?")) or not out else out + "."
+
+
+def _fix_count(text: str, relation: str, n: int, count, shorten, lengthen) -> str:
+    have = count(text)
+    if relation in ("at most", "exactly") and have > n:
+        text = shorten(text, n)
+    elif relation == "less than" and have >= n:
+        text = shorten(text, n - 1)
+    if relation in ("at least", "exactly") and count(text) < n:
+        text = lengthen(text, n)
+    return text
+
+
+def _fix_words(text: str, *, relation: str, n: int) -> str:
+    def lengthen(t: str, target: int) -> str:
+        for i in range(50):
+            if len(words(t)) >= target:
+                break
+            t = _pad_sentences(t, 1) if i < len(PADDING) else t + " " + PADDING[i % len(PADDING)]
+        return t
+
+    return _fix_count(text, relation, n, lambda t: len(words(t)), _first_words, lengthen)
+
+
+def _fix_sentences(text: str, *, relation: str, n: int) -> str:
+    return _fix_count(
+        text,
+        relation,
+        n,
+        lambda t: len(sentences(t)),
+        lambda t, k: " ".join(sentences(t)[: max(k, 1)]),
+        lambda t, k: _pad_sentences(t, k - len(sentences(t))),
+    )
+
+
+def _chunks(items: list[str], n: int) -> list[list[str]]:
+    size, rest = divmod(len(items), n)
+    out, start = [], 0
+    for i in range(n):
+        end = start + size + (1 if i < rest else 0)
+        out.append(items[start:end])
+        start = end
+    return out
+
+
+def _units(text: str, n: int) -> list[str]:
+    """At least n sentence-like units of the text (padded), for bullets, sections, paragraphs."""
+    parts = sentences(text)
+    if len(parts) < n:
+        parts = sentences(_pad_sentences(text, n - len(parts)))
+    return parts
+
+
+def _fix_bullets(text: str, *, n: int) -> str:
+    return "\n".join("* " + " ".join(c) for c in _chunks(_units(text, n), n))
+
+
+def _fix_paragraphs(text: str, *, n: int) -> str:
+    return "\n\n".join(" ".join(c) for c in _chunks(_units(text, n), n))
+
+
+def _fix_sections(text: str, *, marker: str, n: int) -> str:
+    return "\n".join(
+        f"{marker} {i + 1}\n" + " ".join(c) for i, c in enumerate(_chunks(_units(text, n), n))
+    )
+
+
+def _fix_keywords(text: str, *, keywords: list[str]) -> str:
+    missing = [k for k in keywords if k.lower() not in {w.lower() for w in words(text)}]
+    return (
+        text if not missing else f"{text.strip()} This answer touches on {' and '.join(missing)}."
+    )
+
+
+def _fix_forbidden(text: str, *, forbidden: list[str]) -> str:
+    for word in forbidden:
+        text = re.sub(rf"\b{re.escape(word)}\b ?", "", text, flags=re.IGNORECASE)
+    return re.sub(r" {2,}", " ", text).strip()
+
+
+def _fix_frequency(text: str, *, keyword: str, relation: str, n: int) -> str:
+    have = sum(w.lower() == keyword.lower() for w in words(text))
+    if relation == "at least" and have < n:
+        text = text.strip() + "".join(f" The {keyword} matters here." for _ in range(n - have))
+    return text
+
+
+def _fix_capitals(text: str, *, relation: str, n: int) -> str:
+    caps = [w for w in words(text) if len(w) > 1 and w.isupper()]
+    if relation == "at least" and len(caps) < n:
+        need = n - len(caps)
+
+        def up(m: re.Match) -> str:
+            nonlocal need
+            if need > 0 and len(m.group(0)) > 3 and not m.group(0).isupper():
+                need -= 1
+                return m.group(0).upper()
+            return m.group(0)
+
+        text = WORD.sub(up, text)
+        if need > 0:
+            text = text.strip() + " " + " ".join(["VERY IMPORTANT NOTE"][:1]) + "."
+    elif relation in ("at most", "less than"):
+        limit = n if relation == "at most" else n - 1
+        seen = 0
+
+        def down(m: re.Match) -> str:
+            nonlocal seen
+            w = m.group(0)
+            if len(w) > 1 and w.isupper():
+                seen += 1
+                return w if seen <= limit else w.capitalize()
+            return w
+
+        text = WORD.sub(down, text)
+    return text
+
+
+def _fix_two(text: str) -> str:
+    parts = sentences(text)
+    alt = " ".join(reversed(parts)) if len(parts) > 1 else "In other words: " + text.strip()
+    return f"{text.strip()}\n{SEPARATOR}\n{alt}"
+
+
+def _fix_highlights(text: str, *, n: int) -> str:
+    parts = _units(text, n)
+    return " ".join(f"*{p}*" if i < n else p for i, p in enumerate(parts))
+
+
+def _fix_max_chars(text: str, *, n: int) -> str:
+    text = text.strip()
+    if len(text) < n:
+        return text
+    cut = text[: n - 2].rsplit(" ", 1)[0].rstrip(",;:")
+    return cut + "."
+
+
+FIXERS: dict[str, Callable[..., str] | None] = {
+    "word_count": _fix_words,
+    "sentence_count": _fix_sentences,
+    "paragraph_count": _fix_paragraphs,
+    "include_keywords": _fix_keywords,
+    "forbidden_words": _fix_forbidden,
+    "keyword_frequency": _fix_frequency,
+    "letter_frequency": None,
+    "lowercase": lambda t: t.lower(),
+    "uppercase": lambda t: t.upper(),
+    "capital_word_frequency": _fix_capitals,
+    "start_with": lambda t, *, phrase: (
+        t if start_with(t, phrase=phrase) else f"{phrase} {t.strip()}"
+    ),
+    "end_with": lambda t, *, phrase: t if end_with(t, phrase=phrase) else f"{t.strip()} {phrase}",
+    "quotation": lambda t: t if quotation(t) else f'"{t.strip()}"',
+    "json_format": lambda t: (
+        t if json_format(t) else json.dumps({"answer": t.strip()}, ensure_ascii=False)
+    ),
+    "bullet_count": _fix_bullets,
+    "section_count": _fix_sections,
+    "title": lambda t: (
+        t if title(t) else f"<<{' '.join(words(t)[:3]).title() or 'Answer'}>>\n{t.strip()}"
+    ),
+    "placeholder_count": lambda t, *, n: (
+        t.strip() + " " + " ".join(["[name]", "[date]", "[place]", "[time]"][:n])
+    ),
+    "postscript": lambda t, *, marker: (
+        t if postscript(t, marker=marker) else f"{t.strip()}\n\n{marker} Thanks for reading."
+    ),
+    "no_commas": lambda t: re.sub(r"\s*[,，]\s*", " ", t).strip(),
+    "response_language": None,
+    "repeat_prompt": lambda t, *, prompt_text: f"{prompt_text.strip()}\n{t.strip()}",
+    "two_responses": _fix_two,
+    "highlighted_sections": _fix_highlights,
+    "max_characters": _fix_max_chars,
+}
+# Edits that restructure text go first, then content, then framing, then case, then wrapping.
+FIX_ORDER = [
+    "forbidden_words",
+    "no_commas",
+    "include_keywords",
+    "keyword_frequency",
+    "placeholder_count",
+    "word_count",
+    "sentence_count",
+    "max_characters",
+    "highlighted_sections",
+    "bullet_count",
+    "paragraph_count",
+    "section_count",
+    "two_responses",
+    "capital_word_frequency",
+    "title",
+    "postscript",
+    "start_with",
+    "end_with",
+    "repeat_prompt",
+    "lowercase",
+    "uppercase",
+    "quotation",
+    "json_format",
+]
+FIXABLE = [kind for kind in FIX_ORDER if FIXERS.get(kind) is not None]
+
+
+def satisfy(
+    response: str, constraints: list[dict[str, Any]] | None, *, prompt_text: str = ""
+) -> str | None:
+    """Edit `response` so it satisfies every constraint; None when the edits cannot (conflict)."""
+    todo = sorted(
+        constraints or [],
+        key=lambda c: FIX_ORDER.index(c["kind"]) if c["kind"] in FIX_ORDER else 99,
+    )
+    for constraint in todo:
+        fixer = FIXERS.get(constraint["kind"])
+        if fixer is None:
+            return None
+        _, params = _params(constraint, prompt_text)
+        response = fixer(response, **params)
+    return response if all(check_all(constraints, response, prompt_text=prompt_text)) else None

@@ -174,3 +174,20 @@ def test_unknown_kind_and_bad_params_are_user_errors():
     with pytest.raises(UserError, match="bad parameters"):
         C.check({"kind": "word_count", "n": 3}, "x")
     assert C.check_all(None, "x") == []
+
+
+@pytest.mark.parametrize("kind", [k for k in C.FIXABLE])
+def test_fixers_make_a_draft_satisfy_each_fixable_kind(kind):
+    draft = "Rivers carry water to the sea, and they shape the land. Many towns grew beside them. People fish there."
+    for seed in range(5):
+        params = C.REGISTRY[kind].sample(random.Random(seed))
+        constraint = {"kind": kind, **params}
+        fixed = C.satisfy(draft, [constraint], prompt_text="Tell me about rivers.")
+        assert fixed is not None, (constraint, fixed)
+        assert C.check(constraint, fixed, prompt_text="Tell me about rivers.")
+
+
+def test_satisfy_reports_conflicts():
+    # Lowercase and an all-caps requirement cannot both hold.
+    assert C.satisfy("Hello there.", [{"kind": "lowercase"}, {"kind": "uppercase"}]) is None
+    assert C.satisfy("Hola.", [{"kind": "response_language", "language": "es"}]) is None
