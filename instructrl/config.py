@@ -94,7 +94,46 @@ class GenerateConfig:
             )
 
 
-STAGE_CONFIGS: dict[str, type] = {"generate": GenerateConfig}
+@dataclass
+class LabelConfig:
+    """`instructrl label`: the simulated panel writes demonstrations, rankings or ratings."""
+
+    panel: str = _f(
+        "train", "labeler group: train (makes training data) or heldout (evaluation only)"
+    )
+    task: str = _f("rank", "demonstrate (prompt records in), rank or rate (sample records in)")
+    input: str | None = _f(
+        None, "input JSONL; demonstrate defaults to the shipped prompts of `split`"
+    )
+    split: str = _f("train", "with task=demonstrate and no input: which shipped split to use")
+    limit: int = _f(0, "use only the first N input prompts (0 = all)")
+    prompts: str | None = _f(
+        None, "prompt records with references/constraints for rank/rate (default: shipped)"
+    )
+    out: str | None = _f(None, "output JSONL (demonstration / comparison / rating records)")
+    labelers_per_item: int = _f(1, "how many labelers rank each prompt's K responses")
+    seed: int = _f(0, "panel seed: labelers' weights, noise and ranking samples")
+
+    def __post_init__(self) -> None:
+        if self.panel not in ("train", "heldout"):
+            raise ConfigError(f"config: panel: expected train or heldout, got {self.panel!r}")
+        if self.task not in ("demonstrate", "rank", "rate"):
+            raise ConfigError(
+                f"config: task: expected demonstrate, rank or rate, got {self.task!r}"
+            )
+        if self.task != "demonstrate" and self.input is None:
+            raise ConfigError(
+                f"config: input: task={self.task} needs input=SAMPLES.jsonl (sample records, K per prompt)"
+            )
+        if self.split not in ("train", "val", "test"):
+            raise ConfigError(f"config: split: expected train, val or test, got {self.split!r}")
+        if not 1 <= self.labelers_per_item <= 10:
+            raise ConfigError(
+                f"config: labelers_per_item: expected 1..10, got {self.labelers_per_item}"
+            )
+
+
+STAGE_CONFIGS: dict[str, type] = {"generate": GenerateConfig, "label": LabelConfig}
 
 
 def _type_name(tp: Any) -> str:

@@ -460,6 +460,13 @@ def read_records(path: str | Path, kind: str | None = None, *, max_errors: int =
 
     Raises RecordError listing up to `max_errors` problems as `path:line: field: message`.
     """
+    return [record for _, record in read_numbered(path, kind, max_errors=max_errors)]
+
+
+def read_numbered(
+    path: str | Path, kind: str | None = None, *, max_errors: int = 20
+) -> list[tuple[int, Any]]:
+    """Like `read_records`, with each record's line number, for errors that span records."""
     path = Path(path)
     if not path.is_file():
         raise RecordError(
@@ -469,7 +476,7 @@ def read_records(path: str | Path, kind: str | None = None, *, max_errors: int =
         )
     if kind is not None and kind not in RECORD_TYPES:
         raise RecordError([f"{path}: kind: expected one of {', '.join(KINDS)}, got {kind!r}"])
-    records: list[Any] = []
+    records: list[tuple[int, Any]] = []
     problems: list[str] = []
     total = 0
     seen_ids: dict[str, int] = {}
@@ -504,7 +511,7 @@ def read_records(path: str | Path, kind: str | None = None, *, max_errors: int =
                 )
                 continue
             seen_ids[record.id] = number
-        records.append(record)
+        records.append((number, record))
     if problems:
         raise RecordError(problems, total)
     if not records:
