@@ -18,6 +18,7 @@ from instructrl import __version__
 from instructrl.config import (
     GenerateConfig,
     LabelConfig,
+    SFTConfig,
     fields_of,
     load_config,
     merge_config,
@@ -103,6 +104,13 @@ def _cmd_label(args: argparse.Namespace) -> int:
     return _with_config(args, direct, label.run)
 
 
+def _cmd_stage(args: argparse.Namespace) -> int:
+    import importlib
+
+    stage = importlib.import_module(f"instructrl.stages.{args.stage_module}")
+    return _with_config(args, {}, stage.run)
+
+
 def _cmd_validate(args: argparse.Namespace) -> int:
     from instructrl.records import read_records, summarize
 
@@ -167,6 +175,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_generate)
 
     p = _stage_parser(
+        sub, "sft", SFTConfig, "supervised fine-tuning on demonstrations (paper step 1)"
+    )
+    p.set_defaults(func=_cmd_stage, stage_module="sft")
+
+    p = _stage_parser(
         sub,
         "label",
         LabelConfig,
@@ -229,7 +242,7 @@ def main(argv: list[str] | None = None) -> int:
         handlers=[RichHandler(show_path=False, show_time=False)],
         force=True,
     )
-    for noisy in ("httpx", "urllib3", "filelock"):
+    for noisy in ("httpx", "urllib3", "filelock", "accelerate", "matplotlib"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     try:
         return args.func(args)

@@ -133,7 +133,109 @@ class LabelConfig:
             )
 
 
-STAGE_CONFIGS: dict[str, type] = {"generate": GenerateConfig, "label": LabelConfig}
+@dataclass
+class LoraSettings:
+    """LoRA through peft; r = 0 trains every weight."""
+
+    r: int = _f(0, "LoRA rank; 0 = full fine-tuning")
+    alpha: int = _f(32, "LoRA alpha (scale = alpha / r)")
+    dropout: float = _f(0.0, "LoRA dropout")
+    target_modules: list[str] = _f(
+        ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
+        "modules that get adapters",
+    )
+    merge: bool = _f(
+        True, "save the adapter merged into the weights, so the output is a plain HF model"
+    )
+
+
+@dataclass
+class TrainConfig:
+    """What every training stage shares: optimiser, schedule, devices, checkpoints."""
+
+    lr: float = _f(1e-5, "peak learning rate")
+    beta1: float = _f(0.9, "Adam beta1 (paper: 0.9)")
+    beta2: float = _f(0.95, "Adam beta2 (paper: 0.95)")
+    weight_decay: float = _f(0.0, "AdamW weight decay")
+    warmup_steps: int = _f(0, "linear warmup steps (paper SFT / RM: none)")
+    min_lr_ratio: float = _f(0.1, "cosine decay to this fraction of the peak (paper: 10 %)")
+    grad_clip: float = _f(1.0, "clip the gradient norm to this (0 = off)")
+    grad_accum: int = _f(1, "micro-batches per optimizer step")
+    freeze_layers: int = _f(
+        0, "freeze the embeddings and the first N transformer layers (CPU lever)"
+    )
+    gradient_checkpointing: bool = _f(
+        False, "recompute activations in backward (less memory, ~30 % slower)"
+    )
+    lora: LoraSettings = field(default_factory=LoraSettings, metadata={"help": "LoRA settings"})
+    seed: int = _f(0, "seed for init, data order and dropout")
+    device: str = _f("auto", "auto, cpu, cuda (multi-GPU: launch with accelerate launch)")
+    bf16: bool = _f(
+        True, "bf16 autocast on GPU (ignored on CPU, where bf16 matmul is ~100x slower)"
+    )
+    checkpoint_every: int = _f(50, "optimizer steps between checkpoints (0 = only at the end)")
+    keep_last: int = _f(1, "checkpoints kept")
+    resume: bool = _f(False, "continue from the last checkpoint in out/checkpoints")
+    log_every: int = _f(1, "optimizer steps between metrics rows")
+
+    def _check_train(self, stage: str) -> None:
+        if self.lr <= 0:
+            raise ConfigError(f"config: lr: expected > 0, got {self.lr}")
+        if not 0 <= self.min_lr_ratio <= 1:
+            raise ConfigError(f"config: min_lr_ratio: expected 0..1, got {self.min_lr_ratio}")
+        if self.grad_accum < 1:
+            raise ConfigError(f"config: grad_accum: expected >= 1, got {self.grad_accum}")
+        if self.lora.r < 0:
+            raise ConfigError(f"config: lora.r: expected >= 0, got {self.lora.r}")
+        if self.keep_last < 1:
+            raise ConfigError(f"config: keep_last: expected >= 1, got {self.keep_last}")
+
+
+@dataclass
+class SFTConfig(TrainConfig):
+    """`instructrl sft`: supervised fine-tuning on demonstrations (paper, appendix C.1)."""
+
+    model: str = _f("default", "base model: 'default', an HF directory, or a cached hub id")
+    data: str | None = _f(None, "demonstration records JSONL (required)")
+    val_data: str | None = _f(None, "validation demonstrations; default: val_fraction of data")
+    val_fraction: float = _f(
+        0.1, "share of data held out for validation when val_data is not given"
+    )
+    out: str = _f("runs/sft", "output directory (HF model, metrics.jsonl, loss.png, checkpoints/)")
+    epochs: int = _f(2, "passes over the data (paper: 16)")
+    max_steps: int = _f(0, "stop after this many optimizer steps (0 = epochs decide)")
+    batch_size: int = _f(8, "examples per micro-batch (paper: 32)")
+    max_length: int = _f(256, "prompt + response tokens (paper: 1k prompt + 1k response)")
+    lr: float = _f(2e-5, "peak learning rate (paper: 9.65e-6 at batch 32 for 1.3B / 6B)")
+    dropout: float = _f(
+        0.0, "attention dropout while training (paper: residual dropout 0.2; Llama has none)"
+    )
+    ptx_fraction: float = _f(
+        0.0, "mix in pretraining text, as a share of demonstrations (paper's PPO init: 0.1)"
+    )
+    eval_every: int = _f(0, "optimizer steps between validations (0 = once per epoch)")
+
+    def __post_init__(self) -> None:
+        self._check_train("sft")
+        if self.data is None:
+            raise ConfigError(
+                "config: data: expected a demonstrations JSONL file (data=FILE), got nothing"
+            )
+        if self.epochs < 1 and self.max_steps < 1:
+            raise ConfigError(
+                f"config: epochs and max_steps: one must be >= 1, got epochs={self.epochs}, max_steps={self.max_steps}"
+            )
+        if not 0 <= self.val_fraction < 1:
+            raise ConfigError(f"config: val_fraction: expected 0 <= x < 1, got {self.val_fraction}")
+        if self.max_length < 16:
+            raise ConfigError(f"config: max_length: expected >= 16, got {self.max_length}")
+
+
+STAGE_CONFIGS: dict[str, type] = {
+    "generate": GenerateConfig,
+    "label": LabelConfig,
+    "sft": SFTConfig,
+}
 
 
 def _type_name(tp: Any) -> str:

@@ -202,3 +202,39 @@ def pick_device(device: str = "auto") -> str:
 def model_name(spec: str) -> str:
     """A short name for records' `model` field."""
     return DEFAULT_NAME if spec == DEFAULT_MODEL else spec.rstrip("/")
+
+
+# ----------------------------------------------------------------------------- forward helpers
+def position_ids(attention_mask: Any) -> Any:
+    """(B, L) positions that count real tokens only, so a left-padded row sees the same positions
+    as the unpadded sequence (lm-human-preferences: position ids must skip padding)."""
+    return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
+
+
+def unwrap(model: Any) -> Any:
+    """The module inside DDP / accelerate wrappers (peft models stay peft models)."""
+    return getattr(model, "module", model)
+
+
+def final_hidden(model: Any, input_ids: Any, attention_mask: Any) -> Any:
+    """(B, L, H) last-layer hidden states (after the final norm), computing logits for one
+    position only: the (B, L, V) logits of a 49k vocabulary are the largest tensor of a step.
+
+    Calls the wrapped model's own forward so DDP / FSDP hooks run as usual.
+    """
+    out = model(
+        input_ids=input_ids,
+        attention_mask=attention_mask.long(),
+        position_ids=position_ids(attention_mask),
+        output_hidden_states=True,
+        logits_to_keep=1,
+        use_cache=False,
+    )
+    return out.hidden_states[-1]
+
+
+def next_token_logits(model: Any, hidden: Any, predict: Any) -> Any:
+    """(N, V) logits at the positions whose *next* token is selected by `predict` (B, L) bool:
+    position t predicts token t + 1, so logits come only where a loss needs them."""
+    selected = hidden[:, :-1][predict[:, 1:]]  # (N, H)
+    return unwrap(model).get_output_embeddings()(selected)
