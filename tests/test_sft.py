@@ -149,10 +149,10 @@ def test_saved_model_reloads_with_plain_transformers(
         "import sys, torch\n"
         "from transformers import AutoModelForCausalLM, pipeline\n"
         "m = AutoModelForCausalLM.from_pretrained(sys.argv[1]).eval()\n"
-        "torch.save(m(torch.tensor(%s)).logits.detach(), sys.argv[2])\n"
+        f"torch.save(m(torch.tensor({fixed.tolist()})).logits.detach(), sys.argv[2])\n"
         "pipe = pipeline('text-generation', model=sys.argv[1])\n"
         "print(pipe('Say hi.', max_new_tokens=3)[0]['generated_text'])\n"
-        "assert 'instructrl' not in sys.modules\n" % fixed.tolist()
+        "assert 'instructrl' not in sys.modules\n"
     )
     subprocess.run([sys.executable, "-c", script, str(out), str(tmp_path / "l.pt")], check=True)
     reloaded = torch.load(tmp_path / "l.pt")

@@ -138,7 +138,7 @@ def _split(
 ) -> tuple[list[Demonstration], list[Demonstration]]:
     if cfg.val_data:
         return demos, read_records(cfg.val_data, "demonstration")
-    n_val = int(round(len(demos) * cfg.val_fraction))
+    n_val = round(len(demos) * cfg.val_fraction)
     if n_val == 0:
         return demos, []
     order = trainer.epoch_order(len(demos), seed=cfg.seed, epoch=-1)
@@ -226,7 +226,7 @@ def run(cfg: SFTConfig) -> Path:
                     t.to(accelerator.device) for t in collate([train[i] for i in batch], pad_id)
                 )
                 with accelerator.autocast():
-                    loss, stats = batch_loss(model, ids, attn, mask)
+                    loss, _ = batch_loss(model, ids, attn, mask)
                 accelerator.backward(loss / cfg.grad_accum)
                 step_loss += loss.item() / cfg.grad_accum
                 tokens += int(attn.sum())
