@@ -18,7 +18,7 @@ def _same_shape(**tensors: Tensor) -> None:
         raise ValueError(f"expected tensors of one shape, got {shapes}")
 
 
-def masked_sum(values: Tensor, mask: Tensor, dim: int | None = None) -> Tensor:
+def masked_sum(values: Tensor, mask: Tensor, dim: int | tuple[int, ...] | None = None) -> Tensor:
     """Sum of values where mask is True. values, mask: same shape."""
     _same_shape(values=values, mask=mask)
     zeros = torch.zeros((), dtype=values.dtype, device=values.device)
@@ -26,7 +26,7 @@ def masked_sum(values: Tensor, mask: Tensor, dim: int | None = None) -> Tensor:
     return masked.sum() if dim is None else masked.sum(dim)
 
 
-def masked_mean(values: Tensor, mask: Tensor, dim: int | None = None) -> Tensor:
+def masked_mean(values: Tensor, mask: Tensor, dim: int | tuple[int, ...] | None = None) -> Tensor:
     """Mean of values where mask is True (0 where nothing is selected)."""
     count = mask.sum() if dim is None else mask.sum(dim)
     return masked_sum(values, mask, dim) / count.clamp(min=1).to(values.dtype)
@@ -58,3 +58,31 @@ def nll_loss(*, logits: Tensor, labels: Tensor) -> tuple[Tensor, dict[str, Tenso
     logprobs = token_logprobs(logits, labels)  # (N,)
     loss = -logprobs.mean()
     return loss, {"loss": loss.detach(), "tokens": torch.tensor(labels.numel())}
+
+
+def ranking_loss(*, rewards: Tensor, ranks: Tensor, valid: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
+    """InstructGPT RM loss over all pairs of each prompt's K responses (paper, eq. 1).
+
+    rewards: (B, K) float, one scalar per completion from a single forward pass each;
+    ranks: (B, K) int, 0 = best, equal ranks are ties (left out, as in the paper);
+    valid: (B, K) bool, False where a prompt has fewer than K responses.
+    loss = mean over prompts of -1/P_b * sum_{w ranked above l} log sigmoid(r_w - r_l), where
+    P_b is the prompt's number of untied pairs (C(K_b, 2) when nothing is tied).
+    Stats: pairwise accuracy (r_w > r_l), the number of pairs, the mean reward margin.
+    """
+    _same_shape(rewards=rewards, ranks=ranks, valid=valid)
+    diff = rewards[:, :, None] - rewards[:, None, :]  # (B, K, K): r_i - r_j
+    pair = (ranks[:, :, None] < ranks[:, None, :]) & valid[:, :, None] & valid[:, None, :]  # i ranked above j
+    n_pairs = pair.sum(dim=(1, 2))  # (B,)
+    per_prompt = masked_sum(-torch.nn.functional.logsigmoid(diff), pair, dim=(1, 2)) / n_pairs.clamp(min=1)
+    has_pairs = n_pairs > 0
+    if not bool(has_pairs.any()):
+        raise ValueError("ranking_loss: no untied pairs in the batch")
+    loss = per_prompt[has_pairs].mean()
+    stats = {
+        "loss": loss.detach(),
+        "accuracy": masked_mean((diff > 0).float(), pair).detach(),
+        "pairs": n_pairs.sum().detach(),
+        "margin": masked_mean(diff, pair).detach(),
+    }
+    return loss, stats

@@ -238,3 +238,79 @@ def next_token_logits(model: Any, hidden: Any, predict: Any) -> Any:
     position t predicts token t + 1, so logits come only where a loss needs them."""
     selected = hidden[:, :-1][predict[:, 1:]]  # (N, H)
     return unwrap(model).get_output_embeddings()(selected)
+
+
+# ----------------------------------------------------------------------------- reward model
+REWARD_HEAD_FILE = "reward_head.safetensors"
+
+
+def last_true(mask: Any) -> Any:
+    """(B,) index of the last True of each row of a (B, L) bool mask: the last real token under
+    left and right padding alike."""
+    import torch
+
+    width = mask.shape[1]
+    return width - 1 - torch.flip(mask.long(), dims=[1]).argmax(dim=1)
+
+
+def _reward_module_class() -> type:
+    import torch
+    from torch import nn
+
+    class RewardModel(nn.Module):
+        """A causal-LM backbone whose unembedding is replaced by a scalar head (paper, 3.5).
+
+        reward(x, y) = head(h_last) + bias, where h_last is the final hidden state at the last
+        response token (EOS included) and `bias` makes demonstrations score 0 on average.
+        """
+
+        def __init__(self, backbone: Any, bias: float = 0.0):
+            super().__init__()
+            self.backbone = backbone
+            self.config = backbone.config
+            self.head = nn.Linear(backbone.config.hidden_size, 1)
+            nn.init.normal_(self.head.weight, std=1.0 / (backbone.config.hidden_size + 1) ** 0.5)
+            nn.init.zeros_(self.head.bias)
+            self.register_buffer("bias", torch.tensor(float(bias)), persistent=False)
+
+        def forward(self, input_ids: Any, attention_mask: Any) -> Any:
+            """(B,) rewards for right- or left-padded (B, L) sequences."""
+            hidden = final_hidden(self.backbone, input_ids, attention_mask)  # (B, L, H)
+            last = last_true(attention_mask)  # (B,)
+            h = hidden[torch.arange(hidden.shape[0], device=hidden.device), last]  # (B, H)
+            return self.head(h.to(self.head.weight.dtype)).squeeze(-1).float() + self.bias
+
+    return RewardModel
+
+
+def new_reward_model(spec: str, *, dtype: Any = None) -> Any:
+    """A reward model initialised from a causal LM (the SFT policy, in the paper)."""
+    backbone = load_policy(spec, device="cpu", dtype=dtype)
+    return _reward_module_class()(backbone)
+
+
+def save_reward_model(model: Any, tokenizer: Any, out: Path, *, bias: float, extra: dict[str, Any] | None = None) -> Path:
+    """HF directory: backbone (config + safetensors, loadable as a causal LM), the head in
+    reward_head.safetensors, and `instructrl` fields in config.json (type, bias)."""
+    from safetensors.torch import save_file
+
+    backbone = model.backbone
+    backbone.config.instructrl = {"type": "reward", "bias": float(bias), "head": REWARD_HEAD_FILE, **(extra or {})}
+    backbone.save_pretrained(out, safe_serialization=True)
+    tokenizer.save_pretrained(out)
+    save_file({k: v.detach().float().contiguous() for k, v in model.head.state_dict().items()}, str(out / REWARD_HEAD_FILE))
+    return out
+
+
+def load_reward_model(path: str | Path, *, device: str = "cpu", dtype: Any = None) -> Any:
+    """Load a reward model saved by `save_reward_model`; the normalising bias is applied."""
+    from safetensors.torch import load_file
+
+    path = Path(path)
+    if not (path / REWARD_HEAD_FILE).is_file():
+        raise ModelNotFoundError(f"reward={path}: not a reward model directory (no {REWARD_HEAD_FILE}); train one with `instructrl rm`")
+    backbone = load_policy(str(path), device="cpu", dtype=dtype)
+    info = getattr(backbone.config, "instructrl", None) or {}
+    model = _reward_module_class()(backbone, bias=info.get("bias", 0.0))
+    model.head.load_state_dict(load_file(str(path / REWARD_HEAD_FILE)))
+    return model.to(device).eval()

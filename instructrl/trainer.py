@@ -22,6 +22,7 @@ import torch
 
 from instructrl import models
 from instructrl.config import TrainConfig
+from instructrl.progress import progress_bar
 
 log = logging.getLogger(__name__)
 STATE_FILE = "trainer_state.json"
@@ -266,3 +267,93 @@ def step_batches(
         i = start + k * processes + process
         if i < len(batches):
             yield batches[i]
+
+
+def fit(
+    *,
+    accelerator: Any,
+    cfg: TrainConfig,
+    model: Any,
+    optimizer: Any,
+    scheduler: Any,
+    out: Path,
+    prefix: str,
+    n_examples: int,
+    batch_size: int,
+    total: int,
+    per_epoch: int,
+    loss_fn: Any,
+    eval_fn: Any = None,
+    eval_every: int = 0,
+    select: tuple[str, str] | None = None,
+    save_best: Any = None,
+    first_row: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """The training loop of SFT and RM: resume, micro-batches, clipping, metrics, checkpoints.
+
+    loss_fn(indices) -> (loss, stats, tokens) for one micro-batch of example indices;
+    eval_fn() -> {metric: value}; select = (metric, "min" | "max") picks the best evaluation,
+    for which save_best() is called. Returns the trainer state.
+    """
+    checkpoints = Checkpointer(out, cfg.keep_last)
+    state: dict[str, Any] = {"step": 0, "best": None, "best_step": None}
+    latest = checkpoints.latest() if cfg.resume else None
+    if latest is not None:
+        state = checkpoints.load(accelerator, latest)
+        log.info("resumed from %s (step %d of %d)", latest, state["step"], total)
+    elif cfg.resume:
+        log.info("resume=true but no checkpoint in %s: starting fresh", checkpoints.root)
+    metrics = MetricsLog(out / "metrics.jsonl", truncate_after_step=state["step"] if latest else None)
+    if not latest and first_row:
+        metrics.write({"step": 0, **first_row})
+    processes, speed = accelerator.num_processes, Throughput()
+    eval_every = eval_every or per_epoch
+    with progress_bar(prefix, total=total) as update:
+        update(state["step"])
+        for step in range(state["step"], total):
+            epoch, in_epoch = divmod(step, per_epoch)
+            batches = micro_batches(n_examples, batch_size=batch_size, seed=cfg.seed, epoch=epoch)
+            sums: dict[str, float] = {}
+            tokens = 0
+            for batch in step_batches(batches, in_epoch, cfg.grad_accum, accelerator.process_index, processes):
+                with accelerator.autocast():
+                    loss, stats, n_tokens = loss_fn(batch)
+                accelerator.backward(loss / cfg.grad_accum)
+                for k, v in stats.items():
+                    sums[k] = sums.get(k, 0.0) + float(v) / cfg.grad_accum
+                tokens += n_tokens
+            grad_norm = accelerator.clip_grad_norm_(model.parameters(), cfg.grad_clip) if cfg.grad_clip > 0 else None
+            optimizer.step()
+            scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
+            done = step + 1
+            row = {"step": done, "epoch": round(done / per_epoch, 3), **{f"{prefix}/{k}": v for k, v in sums.items()},
+                   f"{prefix}/lr": scheduler.get_last_lr()[0], f"{prefix}/tokens_per_s": speed.add(tokens)}
+            if grad_norm is not None:
+                row[f"{prefix}/grad_norm"] = float(grad_norm)
+            if eval_fn is not None and (done % eval_every == 0 or done == total):
+                row.update({f"{prefix}/{k}": v for k, v in eval_fn().items()})
+                if select and save_best and f"{prefix}/{select[0]}" in row:
+                    value = row[f"{prefix}/{select[0]}"]
+                    better = state["best"] is None or (value < state["best"] if select[1] == "min" else value > state["best"])
+                    if better:
+                        state.update(best=value, best_step=done)
+                        save_best()
+            if done % cfg.log_every == 0 or done == total or any("val" in k or "heldout" in k for k in row):
+                metrics.write(row)
+            update(1, loss=sums.get("loss", float("nan")), tokens_per_s=row[f"{prefix}/tokens_per_s"])
+            state["step"] = done
+            if cfg.checkpoint_every and done % cfg.checkpoint_every == 0 and done < total:
+                checkpoints.save(accelerator, state)
+    return state
+
+
+def install(source: Path, out: Path, marker: str, content: str) -> None:
+    """Move a finished model directory's files into out/ one by one (os.replace), then write
+    the marker last: a crash leaves either the complete source or missing files, never a mix."""
+    (out / marker).unlink(missing_ok=True)
+    for f in source.iterdir():
+        os.replace(f, out / f.name)
+    shutil.rmtree(source, ignore_errors=True)
+    shutil.rmtree(out / "checkpoints", ignore_errors=True)  # the stage is complete
+    (out / marker).write_text(content)

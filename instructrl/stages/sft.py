@@ -7,9 +7,9 @@ attention mask, one example per row, so no example attends to another.
 
 from __future__ import annotations
 
+import json
 import logging
 import math
-import os
 import random
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,7 +20,6 @@ import torch
 from instructrl import losses, models, trainer
 from instructrl.config import SFTConfig, save_config
 from instructrl.errors import UserError
-from instructrl.progress import progress_bar
 from instructrl.records import Demonstration, read_records
 from instructrl.rollout import render_prompt
 
@@ -187,83 +186,26 @@ def run(cfg: SFTConfig) -> Path:
     scheduler = trainer.make_scheduler(optimizer, cfg, total)
     model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
 
-    checkpoints = trainer.Checkpointer(out, cfg.keep_last)
-    state: dict[str, Any] = {"step": 0, "best_val_loss": None, "best_step": None}
-    latest = checkpoints.latest() if cfg.resume else None
-    if latest is not None:
-        state = checkpoints.load(accelerator, latest)
-        log.info("resumed from %s (step %d of %d)", latest, state["step"], total)
-    elif cfg.resume:
-        log.info("resume=true but no checkpoint in %s: starting fresh", checkpoints.root)
-    metrics = trainer.MetricsLog(
-        out / "metrics.jsonl", truncate_after_step=state["step"] if latest else None
-    )
-    if not latest:
-        metrics.write(
-            {
-                "step": 0,
-                "sft/train_examples": len(train),
-                "sft/val_examples": len(val),
-                **{f"sft/{k}": v for k, v in report.items()},
-            }
-        )
-
     pad_id = tokenizer.pad_token_id
-    speed = trainer.Throughput()
-    eval_every = cfg.eval_every or per_epoch
-    with progress_bar("sft", total=total) as update:
-        update(state["step"])
-        for step in range(state["step"], total):
-            epoch, in_epoch = divmod(step, per_epoch)
-            batches = trainer.micro_batches(
-                len(train), batch_size=cfg.batch_size, seed=cfg.seed, epoch=epoch
-            )
-            step_loss, tokens = 0.0, 0
-            for batch in trainer.step_batches(
-                batches, in_epoch, cfg.grad_accum, accelerator.process_index, processes
-            ):
-                ids, attn, mask = (
-                    t.to(accelerator.device) for t in collate([train[i] for i in batch], pad_id)
-                )
-                with accelerator.autocast():
-                    loss, _ = batch_loss(model, ids, attn, mask)
-                accelerator.backward(loss / cfg.grad_accum)
-                step_loss += loss.item() / cfg.grad_accum
-                tokens += int(attn.sum())
-            grad_norm = (
-                accelerator.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-                if cfg.grad_clip > 0
-                else None
-            )
-            optimizer.step()
-            scheduler.step()
-            optimizer.zero_grad(set_to_none=True)
-            done = step + 1
-            row = {
-                "step": done,
-                "epoch": round(done / per_epoch, 3),
-                "sft/loss": step_loss,
-                "sft/lr": scheduler.get_last_lr()[0],
-                "sft/tokens_per_s": speed.add(tokens),
-            }
-            if grad_norm is not None:
-                row["sft/grad_norm"] = float(grad_norm)
-            if val and (done % eval_every == 0 or done == total):
-                row["sft/val_loss"] = evaluate(
-                    model, val, pad_id, cfg.batch_size, accelerator.device
-                )
-                if state["best_val_loss"] is None or row["sft/val_loss"] < state["best_val_loss"]:
-                    state.update(best_val_loss=row["sft/val_loss"], best_step=done)
-                    trainer.save_hf_model(
-                        accelerator, model, tokenizer, out / "best", merge=cfg.lora.merge
-                    )
-            if done % cfg.log_every == 0 or "sft/val_loss" in row or done == total:
-                metrics.write(row)
-            update(1, loss=step_loss, tokens_per_s=row["sft/tokens_per_s"])
-            state["step"] = done
-            if cfg.checkpoint_every and done % cfg.checkpoint_every == 0 and done < total:
-                checkpoints.save(accelerator, state)
 
+    def loss_fn(batch: list[int]):
+        ids, attn, mask = (t.to(accelerator.device) for t in collate([train[i] for i in batch], pad_id))
+        loss, _ = batch_loss(model, ids, attn, mask)
+        return loss, {"loss": loss.item()}, int(attn.sum())
+
+    def eval_fn() -> dict[str, float]:
+        return {"val_loss": evaluate(model, val, pad_id, cfg.batch_size, accelerator.device)} if val else {}
+
+    def save_best() -> None:
+        trainer.save_hf_model(accelerator, model, tokenizer, out / "best", merge=cfg.lora.merge)
+
+    first = {"sft/train_examples": len(train), "sft/val_examples": len(val), **{f"sft/{k}": v for k, v in report.items()}}
+    state = trainer.fit(
+        accelerator=accelerator, cfg=cfg, model=model, optimizer=optimizer, scheduler=scheduler, out=out,
+        prefix="sft", n_examples=len(train), batch_size=cfg.batch_size, total=total, per_epoch=per_epoch,
+        loss_fn=loss_fn, eval_fn=eval_fn if val else None, eval_every=cfg.eval_every, select=("val_loss", "min"),
+        save_best=save_best, first_row=first,
+    )
     final = _finish(accelerator, model, tokenizer, out, cfg, state)
     trainer.plot_curves(
         out / "metrics.jsonl",
@@ -274,36 +216,16 @@ def run(cfg: SFTConfig) -> Path:
     return final
 
 
-def _finish(
-    accelerator: Any, model: Any, tokenizer: Any, out: Path, cfg: SFTConfig, state: dict[str, Any]
-) -> Path:
-    """Install the selected model into out/: best validation loss, else the last step.
-
-    Files are moved one by one with os.replace and `selected.json` is written last, so a crash
-    here leaves either the complete `best/` directory or missing files, never a mixed model.
-    """
-    import json
-    import shutil
-
+def _finish(accelerator: Any, model: Any, tokenizer: Any, out: Path, cfg: SFTConfig, state: dict[str, Any]) -> Path:
+    """Install the selected model into out/: best validation loss, else the last step."""
     best = out / "best"
     if state.get("best_step") is not None and best.is_dir():
         source = best
-        selected = {
-            "selected_by": "val_loss",
-            "step": state["best_step"],
-            "val_loss": state["best_val_loss"],
-        }
+        selected = {"selected_by": "val_loss", "step": state["best_step"], "val_loss": state["best"]}
     else:
-        source = trainer.save_hf_model(
-            accelerator, model, tokenizer, out / "final", merge=cfg.lora.merge
-        )
+        source = trainer.save_hf_model(accelerator, model, tokenizer, out / "final", merge=cfg.lora.merge)
         selected = {"selected_by": "last", "step": state["step"]}
     if accelerator.is_main_process:
-        (out / "selected.json").unlink(missing_ok=True)
-        for f in source.iterdir():
-            os.replace(f, out / f.name)
-        shutil.rmtree(source, ignore_errors=True)
-        shutil.rmtree(out / "checkpoints", ignore_errors=True)  # the stage is complete
-        (out / "selected.json").write_text(json.dumps(selected) + "\n")
+        trainer.install(source, out, "selected.json", json.dumps(selected) + "\n")
     log.info("SFT model in %s (%s)", out, ", ".join(f"{k} {v}" for k, v in selected.items()))
     return out
