@@ -18,6 +18,8 @@ from instructrl import __version__
 from instructrl.config import (
     GenerateConfig,
     LabelConfig,
+    RMConfig,
+    ScoreConfig,
     SFTConfig,
     fields_of,
     load_config,
@@ -108,7 +110,7 @@ def _cmd_stage(args: argparse.Namespace) -> int:
     import importlib
 
     stage = importlib.import_module(f"instructrl.stages.{args.stage_module}")
-    return _with_config(args, {}, stage.run)
+    return _with_config(args, {}, getattr(stage, args.stage_func))
 
 
 def _cmd_validate(args: argparse.Namespace) -> int:
@@ -177,7 +179,20 @@ def build_parser() -> argparse.ArgumentParser:
     p = _stage_parser(
         sub, "sft", SFTConfig, "supervised fine-tuning on demonstrations (paper step 1)"
     )
-    p.set_defaults(func=_cmd_stage, stage_module="sft")
+    p.set_defaults(func=_cmd_stage, stage_module="sft", stage_func="run")
+
+    p = _stage_parser(
+        sub,
+        "rm",
+        RMConfig,
+        "reward model on K-way rankings, normalised on demonstrations (paper step 2)",
+    )
+    p.set_defaults(func=_cmd_stage, stage_module="reward", stage_func="run")
+
+    p = _stage_parser(
+        sub, "score", ScoreConfig, "add a `reward` field to sample or demonstration records"
+    )
+    p.set_defaults(func=_cmd_stage, stage_module="reward", stage_func="run_score")
 
     p = _stage_parser(
         sub,

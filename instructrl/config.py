@@ -231,10 +231,67 @@ class SFTConfig(TrainConfig):
             raise ConfigError(f"config: max_length: expected >= 16, got {self.max_length}")
 
 
+@dataclass
+class RMConfig(TrainConfig):
+    """`instructrl rm`: reward model on K-way rankings (paper, section 3.5 and C.2)."""
+
+    model: str = _f("default", "initial backbone, usually the SFT model (paper: 6B SFT model)")
+    data: str | None = _f(None, "comparison records JSONL from training labelers (required)")
+    val_data: str | None = _f(
+        None, "validation comparisons (training labelers); default: val_fraction of data"
+    )
+    heldout_data: str | None = _f(None, "comparisons from held-out labelers, for accuracy only")
+    demos: str | None = _f(None, "demonstrations: the bias is set so that they score 0 on average")
+    val_fraction: float = _f(
+        0.1, "share of prompts held out for validation when val_data is not given"
+    )
+    out: str = _f("runs/rm", "output directory (reward model, metrics.jsonl, accuracy.png)")
+    epochs: int = _f(1, "passes over the comparisons (paper: 1; more overfits)")
+    max_steps: int = _f(0, "stop after this many optimizer steps (0 = epochs decide)")
+    batch_size: int = _f(
+        4, "prompts per micro-batch, all K completions of each (paper: 64 prompts)"
+    )
+    max_length: int = _f(256, "prompt + response tokens per completion")
+    lr: float = _f(2e-5, "peak learning rate (paper: 9e-6, cosine to 10 %)")
+    eval_every: int = _f(0, "optimizer steps between validations (0 = once per epoch)")
+
+    def __post_init__(self) -> None:
+        self._check_train("rm")
+        if self.data is None:
+            raise ConfigError(
+                "config: data: expected a comparisons JSONL file (data=FILE), got nothing"
+            )
+        if self.epochs < 1 and self.max_steps < 1:
+            raise ConfigError(
+                f"config: epochs and max_steps: one must be >= 1, got epochs={self.epochs}, max_steps={self.max_steps}"
+            )
+        if not 0 <= self.val_fraction < 1:
+            raise ConfigError(f"config: val_fraction: expected 0 <= x < 1, got {self.val_fraction}")
+
+
+@dataclass
+class ScoreConfig:
+    """`instructrl score`: add a `reward` field to sample or demonstration records."""
+
+    reward: str | None = _f(None, "reward model directory (from instructrl rm)")
+    data: str | None = _f(None, "sample or demonstration records JSONL")
+    out: str | None = _f(None, "output JSONL (the input records with `reward` added)")
+    batch_size: int = _f(8, "completions per forward pass")
+    max_length: int = _f(0, "prompt + response tokens; longer responses are cut (0 = the RM's own)")
+    device: str = _f("auto", "auto, cpu, cuda")
+
+    def __post_init__(self) -> None:
+        for key in ("reward", "data", "out"):
+            if getattr(self, key) is None:
+                raise ConfigError(f"config: {key}: required ({key}=...)")
+
+
 STAGE_CONFIGS: dict[str, type] = {
     "generate": GenerateConfig,
     "label": LabelConfig,
     "sft": SFTConfig,
+    "rm": RMConfig,
+    "score": ScoreConfig,
 }
 
 

@@ -60,7 +60,9 @@ def nll_loss(*, logits: Tensor, labels: Tensor) -> tuple[Tensor, dict[str, Tenso
     return loss, {"loss": loss.detach(), "tokens": torch.tensor(labels.numel())}
 
 
-def ranking_loss(*, rewards: Tensor, ranks: Tensor, valid: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
+def ranking_loss(
+    *, rewards: Tensor, ranks: Tensor, valid: Tensor
+) -> tuple[Tensor, dict[str, Tensor]]:
     """InstructGPT RM loss over all pairs of each prompt's K responses (paper, eq. 1).
 
     rewards: (B, K) float, one scalar per completion from a single forward pass each;
@@ -72,9 +74,13 @@ def ranking_loss(*, rewards: Tensor, ranks: Tensor, valid: Tensor) -> tuple[Tens
     """
     _same_shape(rewards=rewards, ranks=ranks, valid=valid)
     diff = rewards[:, :, None] - rewards[:, None, :]  # (B, K, K): r_i - r_j
-    pair = (ranks[:, :, None] < ranks[:, None, :]) & valid[:, :, None] & valid[:, None, :]  # i ranked above j
+    pair = (
+        (ranks[:, :, None] < ranks[:, None, :]) & valid[:, :, None] & valid[:, None, :]
+    )  # i ranked above j
     n_pairs = pair.sum(dim=(1, 2))  # (B,)
-    per_prompt = masked_sum(-torch.nn.functional.logsigmoid(diff), pair, dim=(1, 2)) / n_pairs.clamp(min=1)
+    per_prompt = masked_sum(
+        -torch.nn.functional.logsigmoid(diff), pair, dim=(1, 2)
+    ) / n_pairs.clamp(min=1)
     has_pairs = n_pairs > 0
     if not bool(has_pairs.any()):
         raise ValueError("ranking_loss: no untied pairs in the batch")

@@ -289,16 +289,26 @@ def new_reward_model(spec: str, *, dtype: Any = None) -> Any:
     return _reward_module_class()(backbone)
 
 
-def save_reward_model(model: Any, tokenizer: Any, out: Path, *, bias: float, extra: dict[str, Any] | None = None) -> Path:
+def save_reward_model(
+    model: Any, tokenizer: Any, out: Path, *, bias: float, extra: dict[str, Any] | None = None
+) -> Path:
     """HF directory: backbone (config + safetensors, loadable as a causal LM), the head in
     reward_head.safetensors, and `instructrl` fields in config.json (type, bias)."""
     from safetensors.torch import save_file
 
     backbone = model.backbone
-    backbone.config.instructrl = {"type": "reward", "bias": float(bias), "head": REWARD_HEAD_FILE, **(extra or {})}
+    backbone.config.instructrl = {
+        "type": "reward",
+        "bias": float(bias),
+        "head": REWARD_HEAD_FILE,
+        **(extra or {}),
+    }
     backbone.save_pretrained(out, safe_serialization=True)
     tokenizer.save_pretrained(out)
-    save_file({k: v.detach().float().contiguous() for k, v in model.head.state_dict().items()}, str(out / REWARD_HEAD_FILE))
+    save_file(
+        {k: v.detach().float().contiguous() for k, v in model.head.state_dict().items()},
+        str(out / REWARD_HEAD_FILE),
+    )
     return out
 
 
@@ -308,7 +318,9 @@ def load_reward_model(path: str | Path, *, device: str = "cpu", dtype: Any = Non
 
     path = Path(path)
     if not (path / REWARD_HEAD_FILE).is_file():
-        raise ModelNotFoundError(f"reward={path}: not a reward model directory (no {REWARD_HEAD_FILE}); train one with `instructrl rm`")
+        raise ModelNotFoundError(
+            f"reward={path}: not a reward model directory (no {REWARD_HEAD_FILE}); train one with `instructrl rm`"
+        )
     backbone = load_policy(str(path), device="cpu", dtype=dtype)
     info = getattr(backbone.config, "instructrl", None) or {}
     model = _reward_module_class()(backbone, bias=info.get("bias", 0.0))

@@ -47,6 +47,23 @@ def encode_prompts(
     ]
 
 
+def encode_response(
+    tokenizer, prompt: PromptText, response: str, *, max_length: int
+) -> tuple[list[int], int, bool] | None:
+    """(prompt + response + EOS ids, prompt length, truncated) as the policy would produce them:
+    the chat-templated prompt, then the response tokens and EOS. None when the prompt leaves
+    fewer than 8 tokens for the response; an overflowing response is cut (and loses its EOS)."""
+    prompt_ids = tokenizer(render_prompt(tokenizer, prompt), add_special_tokens=False)["input_ids"]
+    response_ids = [
+        *tokenizer(response, add_special_tokens=False)["input_ids"],
+        tokenizer.eos_token_id,
+    ]
+    if len(prompt_ids) > max_length - 8:
+        return None
+    truncated = len(prompt_ids) + len(response_ids) > max_length
+    return (prompt_ids + response_ids)[:max_length], len(prompt_ids), truncated
+
+
 def left_pad(seqs: Sequence[Sequence[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
     """(B, P) input ids padded on the left with pad_id, and the (B, P) bool mask of real tokens."""
     width = max(len(s) for s in seqs)

@@ -303,7 +303,9 @@ def fit(
         log.info("resumed from %s (step %d of %d)", latest, state["step"], total)
     elif cfg.resume:
         log.info("resume=true but no checkpoint in %s: starting fresh", checkpoints.root)
-    metrics = MetricsLog(out / "metrics.jsonl", truncate_after_step=state["step"] if latest else None)
+    metrics = MetricsLog(
+        out / "metrics.jsonl", truncate_after_step=state["step"] if latest else None
+    )
     if not latest and first_row:
         metrics.write({"step": 0, **first_row})
     processes, speed = accelerator.num_processes, Throughput()
@@ -315,33 +317,52 @@ def fit(
             batches = micro_batches(n_examples, batch_size=batch_size, seed=cfg.seed, epoch=epoch)
             sums: dict[str, float] = {}
             tokens = 0
-            for batch in step_batches(batches, in_epoch, cfg.grad_accum, accelerator.process_index, processes):
+            for batch in step_batches(
+                batches, in_epoch, cfg.grad_accum, accelerator.process_index, processes
+            ):
                 with accelerator.autocast():
                     loss, stats, n_tokens = loss_fn(batch)
                 accelerator.backward(loss / cfg.grad_accum)
                 for k, v in stats.items():
                     sums[k] = sums.get(k, 0.0) + float(v) / cfg.grad_accum
                 tokens += n_tokens
-            grad_norm = accelerator.clip_grad_norm_(model.parameters(), cfg.grad_clip) if cfg.grad_clip > 0 else None
+            grad_norm = (
+                accelerator.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+                if cfg.grad_clip > 0
+                else None
+            )
             optimizer.step()
             scheduler.step()
             optimizer.zero_grad(set_to_none=True)
             done = step + 1
-            row = {"step": done, "epoch": round(done / per_epoch, 3), **{f"{prefix}/{k}": v for k, v in sums.items()},
-                   f"{prefix}/lr": scheduler.get_last_lr()[0], f"{prefix}/tokens_per_s": speed.add(tokens)}
+            row = {
+                "step": done,
+                "epoch": round(done / per_epoch, 3),
+                **{f"{prefix}/{k}": v for k, v in sums.items()},
+                f"{prefix}/lr": scheduler.get_last_lr()[0],
+                f"{prefix}/tokens_per_s": speed.add(tokens),
+            }
             if grad_norm is not None:
                 row[f"{prefix}/grad_norm"] = float(grad_norm)
             if eval_fn is not None and (done % eval_every == 0 or done == total):
                 row.update({f"{prefix}/{k}": v for k, v in eval_fn().items()})
                 if select and save_best and f"{prefix}/{select[0]}" in row:
                     value = row[f"{prefix}/{select[0]}"]
-                    better = state["best"] is None or (value < state["best"] if select[1] == "min" else value > state["best"])
+                    better = state["best"] is None or (
+                        value < state["best"] if select[1] == "min" else value > state["best"]
+                    )
                     if better:
                         state.update(best=value, best_step=done)
                         save_best()
-            if done % cfg.log_every == 0 or done == total or any("val" in k or "heldout" in k for k in row):
+            if (
+                done % cfg.log_every == 0
+                or done == total
+                or any("val" in k or "heldout" in k for k in row)
+            ):
                 metrics.write(row)
-            update(1, loss=sums.get("loss", float("nan")), tokens_per_s=row[f"{prefix}/tokens_per_s"])
+            update(
+                1, loss=sums.get("loss", float("nan")), tokens_per_s=row[f"{prefix}/tokens_per_s"]
+            )
             state["step"] = done
             if cfg.checkpoint_every and done % cfg.checkpoint_every == 0 and done < total:
                 checkpoints.save(accelerator, state)

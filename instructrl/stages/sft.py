@@ -21,7 +21,7 @@ from instructrl import losses, models, trainer
 from instructrl.config import SFTConfig, save_config
 from instructrl.errors import UserError
 from instructrl.records import Demonstration, read_records
-from instructrl.rollout import render_prompt
+from instructrl.rollout import encode_response
 
 log = logging.getLogger(__name__)
 
@@ -37,20 +37,15 @@ def encode_demonstrations(
 ) -> tuple[list[Example], dict[str, int]]:
     """Tokenize prompt (chat template) + response + EOS. A prompt that leaves fewer than 8
     response tokens is dropped; a response that overflows is truncated (and loses its EOS)."""
-    eos = tokenizer.eos_token_id
     examples, dropped, truncated = [], 0, 0
     for demo in demos:
-        prompt_ids = tokenizer(render_prompt(tokenizer, demo.prompt), add_special_tokens=False)[
-            "input_ids"
-        ]
-        response_ids = [*tokenizer(demo.response, add_special_tokens=False)["input_ids"], eos]
-        if len(prompt_ids) > max_length - 8:
+        encoded = encode_response(tokenizer, demo.prompt, demo.response, max_length=max_length)
+        if encoded is None:
             dropped += 1
             continue
-        if len(prompt_ids) + len(response_ids) > max_length:
-            truncated += 1
-            response_ids = response_ids[: max_length - len(prompt_ids)]
-        examples.append(Example(prompt_ids + response_ids, len(prompt_ids)))
+        ids, n_prompt, cut = encoded
+        truncated += cut
+        examples.append(Example(ids, n_prompt))
     report = {
         "examples": len(examples),
         "dropped_long_prompt": dropped,
@@ -189,22 +184,45 @@ def run(cfg: SFTConfig) -> Path:
     pad_id = tokenizer.pad_token_id
 
     def loss_fn(batch: list[int]):
-        ids, attn, mask = (t.to(accelerator.device) for t in collate([train[i] for i in batch], pad_id))
+        ids, attn, mask = (
+            t.to(accelerator.device) for t in collate([train[i] for i in batch], pad_id)
+        )
         loss, _ = batch_loss(model, ids, attn, mask)
         return loss, {"loss": loss.item()}, int(attn.sum())
 
     def eval_fn() -> dict[str, float]:
-        return {"val_loss": evaluate(model, val, pad_id, cfg.batch_size, accelerator.device)} if val else {}
+        return (
+            {"val_loss": evaluate(model, val, pad_id, cfg.batch_size, accelerator.device)}
+            if val
+            else {}
+        )
 
     def save_best() -> None:
         trainer.save_hf_model(accelerator, model, tokenizer, out / "best", merge=cfg.lora.merge)
 
-    first = {"sft/train_examples": len(train), "sft/val_examples": len(val), **{f"sft/{k}": v for k, v in report.items()}}
+    first = {
+        "sft/train_examples": len(train),
+        "sft/val_examples": len(val),
+        **{f"sft/{k}": v for k, v in report.items()},
+    }
     state = trainer.fit(
-        accelerator=accelerator, cfg=cfg, model=model, optimizer=optimizer, scheduler=scheduler, out=out,
-        prefix="sft", n_examples=len(train), batch_size=cfg.batch_size, total=total, per_epoch=per_epoch,
-        loss_fn=loss_fn, eval_fn=eval_fn if val else None, eval_every=cfg.eval_every, select=("val_loss", "min"),
-        save_best=save_best, first_row=first,
+        accelerator=accelerator,
+        cfg=cfg,
+        model=model,
+        optimizer=optimizer,
+        scheduler=scheduler,
+        out=out,
+        prefix="sft",
+        n_examples=len(train),
+        batch_size=cfg.batch_size,
+        total=total,
+        per_epoch=per_epoch,
+        loss_fn=loss_fn,
+        eval_fn=eval_fn if val else None,
+        eval_every=cfg.eval_every,
+        select=("val_loss", "min"),
+        save_best=save_best,
+        first_row=first,
     )
     final = _finish(accelerator, model, tokenizer, out, cfg, state)
     trainer.plot_curves(
@@ -216,14 +234,22 @@ def run(cfg: SFTConfig) -> Path:
     return final
 
 
-def _finish(accelerator: Any, model: Any, tokenizer: Any, out: Path, cfg: SFTConfig, state: dict[str, Any]) -> Path:
+def _finish(
+    accelerator: Any, model: Any, tokenizer: Any, out: Path, cfg: SFTConfig, state: dict[str, Any]
+) -> Path:
     """Install the selected model into out/: best validation loss, else the last step."""
     best = out / "best"
     if state.get("best_step") is not None and best.is_dir():
         source = best
-        selected = {"selected_by": "val_loss", "step": state["best_step"], "val_loss": state["best"]}
+        selected = {
+            "selected_by": "val_loss",
+            "step": state["best_step"],
+            "val_loss": state["best"],
+        }
     else:
-        source = trainer.save_hf_model(accelerator, model, tokenizer, out / "final", merge=cfg.lora.merge)
+        source = trainer.save_hf_model(
+            accelerator, model, tokenizer, out / "final", merge=cfg.lora.merge
+        )
         selected = {"selected_by": "last", "step": state["step"]}
     if accelerator.is_main_process:
         trainer.install(source, out, "selected.json", json.dumps(selected) + "\n")

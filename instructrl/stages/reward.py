@@ -1,0 +1,357 @@
+"""`instructrl rm`: the reward model on K-way rankings (paper, section 3.5 and appendix C.2).
+
+Each prompt's K completions go through the network once each (K forwards, not K(K-1)); the
+loss then takes all C(K, 2) pairs of that prompt from those K rewards, so a completion is never
+reused across batch elements (the paper's remedy for overfitting). Ties are left out. After
+training, a bias is set so that the demonstrations score 0 on average.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from instructrl import losses, models, trainer
+from instructrl.config import RMConfig, ScoreConfig, save_config
+from instructrl.errors import UserError
+from instructrl.records import Comparison, read_records, write_records
+from instructrl.rollout import encode_response
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class RankedExample:
+    completions: list[list[int]]  # K token id lists: prompt + response + EOS
+    ranks: list[int]  # (K,) 0 = best; ties share a rank
+
+
+def encode_comparisons(
+    tokenizer: Any, comparisons: list[Comparison], *, max_length: int, where: str
+) -> tuple[list[RankedExample], dict[str, int]]:
+    examples, dropped, truncated = [], 0, 0
+    for c in comparisons:
+        encoded = [
+            encode_response(tokenizer, c.prompt, r, max_length=max_length) for r in c.responses
+        ]
+        if any(e is None for e in encoded):
+            dropped += 1
+            continue
+        truncated += sum(e[2] for e in encoded)
+        if not c.pairs():
+            continue  # everything tied: no pair to learn from
+        examples.append(RankedExample([e[0] for e in encoded], c.ranks()))
+    if dropped or truncated:
+        log.warning(
+            "%s: dropped %d of %d comparisons whose prompt exceeds max_length=%d - 8; truncated %d responses",
+            where,
+            dropped,
+            len(comparisons),
+            max_length,
+            truncated,
+        )
+    if not examples:
+        raise UserError(
+            f"{where}: no usable comparisons (prompts too long for max_length={max_length}, or all tied)"
+        )
+    return examples, {
+        "comparisons": len(examples),
+        "dropped_long_prompt": dropped,
+        "truncated_response": truncated,
+    }
+
+
+def collate(examples: list[RankedExample], pad_id: int) -> tuple[torch.Tensor, ...]:
+    """Every completion of the batch as one right-padded (sum K_b, L) batch, plus (B, K) ranks
+    and valid mask and the (B, K) index of each completion's row (-1 where invalid)."""
+    flat = [ids for e in examples for ids in e.completions]
+    width = max(len(ids) for ids in flat)
+    input_ids = torch.full((len(flat), width), pad_id, dtype=torch.long)
+    attention = torch.zeros((len(flat), width), dtype=torch.bool)
+    for i, ids in enumerate(flat):
+        input_ids[i, : len(ids)] = torch.tensor(ids)
+        attention[i, : len(ids)] = True
+    k_max = max(len(e.completions) for e in examples)
+    ranks = torch.zeros((len(examples), k_max), dtype=torch.long)
+    valid = torch.zeros((len(examples), k_max), dtype=torch.bool)
+    rows = torch.full((len(examples), k_max), -1, dtype=torch.long)
+    row = 0
+    for b, e in enumerate(examples):
+        k = len(e.completions)
+        ranks[b, :k] = torch.tensor(e.ranks)
+        valid[b, :k] = True
+        rows[b, :k] = torch.arange(row, row + k)
+        row += k
+    return input_ids, attention, ranks, valid, rows
+
+
+def batch_rewards(
+    model: Any,
+    input_ids: torch.Tensor,
+    attention: torch.Tensor,
+    rows: torch.Tensor,
+    valid: torch.Tensor,
+) -> torch.Tensor:
+    """(B, K) rewards from one forward pass over all (sum K_b) completions."""
+    flat = model(input_ids, attention)  # (sum K_b,)
+    zeros = torch.zeros(rows.shape, dtype=flat.dtype, device=flat.device)
+    return torch.where(valid, flat[rows.clamp(min=0)], zeros)
+
+
+def batch_loss(model: Any, examples: list[RankedExample], pad_id: int, device: Any):
+    ids, attn, ranks, valid, rows = (t.to(device) for t in collate(examples, pad_id))
+    rewards = batch_rewards(model, ids, attn, rows, valid)
+    loss, stats = losses.ranking_loss(rewards=rewards, ranks=ranks, valid=valid)
+    return loss, stats, int(attn.sum())
+
+
+@torch.no_grad()
+def evaluate(
+    model: Any, examples: list[RankedExample], pad_id: int, batch_size: int, device: Any
+) -> dict[str, float]:
+    """Pairwise accuracy and loss, weighted by pairs, over all examples."""
+    was_training = model.training
+    model.eval()
+    correct = pairs = 0.0
+    loss_sum = 0.0
+    for i in range(0, len(examples), batch_size):
+        loss, stats, _ = batch_loss(model, examples[i : i + batch_size], pad_id, device)
+        n = float(stats["pairs"])
+        correct += float(stats["accuracy"]) * n
+        pairs += n
+        loss_sum += loss.item() * len(examples[i : i + batch_size])
+    model.train(was_training)
+    return {
+        "accuracy": correct / max(pairs, 1),
+        "loss": loss_sum / max(len(examples), 1),
+        "pairs": pairs,
+    }
+
+
+@torch.no_grad()
+def score_texts(
+    model: Any,
+    tokenizer: Any,
+    pairs: list[tuple[Any, str]],
+    *,
+    batch_size: int,
+    max_length: int,
+    device: Any,
+) -> list[float]:
+    """Rewards of (prompt, response) pairs; a prompt too long for max_length is an error."""
+    out: list[float] = []
+    pad_id = tokenizer.pad_token_id
+    for i in range(0, len(pairs), batch_size):
+        chunk = pairs[i : i + batch_size]
+        encoded = [encode_response(tokenizer, p, r, max_length=max_length) for p, r in chunk]
+        if any(e is None for e in encoded):
+            raise UserError(
+                f"score: a prompt is longer than max_length={max_length} - 8 tokens; raise max_length"
+            )
+        width = max(len(e[0]) for e in encoded)
+        ids = torch.full((len(chunk), width), pad_id, dtype=torch.long)
+        attn = torch.zeros((len(chunk), width), dtype=torch.bool)
+        for j, e in enumerate(encoded):
+            ids[j, : len(e[0])] = torch.tensor(e[0])
+            attn[j, : len(e[0])] = True
+        out.extend(model(ids.to(device), attn.to(device)).tolist())
+    return out
+
+
+def _split(
+    cfg: RMConfig, comparisons: list[Comparison]
+) -> tuple[list[Comparison], list[Comparison]]:
+    """Validation by prompt: every comparison of a held-out prompt goes to validation."""
+    if cfg.val_data:
+        return comparisons, read_records(cfg.val_data, "comparison")
+    keys = sorted({c.prompt_id or json.dumps(c.prompt) for c in comparisons})
+    n_val = round(len(keys) * cfg.val_fraction)
+    order = trainer.epoch_order(len(keys), seed=cfg.seed, epoch=-1)
+    val_keys = {keys[i] for i in order[:n_val]}
+    key = lambda c: c.prompt_id or json.dumps(c.prompt)  # noqa: E731
+    return [c for c in comparisons if key(c) not in val_keys], [
+        c for c in comparisons if key(c) in val_keys
+    ]
+
+
+def run(cfg: RMConfig) -> Path:
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+    save_config(cfg, out / "config.yaml")
+    accelerator = trainer.make_accelerator(cfg)
+    torch.manual_seed(cfg.seed)
+
+    tokenizer = models.load_tokenizer(cfg.model, padding_side="right")
+    train_c, val_c = _split(cfg, read_records(cfg.data, "comparison"))
+    train, report = encode_comparisons(
+        tokenizer, train_c, max_length=cfg.max_length, where=str(cfg.data)
+    )
+    val = (
+        encode_comparisons(tokenizer, val_c, max_length=cfg.max_length, where="validation")[0]
+        if val_c
+        else []
+    )
+    heldout = []
+    if cfg.heldout_data:
+        heldout = encode_comparisons(
+            tokenizer,
+            read_records(cfg.heldout_data, "comparison"),
+            max_length=cfg.max_length,
+            where=cfg.heldout_data,
+        )[0]
+
+    model = models.new_reward_model(cfg.model, dtype=torch.float32)
+    model.backbone = trainer.prepare_model(model.backbone, cfg)
+    model.train()
+    optimizer = trainer.make_optimizer(model, cfg)
+    per_epoch = trainer.steps_per_epoch(
+        len(train), cfg.batch_size, cfg.grad_accum, accelerator.num_processes
+    )
+    total = cfg.max_steps or cfg.epochs * per_epoch
+    scheduler = trainer.make_scheduler(optimizer, cfg, total)
+    model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
+    pad_id = tokenizer.pad_token_id
+
+    def loss_fn(batch: list[int]):
+        loss, stats, tokens = batch_loss(
+            model, [train[i] for i in batch], pad_id, accelerator.device
+        )
+        return loss, {k: float(v) for k, v in stats.items()}, tokens
+
+    def eval_fn() -> dict[str, float]:
+        row: dict[str, float] = {}
+        if val:
+            v = evaluate(model, val, pad_id, cfg.batch_size, accelerator.device)
+            row.update(val_accuracy=v["accuracy"], val_loss=v["loss"])
+        if heldout:
+            row["heldout_accuracy"] = evaluate(
+                model, heldout, pad_id, cfg.batch_size, accelerator.device
+            )["accuracy"]
+        return row
+
+    first = {
+        "rm/train_comparisons": len(train),
+        "rm/val_comparisons": len(val),
+        "rm/heldout_comparisons": len(heldout),
+        **{f"rm/{k}": v for k, v in report.items()},
+    }
+    state = trainer.fit(
+        accelerator=accelerator,
+        cfg=cfg,
+        model=model,
+        optimizer=optimizer,
+        scheduler=scheduler,
+        out=out,
+        prefix="rm",
+        n_examples=len(train),
+        batch_size=cfg.batch_size,
+        total=total,
+        per_epoch=per_epoch,
+        loss_fn=loss_fn,
+        eval_fn=eval_fn if (val or heldout) else None,
+        eval_every=cfg.eval_every,
+        first_row=first,
+    )
+    final = _finish(accelerator, model, tokenizer, out, cfg, state)
+    trainer.plot_curves(
+        out / "metrics.jsonl",
+        ["rm/loss", "rm/accuracy", "rm/val_accuracy", "rm/heldout_accuracy"],
+        out / "accuracy.png",
+        f"reward model from {cfg.model}",
+    )
+    return final
+
+
+def normalising_bias(
+    model: Any, tokenizer: Any, demos_path: str, *, max_length: int, batch_size: int, device: Any
+) -> tuple[float, int]:
+    """-mean raw reward of the demonstrations, so that they score 0 on average."""
+    demos = read_records(demos_path, "demonstration")
+    usable = [
+        d
+        for d in demos
+        if encode_response(tokenizer, d.prompt, d.response, max_length=max_length) is not None
+    ]
+    rewards = score_texts(
+        model,
+        tokenizer,
+        [(d.prompt, d.response) for d in usable],
+        batch_size=batch_size,
+        max_length=max_length,
+        device=device,
+    )
+    return -sum(rewards) / max(len(rewards), 1), len(rewards)
+
+
+def _finish(
+    accelerator: Any, model: Any, tokenizer: Any, out: Path, cfg: RMConfig, state: dict[str, Any]
+) -> Path:
+    inner = accelerator.unwrap_model(model).eval()
+    if cfg.lora.r > 0 and cfg.lora.merge:
+        inner.backbone = inner.backbone.merge_and_unload()
+    bias, n_demos = 0.0, 0
+    if cfg.demos:
+        inner.bias.fill_(0.0)
+        bias, n_demos = normalising_bias(
+            inner,
+            tokenizer,
+            cfg.demos,
+            max_length=cfg.max_length,
+            batch_size=cfg.batch_size * 2,
+            device=accelerator.device,
+        )
+    else:
+        log.warning(
+            "no demos=FILE given: the reward model is not normalised (demonstrations need not score 0)"
+        )
+    info = {
+        "trained_from": cfg.model,
+        "steps": state["step"],
+        "normalised_on": n_demos,
+        "max_length": cfg.max_length,
+    }
+    if accelerator.is_main_process:
+        tmp = out / ".final"
+        models.save_reward_model(inner, tokenizer, tmp, bias=bias, extra=info)
+        trainer.install(
+            tmp,
+            out,
+            "selected.json",
+            json.dumps({"selected_by": "last", "step": state["step"], "bias": bias}) + "\n",
+        )
+    log.info("reward model in %s (bias %.4f from %d demonstrations)", out, bias, n_demos)
+    return out
+
+
+def run_score(cfg: ScoreConfig) -> Path:
+    """`instructrl score`: the input records with `reward` added."""
+    device = models.pick_device(cfg.device)
+    model = models.load_reward_model(cfg.reward, device=device)
+    tokenizer = models.load_tokenizer(cfg.reward, padding_side="right")
+    max_length = cfg.max_length or int(
+        (getattr(model.config, "instructrl", None) or {}).get("max_length", 512)
+    )
+    records = read_records(cfg.data)
+    if records[0].kind not in ("sample", "demonstration"):
+        raise UserError(
+            f"score: {cfg.data}: expected sample or demonstration records, got {records[0].kind} records"
+        )
+    rewards = score_texts(
+        model,
+        tokenizer,
+        [(r.prompt, r.response) for r in records],
+        batch_size=cfg.batch_size,
+        max_length=max_length,
+        device=device,
+    )
+    rows = []
+    for record, reward in zip(records, rewards, strict=True):
+        row = record.to_dict()
+        row["reward"] = round(reward, 6)
+        rows.append(row)
+    return write_records(cfg.out, rows)

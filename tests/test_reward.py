@@ -1,0 +1,194 @@
+"""Reward model: the K-way loss against a loop over pairs, one forward per completion,
+mixed K, normalisation, and the reward token under either padding."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+
+from instructrl import losses, models
+from instructrl.config import RMConfig, load_config
+from instructrl.records import Comparison
+from instructrl.stages import reward
+
+RESPONSES = [
+    "The capital of France is Paris.",
+    "Paris.",
+    "I think it is Lyon, maybe.",
+    "banana banana banana",
+    "France's capital city is Paris, on the Seine.",
+    "Rome.",
+    "Not sure.",
+    "Paris is the capital.",
+    "x",
+]
+
+
+def test_ranking_loss_by_hand():
+    # K = 2, r = [1, 0], 0 ranked first: loss = -log sigmoid(1) = log(1 + e^-1) = 0.31326
+    loss, stats = losses.ranking_loss(
+        rewards=torch.tensor([[1.0, 0.0]]),
+        ranks=torch.tensor([[0, 1]]),
+        valid=torch.ones(1, 2, dtype=torch.bool),
+    )
+    assert loss.item() == pytest.approx(math.log(1 + math.exp(-1)), abs=1e-6)
+    assert (stats["accuracy"].item(), stats["pairs"].item()) == (1.0, 1)
+    # K = 3, r = [0, 0, 0]: each of the 3 pairs costs log 2; with 1 and 2 tied only 2 pairs remain
+    zeros = torch.zeros(1, 3)
+    loss, stats = losses.ranking_loss(
+        rewards=zeros, ranks=torch.tensor([[0, 1, 1]]), valid=torch.ones(1, 3, dtype=torch.bool)
+    )
+    assert loss.item() == pytest.approx(math.log(2), abs=1e-6) and stats["pairs"].item() == 2
+    # an invalid slot holding inf changes nothing
+    loss2, _ = losses.ranking_loss(
+        rewards=torch.tensor([[0.0, 0.0, 0.0, float("inf")]]),
+        ranks=torch.tensor([[0, 1, 1, 0]]),
+        valid=torch.tensor([[True, True, True, False]]),
+    )
+    assert loss2.item() == pytest.approx(math.log(2), abs=1e-6)
+
+
+@pytest.fixture(scope="module")
+def rm_and_tok(tiny_model_dir):
+    torch.manual_seed(0)
+    return models.new_reward_model(str(tiny_model_dir)).eval(), models.load_tokenizer(
+        str(tiny_model_dir), padding_side="right"
+    )
+
+
+def _examples(tok, ks, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    comps = []
+    for b, k in enumerate(ks):
+        order = torch.randperm(k, generator=g).tolist()
+        ranking = (
+            [order[0], [order[1], order[2]], *order[3:]] if k >= 4 else order
+        )  # one tie when K >= 4
+        comps.append(
+            Comparison(
+                prompt=f"Question {b}: what is the capital of France?",
+                responses=RESPONSES[:k],
+                ranking=ranking,
+            )
+        )
+    examples, _ = reward.encode_comparisons(tok, comps, max_length=128, where="t")
+    return comps, examples
+
+
+def test_batched_loss_and_gradient_equal_a_loop_over_pairs(rm_and_tok):
+    model, tok = rm_and_tok
+    comps, examples = _examples(tok, [4, 9, 2])
+    model.zero_grad()
+    loss, _, _ = reward.batch_loss(model, examples, tok.pad_token_id, "cpu")
+    loss.backward()
+    batched = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+
+    model.zero_grad()
+    per_prompt = []
+    for c, e in zip(comps, examples, strict=True):
+        terms = []
+        for w, lo in c.pairs():  # each pair its own two-example batch, as pairwise trainers do
+            ids, attn, _, _, _ = reward.collate(
+                [reward.RankedExample([e.completions[w], e.completions[lo]], [0, 1])],
+                tok.pad_token_id,
+            )
+            r = model(ids, attn)
+            terms.append(-torch.nn.functional.logsigmoid(r[0] - r[1]))
+        per_prompt.append(sum(terms) / len(terms))
+    looped = sum(per_prompt) / len(per_prompt)
+    looped.backward()
+    assert loss.item() == pytest.approx(looped.item(), abs=1e-6)
+    for name, grad in batched.items():
+        torch.testing.assert_close(grad, model.get_parameter(name).grad, atol=1e-6, rtol=1e-5)
+
+
+def test_one_forward_per_completion(rm_and_tok):
+    model, tok = rm_and_tok
+    _, examples = _examples(tok, [4, 9, 2])
+    rows = []
+    hook = model.backbone.get_input_embeddings().register_forward_hook(
+        lambda m, i, o: rows.append(i[0].shape[0])
+    )
+    try:
+        reward.batch_loss(model, examples, tok.pad_token_id, "cpu")
+    finally:
+        hook.remove()
+    assert rows == [4 + 9 + 2]  # K forwards per prompt in one pass, not K(K-1)
+
+
+def test_mixed_k_equals_each_prompt_alone(rm_and_tok):
+    model, tok = rm_and_tok
+    _, examples = _examples(tok, [3, 9, 5, 2], seed=1)
+    with torch.no_grad():
+        together = reward.batch_loss(model, examples, tok.pad_token_id, "cpu")[0]
+        alone = [reward.batch_loss(model, [e], tok.pad_token_id, "cpu")[0] for e in examples]
+    assert together.item() == pytest.approx(sum(a.item() for a in alone) / len(alone), abs=1e-6)
+
+
+def test_reward_token_under_left_and_right_padding(rm_and_tok):
+    model, tok = rm_and_tok
+    seqs = [
+        tok("short one")["input_ids"] + [tok.eos_token_id],
+        tok("a much longer sequence of words here")["input_ids"] + [tok.eos_token_id],
+    ]
+    width = max(map(len, seqs))
+    right_ids = torch.tensor([s + [tok.pad_token_id] * (width - len(s)) for s in seqs])
+    right_mask = torch.tensor([[True] * len(s) + [False] * (width - len(s)) for s in seqs])
+    left_ids = torch.tensor([[tok.pad_token_id] * (width - len(s)) + s for s in seqs])
+    left_mask = torch.tensor([[False] * (width - len(s)) + [True] * len(s) for s in seqs])
+    assert models.last_true(right_mask).tolist() == [len(seqs[0]) - 1, width - 1]
+    assert models.last_true(left_mask).tolist() == [width - 1, width - 1]
+    with torch.no_grad():
+        alone = torch.stack(
+            [model(torch.tensor([s]), torch.ones(1, len(s), dtype=torch.bool))[0] for s in seqs]
+        )
+        torch.testing.assert_close(model(right_ids, right_mask), alone, atol=1e-5, rtol=0)
+        torch.testing.assert_close(model(left_ids, left_mask), alone, atol=1e-5, rtol=0)
+
+
+def test_rm_stage_normalises_and_reloads(tiny_model_dir, tmp_path):
+    comps = [
+        {
+            "prompt_id": f"p{i}",
+            "prompt": f"Question {i}?",
+            "responses": RESPONSES[:4],
+            "ranking": [0, 1, 2, 3],
+        }
+        for i in range(12)
+    ]
+    demos = [{"prompt": f"Question {i}?", "response": RESPONSES[i % 3]} for i in range(10)]
+    (tmp_path / "c.jsonl").write_text("".join(json.dumps(c) + "\n" for c in comps))
+    (tmp_path / "d.jsonl").write_text("".join(json.dumps(d) + "\n" for d in demos))
+    cfg = load_config(
+        RMConfig,
+        [
+            f"model={tiny_model_dir}",
+            f"data={tmp_path / 'c.jsonl'}",
+            f"demos={tmp_path / 'd.jsonl'}",
+            f"heldout_data={tmp_path / 'c.jsonl'}",
+            f"out={tmp_path / 'rm'}",
+            "lr=1e-3",
+            "epochs=2",
+        ],
+    )
+    out = reward.run(cfg)
+    rm = models.load_reward_model(out)
+    tok = models.load_tokenizer(str(out), padding_side="right")
+    scores = reward.score_texts(
+        rm,
+        tok,
+        [(d["prompt"], d["response"]) for d in demos],
+        batch_size=3,
+        max_length=256,
+        device="cpu",
+    )
+    assert abs(sum(scores) / len(scores)) < 1e-5
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert any("rm/val_accuracy" in r for r in rows) and any(
+        "rm/heldout_accuracy" in r for r in rows
+    )
+    assert rows[-1]["rm/heldout_accuracy"] > 0.7  # learns the shared order
+    assert json.loads((out / "config.json").read_text())["instructrl"]["type"] == "reward"
