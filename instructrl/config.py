@@ -214,6 +214,13 @@ class SFTConfig(TrainConfig):
         0.0, "mix in pretraining text, as a share of demonstrations (paper's PPO init: 0.1)"
     )
     eval_every: int = _f(0, "optimizer steps between validations (0 = once per epoch)")
+    reward: str | None = _f(
+        None, "reward model: select the checkpoint by its mean score on validation prompts (paper)"
+    )
+    rm_eval_prompts: int = _f(
+        16, "with reward=DIR: validation prompts generated (greedy) and scored per evaluation"
+    )
+    rm_eval_tokens: int = _f(64, "with reward=DIR: new tokens per generated validation response")
 
     def __post_init__(self) -> None:
         self._check_train("sft")

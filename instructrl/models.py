@@ -326,3 +326,12 @@ def load_reward_model(path: str | Path, *, device: str = "cpu", dtype: Any = Non
     model = _reward_module_class()(backbone, bias=info.get("bias", 0.0))
     model.head.load_state_dict(load_file(str(path / REWARD_HEAD_FILE)))
     return model.to(device).eval()
+
+
+def check_same_tokenizer(a: Any, b: Any, *, names: tuple[str, str]) -> None:
+    """Two models scored on each other's token ids must share a vocabulary."""
+    if a.get_vocab() != b.get_vocab() or a.eos_token_id != b.eos_token_id:
+        raise ModelNotFoundError(
+            f"{names[0]} and {names[1]} use different tokenizers ({len(a)} vs {len(b)} tokens); train the reward "
+            f"model from the same base as the policy (e.g. rm model=<the SFT directory>)"
+        )

@@ -192,3 +192,49 @@ def test_long_prompts_are_counted_not_silent(tiny_model_dir, tmp_path):
         first["sft/truncated_response"],
         first["sft/examples"],
     ) == (1, 1, 2)
+
+
+def test_checkpoint_selected_by_rm_score(tiny_model_dir, demos_file, tmp_path):
+    import json as _json
+
+    from instructrl.config import RMConfig
+    from instructrl.stages import reward
+
+    comps = tmp_path / "c.jsonl"
+    comps.write_text(
+        "".join(
+            _json.dumps({"prompt": p, "responses": [r, "no"], "ranking": [0, 1]}) + "\n"
+            for p, r in DEMOS
+        )
+    )
+    rm = reward.run(
+        load_config(
+            RMConfig,
+            [
+                f"model={tiny_model_dir}",
+                f"data={comps}",
+                f"out={tmp_path / 'rm'}",
+                "val_fraction=0",
+            ],
+        )
+    )
+    cfg = load_config(
+        SFTConfig,
+        [
+            f"model={tiny_model_dir}",
+            f"data={demos_file}",
+            f"out={tmp_path / 's'}",
+            f"reward={rm}",
+            "val_fraction=0.34",
+            "eval_every=1",
+            "max_steps=3",
+            "batch_size=4",
+            "rm_eval_tokens=4",
+        ],
+    )
+    out = sft.run(cfg)
+    rows = [r for r in trainer.read_metrics(out / "metrics.jsonl") if "sft/val_rm_score" in r]
+    assert len(rows) == 3
+    best = max(rows, key=lambda r: r["sft/val_rm_score"])
+    selected = _json.loads((out / "selected.json").read_text())
+    assert selected["selected_by"] == "val_rm_score" and selected["step"] == best["step"]

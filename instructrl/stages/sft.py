@@ -127,6 +127,48 @@ def evaluate(
     return total / max(tokens, 1)
 
 
+class RMJudge:
+    """Mean reward of greedy responses to validation prompts: the paper's SFT checkpoint
+    selection (C.1: the final SFT model is selected by RM score on the validation set)."""
+
+    def __init__(self, cfg: SFTConfig, tokenizer: Any, val_demos: list[Demonstration], device: Any):
+        from instructrl.rollout import encode_prompts
+
+        self.rm = models.load_reward_model(cfg.reward, device=device)
+        self.rm_tokenizer = models.load_tokenizer(cfg.reward, padding_side="right")
+        models.check_same_tokenizer(tokenizer, self.rm_tokenizer, names=("model", "reward"))
+        self.prompts = [d.prompt for d in val_demos[: cfg.rm_eval_prompts]]
+        self.prompt_ids = encode_prompts(tokenizer, self.prompts)
+        self.tokenizer, self.cfg = tokenizer, cfg
+
+    @torch.no_grad()
+    def __call__(self, policy: Any) -> float:
+        from instructrl.rollout import generate
+        from instructrl.stages.reward import score_texts
+
+        was_training = policy.training
+        policy.eval()
+        outs = generate(
+            policy,
+            self.tokenizer,
+            self.prompt_ids,
+            max_new_tokens=self.cfg.rm_eval_tokens,
+            temperature=0,
+            batch_size=self.cfg.batch_size,
+        )
+        policy.train(was_training)
+        pairs = [(p, g.text) for p, g in zip(self.prompts, outs, strict=True)]
+        scores = score_texts(
+            self.rm,
+            self.rm_tokenizer,
+            pairs,
+            batch_size=self.cfg.batch_size,
+            max_length=self.cfg.max_length + self.cfg.rm_eval_tokens,
+            device=next(self.rm.parameters()).device,
+        )
+        return sum(scores) / len(scores)
+
+
 def _split(
     cfg: SFTConfig, demos: list[Demonstration]
 ) -> tuple[list[Demonstration], list[Demonstration]]:
@@ -190,12 +232,19 @@ def run(cfg: SFTConfig) -> Path:
         loss, _ = batch_loss(model, ids, attn, mask)
         return loss, {"loss": loss.item()}, int(attn.sum())
 
+    rm_judge = (
+        RMJudge(cfg, tokenizer, val_demos, accelerator.device) if cfg.reward and val_demos else None
+    )
+
     def eval_fn() -> dict[str, float]:
-        return (
+        row = (
             {"val_loss": evaluate(model, val, pad_id, cfg.batch_size, accelerator.device)}
             if val
             else {}
         )
+        if rm_judge is not None:
+            row["val_rm_score"] = rm_judge(accelerator.unwrap_model(model))
+        return row
 
     def save_best() -> None:
         trainer.save_hf_model(accelerator, model, tokenizer, out / "best", merge=cfg.lora.merge)
@@ -220,7 +269,7 @@ def run(cfg: SFTConfig) -> Path:
         loss_fn=loss_fn,
         eval_fn=eval_fn if val else None,
         eval_every=cfg.eval_every,
-        select=("val_loss", "min"),
+        select=("val_rm_score", "max") if rm_judge else ("val_loss", "min"),
         save_best=save_best,
         first_row=first,
     )
@@ -241,11 +290,8 @@ def _finish(
     best = out / "best"
     if state.get("best_step") is not None and best.is_dir():
         source = best
-        selected = {
-            "selected_by": "val_loss",
-            "step": state["best_step"],
-            "val_loss": state["best"],
-        }
+        key = "val_rm_score" if cfg.reward else "val_loss"
+        selected = {"selected_by": key, "step": state["best_step"], key: state["best"]}
     else:
         source = trainer.save_hf_model(
             accelerator, model, tokenizer, out / "final", merge=cfg.lora.merge

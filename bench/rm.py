@@ -1,0 +1,133 @@
+"""Reward-model training throughput: the paper's K-way batching against pair flattening.
+
+    python bench/rm.py [--model default] [--comparisons 4] [--max-length 96]
+
+K-way (ours): each prompt's K completions go through the network once and all C(K, 2) pairs
+come from those K rewards. Pair-flattened (pairwise trainers): each pair is its own
+chosen/rejected example, K(K-1) forwards per prompt. Both do forward + backward + an AdamW
+step on the same comparisons (responses of the default model, cut to --max-length tokens), each
+mode in its own process for its own peak RSS. The ratio should approach K - 1.
+Last line: {"bench": "rm", "ratio": <K = 9 ratio>, "goal": ">= 6", ...}.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import subprocess
+import sys
+import time
+
+
+def comparisons(k: int, n: int):
+    from instructrl import data
+    from instructrl.records import Comparison, read_records
+
+    samples = read_records(data.DATA_DIR / "calibration_samples.jsonl", "sample")
+    by_prompt: dict[str, list] = {}
+    for s in samples:
+        by_prompt.setdefault(s.prompt_id, []).append(s)
+    groups = list(by_prompt.values())
+    out = []
+    for i in range(n):
+        rows = [groups[(i * 3 + j // 4) % len(groups)][j % 4] for j in range(k)]
+        out.append(
+            Comparison(
+                prompt=rows[0].prompt, responses=[r.response for r in rows], ranking=list(range(k))
+            )
+        )
+    return out
+
+
+def child(mode: str, k: int, args) -> dict:
+    import torch
+
+    from instructrl import models
+    from instructrl.stages import reward
+
+    tok = models.load_tokenizer(args.model, padding_side="right")
+    model = models.new_reward_model(args.model).train()
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-6, betas=(0.9, 0.95))
+    comps = comparisons(k, args.comparisons)
+    examples, _ = reward.encode_comparisons(tok, comps, max_length=args.max_length, where="bench")
+    if mode == "pairs":  # every pair its own K = 2 example
+        examples = [
+            reward.RankedExample([e.completions[w], e.completions[lo]], [0, 1])
+            for c, e in zip(comps, examples, strict=True)
+            for w, lo in c.pairs()
+        ]
+        per_step = max(1, len(examples) // args.comparisons)
+    else:
+        per_step = 1
+    start = time.perf_counter()
+    for i in range(0, len(examples), per_step):
+        loss, _, _ = reward.batch_loss(model, examples[i : i + per_step], tok.pad_token_id, "cpu")
+        loss.backward()
+        opt.step()
+        opt.zero_grad()
+    elapsed = time.perf_counter() - start
+    return {
+        "comparisons_per_s": args.comparisons / elapsed,
+        "seconds": elapsed,
+        "peak_rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6,
+    }
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--model", default="default")
+    p.add_argument("--comparisons", type=int, default=4)
+    p.add_argument("--max-length", type=int, default=96)
+    p.add_argument("--child", nargs=2, metavar=("MODE", "K"))
+    args = p.parse_args()
+    if args.child:
+        print("RESULT " + json.dumps(child(args.child[0], int(args.child[1]), args)))
+        return
+    results = {}
+    for k in (4, 9):
+        for mode in ("kway", "pairs"):
+            cmd = [
+                sys.executable,
+                __file__,
+                "--child",
+                mode,
+                str(k),
+                "--model",
+                args.model,
+                "--comparisons",
+                str(args.comparisons),
+                "--max-length",
+                str(args.max_length),
+            ]
+            proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
+            lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
+            if proc.returncode or not lines:
+                raise SystemExit(f"{mode} K={k} failed:\n{proc.stderr[-3000:]}")
+            results[(k, mode)] = json.loads(lines[-1][7:])
+    print(
+        f"{'K':>3s} {'K-way cmp/s':>12s} {'pairs cmp/s':>12s} {'ratio':>7s} {'K-1':>4s} {'RSS K-way':>10s} {'RSS pairs':>10s}"
+    )
+    summary = {"bench": "rm"}
+    for k in (4, 9):
+        a, b = results[(k, "kway")], results[(k, "pairs")]
+        ratio = a["comparisons_per_s"] / b["comparisons_per_s"]
+        print(
+            f"{k:3d} {a['comparisons_per_s']:12.3f} {b['comparisons_per_s']:12.3f} {ratio:7.2f} {k - 1:4d} "
+            f"{a['peak_rss_gb']:9.2f}G {b['peak_rss_gb']:9.2f}G"
+        )
+        summary[f"ratio_k{k}"] = round(ratio, 2)
+        summary[f"kway_rss_gb_k{k}"] = round(a["peak_rss_gb"], 2)
+        summary[f"pairs_rss_gb_k{k}"] = round(b["peak_rss_gb"], 2)
+    summary.update(
+        ratio=summary["ratio_k9"],
+        goal=">= 6",
+        model=args.model,
+        comparisons=args.comparisons,
+        max_length=args.max_length,
+    )
+    print(json.dumps(summary))
+
+
+if __name__ == "__main__":
+    main()
