@@ -92,3 +92,143 @@ def ranking_loss(
         "margin": masked_mean(diff, pair).detach(),
     }
     return loss, stats
+
+
+# ----------------------------------------------------------------------------- PPO
+def whiten(values: Tensor, mask: Tensor, *, shift_mean: bool = True) -> Tensor:
+    """(values - mean) / std over the masked entries (population variance, as in
+    lm-human-preferences); masked-out entries are returned as 0. values, mask: (B, T)."""
+    _same_shape(values=values, mask=mask)
+    mean = masked_mean(values, mask)
+    var = masked_mean((values - mean) ** 2, mask)
+    out = (values - mean) * torch.rsqrt(var + 1e-8)
+    if not shift_mean:
+        out = out + mean
+    return torch.where(mask, out, torch.zeros_like(out))
+
+
+def kl_rewards(
+    *, logprobs: Tensor, ref_logprobs: Tensor, scores: Tensor, mask: Tensor, beta: float
+) -> tuple[Tensor, Tensor]:
+    """Per-token rewards R_t = -beta * (log pi(y_t) - log pi_ref(y_t)), plus the RM score at
+    the last response token (paper, eq. 2). logprobs, ref_logprobs, mask: (B, T); scores: (B,).
+    Returns (rewards (B, T), kl (B, T)), both 0 where mask is False.
+    """
+    _same_shape(logprobs=logprobs, ref_logprobs=ref_logprobs, mask=mask)
+    if scores.shape != logprobs.shape[:1]:
+        raise ValueError(f"scores must be (B,) = {tuple(logprobs.shape[:1])}, got {tuple(scores.shape)}")
+    zeros = torch.zeros_like(logprobs)
+    kl = torch.where(mask, logprobs - ref_logprobs, zeros)
+    rewards = -beta * kl
+    last = (mask.long().cumsum(1) == mask.long().sum(1, keepdim=True)) & mask  # (B, T) the last real token
+    rewards = rewards + torch.where(last, scores[:, None].to(rewards.dtype).expand_as(rewards), zeros)
+    return rewards, kl
+
+
+def gae(*, rewards: Tensor, values: Tensor, mask: Tensor, gamma: float, lam: float) -> tuple[Tensor, Tensor]:
+    """Generalised advantage estimation over response tokens (B, T); the value after the last
+    real token is 0. delta_t = r_t + gamma V_{t+1} - V_t; A_t = delta_t + gamma lam A_{t+1}.
+    Returns (advantages, returns = advantages + values), 0 where mask is False.
+    """
+    _same_shape(rewards=rewards, values=values, mask=mask)
+    zeros = torch.zeros_like(values)
+    rewards = torch.where(mask, rewards, zeros)
+    values = torch.where(mask, values, zeros)
+    advantages = torch.zeros_like(values)
+    next_value = torch.zeros_like(values[:, 0])
+    next_adv = torch.zeros_like(values[:, 0])
+    for t in reversed(range(values.shape[1])):
+        delta = rewards[:, t] + gamma * next_value - values[:, t]
+        adv = delta + gamma * lam * next_adv
+        adv = torch.where(mask[:, t], adv, torch.zeros_like(adv))  # padding neither earns nor passes on
+        advantages[:, t] = adv
+        next_value = torch.where(mask[:, t], values[:, t], next_value)
+        next_adv = torch.where(mask[:, t], adv, next_adv)
+    returns = torch.where(mask, advantages + values, zeros)
+    return advantages, returns
+
+
+def policy_loss(
+    *, logprobs: Tensor, old_logprobs: Tensor, advantages: Tensor, mask: Tensor, clip: float
+) -> tuple[Tensor, dict[str, Tensor]]:
+    """PPO clipped surrogate, mean over response tokens. All inputs (B, T).
+    loss = mean(max(-A * ratio, -A * clip(ratio, 1 - clip, 1 + clip))), ratio = exp(logp - old).
+    Stats: clip_frac (share of tokens where the clipped term is active), approx_kl
+    (mean 0.5 * (logp - old)^2).
+    """
+    _same_shape(logprobs=logprobs, old_logprobs=old_logprobs, advantages=advantages, mask=mask)
+    log_ratio = torch.where(mask, logprobs - old_logprobs, torch.zeros_like(logprobs))
+    ratio = torch.exp(log_ratio)
+    unclipped = -advantages * ratio
+    clipped = -advantages * torch.clamp(ratio, 1.0 - clip, 1.0 + clip)
+    loss = masked_mean(torch.maximum(unclipped, clipped), mask)
+    stats = {
+        "policy_loss": loss.detach(),
+        "clip_frac": masked_mean((clipped > unclipped).float(), mask).detach(),
+        "approx_kl": masked_mean(0.5 * log_ratio**2, mask).detach(),
+    }
+    return loss, stats
+
+
+def value_loss(
+    *, values: Tensor, old_values: Tensor, returns: Tensor, mask: Tensor, clip: float
+) -> tuple[Tensor, dict[str, Tensor]]:
+    """Clipped value loss: 0.5 * mean(max((V - R)^2, (clip_old(V) - R)^2)), where clip_old(V)
+    keeps V within `clip` of the rollout's value. All inputs (B, T)."""
+    _same_shape(values=values, old_values=old_values, returns=returns, mask=mask)
+    clipped_values = old_values + torch.clamp(values - old_values, -clip, clip)
+    err = (values - returns) ** 2
+    err_clipped = (clipped_values - returns) ** 2
+    loss = 0.5 * masked_mean(torch.maximum(err, err_clipped), mask)
+    stats = {"value_loss": loss.detach(), "value_clip_frac": masked_mean((err_clipped > err).float(), mask).detach()}
+    return loss, stats
+
+
+def entropy_from_logits(logits: Tensor) -> Tensor:
+    """Entropy of softmax(logits) over the last dim. (..., V) -> (...)."""
+    logprobs = torch.log_softmax(logits.float(), dim=-1)
+    return -(logprobs.exp() * logprobs).sum(-1)
+
+
+def explained_variance(*, values: Tensor, returns: Tensor, mask: Tensor) -> Tensor:
+    """1 - Var(returns - values) / Var(returns) over masked entries."""
+    _same_shape(values=values, returns=returns, mask=mask)
+    var_returns = masked_mean((returns - masked_mean(returns, mask)) ** 2, mask)
+    diff = returns - values
+    var_diff = masked_mean((diff - masked_mean(diff, mask)) ** 2, mask)
+    return 1.0 - var_diff / var_returns.clamp(min=1e-8)
+
+
+class AdaptiveKLController:
+    """lm-human-preferences' adaptive KL coefficient (Ziegler et al. 2019, eq. 2):
+    e = clip(KL / target - 1, -0.2, 0.2); beta <- beta * (1 + e * n_steps / horizon)."""
+
+    def __init__(self, init: float, target: float, horizon: int):
+        self.value, self.target, self.horizon = init, target, horizon
+
+    def update(self, current_kl: float, n_steps: int) -> float:
+        error = min(max(current_kl / self.target - 1.0, -0.2), 0.2)
+        self.value *= 1.0 + error * n_steps / self.horizon
+        return self.value
+
+    def state_dict(self) -> dict[str, float]:
+        return {"value": self.value}
+
+    def load_state_dict(self, state: dict[str, float]) -> None:
+        self.value = state["value"]
+
+
+class FixedKLController:
+    """A constant KL coefficient (the paper: beta = 0.02)."""
+
+    def __init__(self, value: float):
+        self.value = value
+
+    def update(self, current_kl: float, n_steps: int) -> float:
+        return self.value
+
+    def state_dict(self) -> dict[str, float]:
+        return {"value": self.value}
+
+    def load_state_dict(self, state: dict[str, float]) -> None:
+        self.value = state["value"]
