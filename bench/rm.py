@@ -28,7 +28,9 @@ def comparisons(k: int, n: int):
     by_prompt: dict[str, list] = {}
     for s in samples:
         by_prompt.setdefault(s.prompt_id, []).append(s)
-    groups = [g for g in by_prompt.values() if isinstance(g[0].prompt, str) and len(g[0].prompt) < 120]
+    groups = [
+        g for g in by_prompt.values() if isinstance(g[0].prompt, str) and len(g[0].prompt) < 120
+    ]
     out = []
     for i in range(n):
         rows = [groups[(i * 3 + j // 4) % len(groups)][j % 4] for j in range(k)]

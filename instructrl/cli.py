@@ -18,6 +18,7 @@ from instructrl import __version__
 from instructrl.config import (
     GenerateConfig,
     LabelConfig,
+    PPOConfig,
     RMConfig,
     ScoreConfig,
     SFTConfig,
@@ -196,6 +197,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = _stage_parser(
         sub,
+        "ppo",
+        PPOConfig,
+        "PPO(-ptx) against the reward model with a per-token KL penalty (paper step 3)",
+    )
+    p.set_defaults(func=_cmd_stage, stage_module="ppo", stage_func="run")
+
+    p = _stage_parser(
+        sub,
         "label",
         LabelConfig,
         "simulated labelers: demonstrations, rankings, ratings, agreement",
@@ -257,8 +266,11 @@ def main(argv: list[str] | None = None) -> int:
         handlers=[RichHandler(show_path=False, show_time=False)],
         force=True,
     )
-    for noisy in ("httpx", "urllib3", "filelock", "accelerate", "matplotlib"):
+    for noisy in ("httpx", "urllib3", "filelock", "matplotlib"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+    logging.getLogger("accelerate").setLevel(
+        logging.ERROR
+    )  # "removed shared tensor" on tied weights
     try:
         return args.func(args)
     except UserError as e:

@@ -293,12 +293,83 @@ class ScoreConfig:
                 raise ConfigError(f"config: {key}: required ({key}=...)")
 
 
+@dataclass
+class PPOConfig(TrainConfig):
+    """`instructrl ppo`: PPO(-ptx) against the reward model (paper, section 3.5, C.3, C.4)."""
+
+    policy: str = _f("runs/sft", "initial policy and KL reference: the SFT model")
+    reward: str = _f("runs/rm", "reward model directory (instructrl rm)")
+    value: str | None = _f(None, "value model init; default: the reward model (paper)")
+    prompts: str = _f("default", "prompt records JSONL, or 'default' (shipped prompts of `split`)")
+    split: str = _f("train", "with prompts=default: which shipped split")
+    ptx: str = _f(
+        "default",
+        "pretraining text for PPO-ptx: 'default' (shipped held-out prose), a JSONL of {text}, or 'none'",
+    )
+    out: str = _f(
+        "runs/ppo", "output directory (policy HF model, value/, metrics.jsonl, samples.jsonl)"
+    )
+    iterations: int = _f(30, "PPO iterations (paper: 256k episodes / 512 = 500)")
+    batch_size: int = _f(8, "episodes (prompts) per iteration (paper: 512)")
+    minibatch_size: int = _f(8, "episodes per gradient step (paper: 64)")
+    ppo_epochs: int = _f(1, "passes over each rollout batch (paper: 1)")
+    lr: float = _f(1e-5, "policy learning rate, constant after warmup")
+    value_lr: float = _f(1e-5, "value learning rate (paper: 9e-6)")
+    warmup_iterations: int = _f(10, "linear warmup from 0.1x the lr (paper: 10 iterations)")
+    kl_coef: float = _f(0.02, "beta: per-token KL penalty to the SFT policy (paper: 0.02)")
+    adaptive_kl: bool = _f(False, "adapt beta toward kl_target (lm-human-preferences)")
+    kl_target: float = _f(6.0, "with adaptive_kl: target KL (nats per response)")
+    kl_horizon: int = _f(10000, "with adaptive_kl: horizon in episodes")
+    gamma: float = _f(1.0, "GAE discount (paper: no discount)")
+    lam: float = _f(0.95, "GAE lambda")
+    clip: float = _f(0.2, "policy ratio clip (paper: 0.2)")
+    value_clip: float = _f(0.2, "value clip around the rollout's values")
+    whiten_rewards: bool = _f(False, "whiten per-token rewards over the batch before GAE")
+    whiten_advantages: bool = _f(True, "whiten advantages over the batch")
+    temperature: float = _f(
+        1.0, "rollout temperature, applied to logits in sampling and scoring (paper: 1)"
+    )
+    max_new_tokens: int = _f(48, "response length cap (paper: 1k; CPU preset 48)")
+    max_prompt_tokens: int = _f(256, "longer prompts are dropped, with a count (paper: 1k)")
+    missing_eos_penalty: float | None = _f(
+        None, "score for a response that never ends (lm-human-preferences: -1); null = off"
+    )
+    stop: list[str] = _f(
+        [], "stop strings: the response is truncated at the first one (and counts as ended)"
+    )
+    ptx_coef: float = _f(
+        1.0,
+        "gamma: weight of the pretraining NLL (paper: 27.8 with 8x pretraining examples; CPU preset 1.0)",
+    )
+    ptx_batch_size: int = _f(8, "pretraining chunks per gradient step")
+    ptx_length: int = _f(64, "tokens per pretraining chunk")
+    ema_decay: float = _f(0.0, "policy weight EMA saved as the output (paper: 0.992); 0 = off")
+    sample_every: int = _f(5, "write sample completions every N iterations (0 = never)")
+
+    def __post_init__(self) -> None:
+        self._check_train("ppo")
+        if self.minibatch_size > self.batch_size or self.batch_size % self.minibatch_size:
+            raise ConfigError(
+                f"config: batch_size and minibatch_size: expected minibatch_size to divide batch_size, got "
+                f"batch_size={self.batch_size}, minibatch_size={self.minibatch_size}"
+            )
+        if self.temperature <= 0:
+            raise ConfigError(
+                f"config: temperature: expected > 0 for PPO rollouts, got {self.temperature}"
+            )
+        if not 0 <= self.ema_decay < 1:
+            raise ConfigError(f"config: ema_decay: expected 0 <= x < 1, got {self.ema_decay}")
+        if self.split not in ("train", "val", "test"):
+            raise ConfigError(f"config: split: expected train, val or test, got {self.split!r}")
+
+
 STAGE_CONFIGS: dict[str, type] = {
     "generate": GenerateConfig,
     "label": LabelConfig,
     "sft": SFTConfig,
     "rm": RMConfig,
     "score": ScoreConfig,
+    "ppo": PPOConfig,
 }
 
 

@@ -116,16 +116,24 @@ def kl_rewards(
     """
     _same_shape(logprobs=logprobs, ref_logprobs=ref_logprobs, mask=mask)
     if scores.shape != logprobs.shape[:1]:
-        raise ValueError(f"scores must be (B,) = {tuple(logprobs.shape[:1])}, got {tuple(scores.shape)}")
+        raise ValueError(
+            f"scores must be (B,) = {tuple(logprobs.shape[:1])}, got {tuple(scores.shape)}"
+        )
     zeros = torch.zeros_like(logprobs)
     kl = torch.where(mask, logprobs - ref_logprobs, zeros)
     rewards = -beta * kl
-    last = (mask.long().cumsum(1) == mask.long().sum(1, keepdim=True)) & mask  # (B, T) the last real token
-    rewards = rewards + torch.where(last, scores[:, None].to(rewards.dtype).expand_as(rewards), zeros)
+    last = (
+        mask.long().cumsum(1) == mask.long().sum(1, keepdim=True)
+    ) & mask  # (B, T) the last real token
+    rewards = rewards + torch.where(
+        last, scores[:, None].to(rewards.dtype).expand_as(rewards), zeros
+    )
     return rewards, kl
 
 
-def gae(*, rewards: Tensor, values: Tensor, mask: Tensor, gamma: float, lam: float) -> tuple[Tensor, Tensor]:
+def gae(
+    *, rewards: Tensor, values: Tensor, mask: Tensor, gamma: float, lam: float
+) -> tuple[Tensor, Tensor]:
     """Generalised advantage estimation over response tokens (B, T); the value after the last
     real token is 0. delta_t = r_t + gamma V_{t+1} - V_t; A_t = delta_t + gamma lam A_{t+1}.
     Returns (advantages, returns = advantages + values), 0 where mask is False.
@@ -140,7 +148,9 @@ def gae(*, rewards: Tensor, values: Tensor, mask: Tensor, gamma: float, lam: flo
     for t in reversed(range(values.shape[1])):
         delta = rewards[:, t] + gamma * next_value - values[:, t]
         adv = delta + gamma * lam * next_adv
-        adv = torch.where(mask[:, t], adv, torch.zeros_like(adv))  # padding neither earns nor passes on
+        adv = torch.where(
+            mask[:, t], adv, torch.zeros_like(adv)
+        )  # padding neither earns nor passes on
         advantages[:, t] = adv
         next_value = torch.where(mask[:, t], values[:, t], next_value)
         next_adv = torch.where(mask[:, t], adv, next_adv)
@@ -180,7 +190,10 @@ def value_loss(
     err = (values - returns) ** 2
     err_clipped = (clipped_values - returns) ** 2
     loss = 0.5 * masked_mean(torch.maximum(err, err_clipped), mask)
-    stats = {"value_loss": loss.detach(), "value_clip_frac": masked_mean((err_clipped > err).float(), mask).detach()}
+    stats = {
+        "value_loss": loss.detach(),
+        "value_clip_frac": masked_mean((err_clipped > err).float(), mask).detach(),
+    }
     return loss, stats
 
 

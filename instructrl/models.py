@@ -273,9 +273,12 @@ def _reward_module_class() -> type:
             nn.init.zeros_(self.head.bias)
             self.register_buffer("bias", torch.tensor(float(bias)), persistent=False)
 
-        def forward(self, input_ids: Any, attention_mask: Any) -> Any:
-            """(B,) rewards for right- or left-padded (B, L) sequences."""
+        def forward(self, input_ids: Any, attention_mask: Any, per_token: bool = False) -> Any:
+            """(B,) rewards for right- or left-padded (B, L) sequences; with per_token, (B, L)
+            scores at every position (the value model's V(s_t), initialised from the RM)."""
             hidden = final_hidden(self.backbone, input_ids, attention_mask)  # (B, L, H)
+            if per_token:
+                return self.head(hidden.to(self.head.weight.dtype)).squeeze(-1).float() + self.bias
             last = last_true(attention_mask)  # (B,)
             h = hidden[torch.arange(hidden.shape[0], device=hidden.device), last]  # (B, H)
             return self.head(h.to(self.head.weight.dtype)).squeeze(-1).float() + self.bias

@@ -374,6 +374,8 @@ def install(source: Path, out: Path, marker: str, content: str) -> None:
     the marker last: a crash leaves either the complete source or missing files, never a mix."""
     (out / marker).unlink(missing_ok=True)
     for f in source.iterdir():
+        if (out / f.name).is_dir():
+            shutil.rmtree(out / f.name)
         os.replace(f, out / f.name)
     shutil.rmtree(source, ignore_errors=True)
     shutil.rmtree(out / "checkpoints", ignore_errors=True)  # the stage is complete

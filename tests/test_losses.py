@@ -23,8 +23,13 @@ def test_masked_mean_ignores_inf_padding():
 
 def test_gae_two_steps_by_hand():
     # gamma = lam = 1: A_1 = 1 - 0.25 = 0.75; A_0 = (0 + 0.25 - 0.5) + 0.75 = 0.5
-    adv, ret = losses.gae(rewards=torch.tensor([[0.0, 1.0]]), values=torch.tensor([[0.5, 0.25]]),
-                          mask=torch.ones(1, 2, dtype=torch.bool), gamma=1.0, lam=1.0)
+    adv, ret = losses.gae(
+        rewards=torch.tensor([[0.0, 1.0]]),
+        values=torch.tensor([[0.5, 0.25]]),
+        mask=torch.ones(1, 2, dtype=torch.bool),
+        gamma=1.0,
+        lam=1.0,
+    )
     torch.testing.assert_close(adv, torch.tensor([[0.5, 0.75]]))
     torch.testing.assert_close(ret, torch.tensor([[1.0, 1.0]]))
 
@@ -49,9 +54,13 @@ def test_gae_matches_loop_with_padding(gamma, lam):
     rewards, values = torch.randn(4, 7, generator=g), torch.randn(4, 7, generator=g)
     lengths = [7, 3, 1, 5]
     mask = torch.tensor([[t < n for t in range(7)] for n in lengths])
-    rewards = torch.where(mask, rewards, torch.full_like(rewards, float("nan")))  # padding may hold anything
+    rewards = torch.where(
+        mask, rewards, torch.full_like(rewards, float("nan"))
+    )  # padding may hold anything
     adv, ret = losses.gae(rewards=rewards, values=values, mask=mask, gamma=gamma, lam=lam)
-    torch.testing.assert_close(adv, gae_loop(torch.nan_to_num(rewards), values, mask, gamma, lam), atol=1e-5, rtol=0)
+    torch.testing.assert_close(
+        adv, gae_loop(torch.nan_to_num(rewards), values, mask, gamma, lam), atol=1e-5, rtol=0
+    )
     torch.testing.assert_close(ret, torch.where(mask, adv + values, torch.zeros_like(adv)))
 
 
@@ -59,7 +68,9 @@ def test_whiten_with_mask_by_hand():
     # real entries 1, 3: mean 2, population std 1 -> -1, 1; the padded entry becomes 0
     out = losses.whiten(torch.tensor([[1.0, 3.0, 100.0]]), torch.tensor([[T, T, F]]))
     torch.testing.assert_close(out, torch.tensor([[-1.0, 1.0, 0.0]]), atol=1e-4, rtol=0)
-    out = losses.whiten(torch.tensor([[1.0, 3.0, 100.0]]), torch.tensor([[T, T, F]]), shift_mean=False)
+    out = losses.whiten(
+        torch.tensor([[1.0, 3.0, 100.0]]), torch.tensor([[T, T, F]]), shift_mean=False
+    )
     torch.testing.assert_close(out, torch.tensor([[1.0, 3.0, 0.0]]), atol=1e-4, rtol=0)
 
 
@@ -68,18 +79,27 @@ def test_kl_rewards_by_hand():
     logp = torch.tensor([[-1.0, -2.0, -3.0]])
     ref = torch.tensor([[-1.5, -1.8, float("-inf")]])
     mask = torch.tensor([[T, T, F]])
-    rewards, kl = losses.kl_rewards(logprobs=logp, ref_logprobs=ref, scores=torch.tensor([2.0]), mask=mask, beta=0.1)
+    rewards, kl = losses.kl_rewards(
+        logprobs=logp, ref_logprobs=ref, scores=torch.tensor([2.0]), mask=mask, beta=0.1
+    )
     torch.testing.assert_close(kl, torch.tensor([[0.5, -0.2, 0.0]]))
     torch.testing.assert_close(rewards, torch.tensor([[-0.05, 0.02 + 2.0, 0.0]]))
     with pytest.raises(ValueError, match=r"scores must be \(B,\)"):
-        losses.kl_rewards(logprobs=logp, ref_logprobs=ref, scores=torch.tensor([[2.0]]), mask=mask, beta=0.1)
+        losses.kl_rewards(
+            logprobs=logp, ref_logprobs=ref, scores=torch.tensor([[2.0]]), mask=mask, beta=0.1
+        )
 
 
 def test_policy_loss_by_hand():
     # ratio e^0.5 = 1.6487 > 1.2 with A = 1: clipped term -1.2 is the max -> loss -1.2, clipped
     # ratio e^-0.5 = 0.6065 with A = 1: unclipped -0.6065 vs clipped -0.8 -> -0.6065, not clipped
-    loss, stats = losses.policy_loss(logprobs=torch.tensor([[0.5, -0.5]]), old_logprobs=torch.zeros(1, 2),
-                                     advantages=torch.ones(1, 2), mask=torch.ones(1, 2, dtype=torch.bool), clip=0.2)
+    loss, stats = losses.policy_loss(
+        logprobs=torch.tensor([[0.5, -0.5]]),
+        old_logprobs=torch.zeros(1, 2),
+        advantages=torch.ones(1, 2),
+        mask=torch.ones(1, 2, dtype=torch.bool),
+        clip=0.2,
+    )
     assert loss.item() == pytest.approx((-1.2 - math.exp(-0.5)) / 2, abs=1e-6)
     assert stats["clip_frac"].item() == 0.5
     assert stats["approx_kl"].item() == pytest.approx(0.125, abs=1e-6)
@@ -87,8 +107,13 @@ def test_policy_loss_by_hand():
 
 def test_value_loss_by_hand():
     # old 0, new 1, return 2, clip 0.2: unclipped (1-2)^2 = 1, clipped (0.2-2)^2 = 3.24 -> 0.5 * 3.24
-    loss, stats = losses.value_loss(values=torch.tensor([[1.0]]), old_values=torch.tensor([[0.0]]),
-                                    returns=torch.tensor([[2.0]]), mask=torch.ones(1, 1, dtype=torch.bool), clip=0.2)
+    loss, stats = losses.value_loss(
+        values=torch.tensor([[1.0]]),
+        old_values=torch.tensor([[0.0]]),
+        returns=torch.tensor([[2.0]]),
+        mask=torch.ones(1, 1, dtype=torch.bool),
+        clip=0.2,
+    )
     assert loss.item() == pytest.approx(1.62, abs=1e-6) and stats["value_clip_frac"].item() == 1.0
 
 
@@ -98,7 +123,9 @@ def test_policy_loss_matches_a_loop():
     old = torch.tensor([[rng.gauss(0, 0.3) for _ in range(5)] for _ in range(3)])
     adv = torch.tensor([[rng.gauss(0, 1) for _ in range(5)] for _ in range(3)])
     mask = torch.tensor([[t < n for t in range(5)] for n in (5, 2, 4)])
-    loss, _ = losses.policy_loss(logprobs=logp, old_logprobs=old, advantages=adv, mask=mask, clip=0.2)
+    loss, _ = losses.policy_loss(
+        logprobs=logp, old_logprobs=old, advantages=adv, mask=mask, clip=0.2
+    )
     terms = []
     for b in range(3):
         for t in range(5):
@@ -122,8 +149,12 @@ def test_entropy_and_explained_variance():
     assert losses.entropy_from_logits(torch.zeros(4)).item() == pytest.approx(math.log(4), abs=1e-6)
     mask = torch.ones(1, 3, dtype=torch.bool)
     ret = torch.tensor([[1.0, 2.0, 3.0]])
-    assert losses.explained_variance(values=ret, returns=ret, mask=mask).item() == pytest.approx(1.0)
-    assert losses.explained_variance(values=torch.zeros(1, 3), returns=ret, mask=mask).item() == pytest.approx(0.0, abs=1e-6)
+    assert losses.explained_variance(values=ret, returns=ret, mask=mask).item() == pytest.approx(
+        1.0
+    )
+    assert losses.explained_variance(
+        values=torch.zeros(1, 3), returns=ret, mask=mask
+    ).item() == pytest.approx(0.0, abs=1e-6)
 
 
 def test_nll_loss_by_hand():

@@ -1,0 +1,596 @@
+"""`instructrl ppo`: PPO(-ptx) against the reward model (paper, section 3.5, appendix C.3-C.4).
+
+One iteration reads like the algorithm (PPOTrainer.step):
+sample responses -> old / reference logprobs and values -> RM scores -> per-token rewards with
+the KL penalty -> GAE -> PPO epochs over minibatches (clipped policy loss + gamma * pretraining
+NLL for PPO-ptx; clipped value loss) -> statistics -> KL controller update.
+
+Details of lm-human-preferences, each visible here: left-padded prompts with position ids that
+skip padding; logits divided by the temperature when sampling and when scoring; a response ends
+at its first EOS (pad = EOS, so masks come from lengths); optional missing-EOS penalty and
+stop-string truncation; advantage whitening (and optional reward whitening); adaptive KL with a
+clipped proportional error; no dropout during RL. Policy and value share nothing (the paper).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import random
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from instructrl import losses, models, trainer
+from instructrl.config import PPOConfig, save_config
+from instructrl.errors import UserError
+from instructrl.progress import progress_bar
+from instructrl.records import Prompt, Sample, read_records, write_records
+from instructrl.rollout import apply_stop, cut_response, eos_token_ids, left_pad, render_prompt
+
+log = logging.getLogger(__name__)
+ScoreFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # (ids (B, L), mask (B, L)) -> (B,)
+
+
+@dataclass
+class Rollout:
+    """One batch of episodes. P prompt columns (left-padded), T response columns (right-padded)."""
+
+    input_ids: torch.Tensor  # (B, P + T)
+    attention: torch.Tensor  # (B, P + T) bool: real prompt and response tokens
+    response_mask: torch.Tensor  # (B, T) bool: response tokens up to and including the first EOS
+    prompt_width: int
+    ended: torch.Tensor  # (B,) bool: the response ended with EOS or a stop string
+    texts: list[str]
+    logprobs: torch.Tensor | None = None  # (B, T) under the rollout policy
+    ref_logprobs: torch.Tensor | None = None  # (B, T) under the SFT reference
+    values: torch.Tensor | None = None  # (B, T)
+    scores: torch.Tensor | None = None  # (B,)
+
+
+def response_logprobs(
+    model: Any,
+    input_ids: torch.Tensor,
+    attention: torch.Tensor,
+    prompt_width: int,
+    response_width: int,
+    temperature: float,
+    *,
+    with_entropy: bool = False,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """(B, T) log pi(y_t | x, y_<t) of the response tokens, logits divided by the temperature
+    (as when sampling), and optionally (B, T) entropies. Logits only for response positions."""
+    hidden = models.final_hidden(model, input_ids, attention)  # (B, P + T, H)
+    h = hidden[:, prompt_width - 1 : prompt_width - 1 + response_width]  # (B, T, H): predicts y_t
+    logits = models.unwrap(model).get_output_embeddings()(h).float() / temperature  # (B, T, V)
+    labels = input_ids[:, prompt_width : prompt_width + response_width]
+    logprobs = losses.token_logprobs(logits, labels)
+    entropy = losses.entropy_from_logits(logits) if with_entropy else None
+    return logprobs, entropy
+
+
+def response_values(
+    value_model: Any,
+    input_ids: torch.Tensor,
+    attention: torch.Tensor,
+    prompt_width: int,
+    response_width: int,
+) -> torch.Tensor:
+    """(B, T) V(s_t): the value head at the position that predicts y_t."""
+    per_token = value_model(input_ids, attention, per_token=True)  # (B, P + T)
+    return per_token[:, prompt_width - 1 : prompt_width - 1 + response_width]
+
+
+def reward_model_scorer(rm: Any) -> ScoreFn:
+    @torch.no_grad()
+    def score(input_ids: torch.Tensor, attention: torch.Tensor) -> torch.Tensor:
+        return rm(input_ids, attention)
+
+    return score
+
+
+class PPOTrainer:
+    """Holds the models and optimizers; `step(prompt_ids)` runs one PPO iteration."""
+
+    def __init__(
+        self,
+        cfg: PPOConfig,
+        *,
+        accelerator: Any,
+        policy: Any,
+        ref_policy: Any | None,
+        value_model: Any,
+        tokenizer: Any,
+        score_fn: ScoreFn,
+        ptx: list[Any] | None = None,
+    ):
+        self.cfg, self.accelerator, self.tokenizer, self.score_fn = (
+            cfg,
+            accelerator,
+            tokenizer,
+            score_fn,
+        )
+        self.ptx = ptx or []
+        self.eos_ids = eos_token_ids(models.unwrap(policy), tokenizer)
+        self.pad_id = tokenizer.pad_token_id
+        warm = lambda it: (
+            0.1 + 0.9 * min(1.0, it / cfg.warmup_iterations) if cfg.warmup_iterations else 1.0
+        )
+        policy_opt = trainer.make_optimizer(policy, cfg, lr=cfg.lr)
+        value_opt = trainer.make_optimizer(value_model, cfg, lr=cfg.value_lr)
+        policy_sched = torch.optim.lr_scheduler.LambdaLR(policy_opt, warm)
+        value_sched = torch.optim.lr_scheduler.LambdaLR(value_opt, warm)
+        (
+            self.policy,
+            self.value_model,
+            self.policy_opt,
+            self.value_opt,
+            self.policy_sched,
+            self.value_sched,
+        ) = accelerator.prepare(
+            policy, value_model, policy_opt, value_opt, policy_sched, value_sched
+        )
+        self.ref_policy = ref_policy
+        self.kl_ctl = (
+            losses.AdaptiveKLController(cfg.kl_coef, cfg.kl_target, cfg.kl_horizon)
+            if cfg.adaptive_kl
+            else losses.FixedKLController(cfg.kl_coef)
+        )
+        self.ema = (
+            {n: p.detach().clone() for n, p in self._policy_params()} if cfg.ema_decay else None
+        )
+        self.iteration = 0
+
+    def _policy_params(self):
+        return [(n, p) for n, p in models.unwrap(self.policy).named_parameters() if p.requires_grad]
+
+    # ------------------------------------------------------------------ rollout
+    @torch.no_grad()
+    def sample(self, prompt_ids: list[list[int]], seed: int) -> Rollout:
+        """Sample one response per prompt with the current policy (temperature cfg.temperature)."""
+        from transformers import GenerationConfig
+
+        cfg = self.cfg
+        policy = models.unwrap(self.policy)
+        input_ids, mask = left_pad(prompt_ids, self.pad_id)
+        P, T = input_ids.shape[1], cfg.max_new_tokens
+        torch.manual_seed(seed)
+        policy.eval()
+        out = policy.generate(
+            input_ids=input_ids.to(self.accelerator.device),
+            attention_mask=mask.long().to(self.accelerator.device),
+            generation_config=GenerationConfig(
+                max_new_tokens=T,
+                do_sample=True,
+                temperature=cfg.temperature,
+                top_k=0,
+                top_p=1.0,
+                pad_token_id=self.pad_id,
+                eos_token_id=sorted(self.eos_ids),
+            ),
+        ).cpu()
+        policy.train()
+        responses = torch.full((len(prompt_ids), T), self.pad_id, dtype=torch.long)
+        response_mask = torch.zeros((len(prompt_ids), T), dtype=torch.bool)
+        ended = torch.zeros(len(prompt_ids), dtype=torch.bool)
+        texts = []
+        for i, row in enumerate(out[:, P:].tolist()):
+            tokens, has_eos = cut_response(row, self.eos_ids)
+            text = self.tokenizer.decode(tokens, skip_special_tokens=True)
+            if cfg.stop:
+                text, stopped = apply_stop(text, cfg.stop)
+                if stopped:  # truncate at the stop string and end the response there with EOS
+                    kept = self.tokenizer(text, add_special_tokens=False)["input_ids"][: T - 1]
+                    tokens, has_eos = [*kept, self.tokenizer.eos_token_id], True
+            responses[i, : len(tokens)] = torch.tensor(tokens, dtype=torch.long)
+            response_mask[i, : len(tokens)] = True
+            ended[i] = has_eos
+            texts.append(text)
+        full = torch.cat([input_ids, responses], dim=1)
+        attention = torch.cat([mask, response_mask], dim=1)
+        return Rollout(full, attention, response_mask, P, ended, texts)
+
+    @torch.no_grad()
+    def evaluate(self, r: Rollout) -> None:
+        """Fill in old and reference logprobs, values and RM scores (no gradients)."""
+        cfg, dev = self.cfg, self.accelerator.device
+        ids, attn, T = r.input_ids.to(dev), r.attention.to(dev), r.response_mask.shape[1]
+        self.policy.eval()
+        self.value_model.eval()
+        r.logprobs = response_logprobs(self.policy, ids, attn, r.prompt_width, T, cfg.temperature)[
+            0
+        ].cpu()
+        if (
+            self.ref_policy is None
+        ):  # LoRA: the reference is the base model with the adapter disabled
+            with models.unwrap(self.policy).disable_adapter():
+                r.ref_logprobs = response_logprobs(
+                    self.policy, ids, attn, r.prompt_width, T, cfg.temperature
+                )[0].cpu()
+        else:
+            r.ref_logprobs = response_logprobs(
+                self.ref_policy, ids, attn, r.prompt_width, T, cfg.temperature
+            )[0].cpu()
+        r.values = response_values(self.value_model, ids, attn, r.prompt_width, T).float().cpu()
+        scores = self.score_fn(ids, attn).float().cpu()
+        if cfg.missing_eos_penalty is not None:
+            scores = torch.where(r.ended, scores, torch.full_like(scores, cfg.missing_eos_penalty))
+        r.scores = scores
+        self.policy.train()
+        self.value_model.train()
+
+    # ------------------------------------------------------------------ advantages
+    def advantages(
+        self, r: Rollout
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        cfg = self.cfg
+        rewards, kl = losses.kl_rewards(
+            logprobs=r.logprobs,
+            ref_logprobs=r.ref_logprobs,
+            scores=r.scores,
+            mask=r.response_mask,
+            beta=self.kl_ctl.value,
+        )
+        if cfg.whiten_rewards:
+            rewards = losses.whiten(rewards, r.response_mask, shift_mean=False)
+        advantages, returns = losses.gae(
+            rewards=rewards, values=r.values, mask=r.response_mask, gamma=cfg.gamma, lam=cfg.lam
+        )
+        if cfg.whiten_advantages:
+            advantages = losses.whiten(advantages, r.response_mask)
+        return advantages, returns, rewards, kl
+
+    # ------------------------------------------------------------------ update
+    def ptx_batch(self, rng: random.Random) -> tuple[torch.Tensor, ...] | None:
+        if not self.ptx or self.cfg.ptx_coef == 0:
+            return None
+        from instructrl.stages.sft import collate
+
+        chunk = [self.ptx[rng.randrange(len(self.ptx))] for _ in range(self.cfg.ptx_batch_size)]
+        return tuple(t.to(self.accelerator.device) for t in collate(chunk, self.pad_id))
+
+    def policy_objective(
+        self, r: Rollout, idx: torch.Tensor, advantages: torch.Tensor, ptx: tuple | None
+    ):
+        """Clipped PPO loss on minibatch `idx` plus ptx_coef * pretraining NLL (PPO-ptx)."""
+        cfg, dev = self.cfg, self.accelerator.device
+        T = r.response_mask.shape[1]
+        mask = r.response_mask[idx].to(dev)
+        logprobs, entropy = response_logprobs(
+            self.policy,
+            r.input_ids[idx].to(dev),
+            r.attention[idx].to(dev),
+            r.prompt_width,
+            T,
+            cfg.temperature,
+            with_entropy=True,
+        )
+        loss, stats = losses.policy_loss(
+            logprobs=logprobs,
+            old_logprobs=r.logprobs[idx].to(dev),
+            advantages=advantages[idx].to(dev),
+            mask=mask,
+            clip=cfg.clip,
+        )
+        stats["entropy"] = losses.masked_mean(entropy, mask).detach()
+        if ptx is not None:
+            from instructrl.stages.sft import batch_loss
+
+            ptx_loss, _ = batch_loss(self.policy, *ptx)
+            loss = loss + cfg.ptx_coef * ptx_loss
+            stats["ptx_loss"] = ptx_loss.detach()
+        return loss, stats
+
+    def update(
+        self, r: Rollout, advantages: torch.Tensor, returns: torch.Tensor, seed: int
+    ) -> dict[str, float]:
+        cfg, dev, acc = self.cfg, self.accelerator.device, self.accelerator
+        rng = random.Random(seed)
+        sums: dict[str, float] = {}
+        n = 0
+        for _ in range(cfg.ppo_epochs):
+            order = torch.randperm(
+                len(r.texts), generator=torch.Generator().manual_seed(rng.randrange(2**31))
+            )
+            for start in range(0, len(order), cfg.minibatch_size):
+                idx = order[start : start + cfg.minibatch_size]
+                with acc.autocast():
+                    loss, stats = self.policy_objective(r, idx, advantages, self.ptx_batch(rng))
+                acc.backward(loss)
+                if cfg.grad_clip > 0:
+                    acc.clip_grad_norm_(self.policy.parameters(), cfg.grad_clip)
+                self.policy_opt.step()
+                self.policy_opt.zero_grad(set_to_none=True)
+                with acc.autocast():
+                    values = response_values(
+                        self.value_model,
+                        r.input_ids[idx].to(dev),
+                        r.attention[idx].to(dev),
+                        r.prompt_width,
+                        r.response_mask.shape[1],
+                    )
+                    v_loss, v_stats = losses.value_loss(
+                        values=values.float(),
+                        old_values=r.values[idx].to(dev),
+                        returns=returns[idx].to(dev),
+                        mask=r.response_mask[idx].to(dev),
+                        clip=cfg.value_clip,
+                    )
+                acc.backward(v_loss)
+                if cfg.grad_clip > 0:
+                    acc.clip_grad_norm_(self.value_model.parameters(), cfg.grad_clip)
+                self.value_opt.step()
+                self.value_opt.zero_grad(set_to_none=True)
+                for k, v in {**stats, **v_stats}.items():
+                    sums[k] = sums.get(k, 0.0) + float(v)
+                n += 1
+        self.policy_sched.step()
+        self.value_sched.step()
+        if self.ema is not None:
+            with torch.no_grad():
+                for name, p in self._policy_params():
+                    self.ema[name].mul_(cfg.ema_decay).add_(p.detach(), alpha=1 - cfg.ema_decay)
+        return {k: v / n for k, v in sums.items()}
+
+    # ------------------------------------------------------------------ one iteration
+    def step(self, prompt_ids: list[list[int]]) -> tuple[dict[str, float], Rollout]:
+        """sample -> logprobs, reference, values, scores -> rewards -> GAE -> PPO update -> stats."""
+        start = time.perf_counter()
+        seed = self.cfg.seed * 1_000_003 + self.iteration
+        rollout = self.sample(prompt_ids, seed)
+        self.evaluate(rollout)
+        if not torch.isfinite(rollout.scores).all():
+            raise UserError(
+                f"ppo: iteration {self.iteration + 1}: the reward model returned NaN or inf; stopped"
+            )
+        advantages, returns, rewards, kl = self.advantages(rollout)
+        stats = self.update(rollout, advantages, returns, seed)
+        mask = rollout.response_mask
+        kl_per_episode = kl.sum(1)  # (B,) nats per response
+        lengths = mask.sum(1).float()
+        stats.update(
+            score=rollout.scores.mean().item(),
+            kl=kl_per_episode.mean().item(),
+            kl_coef=self.kl_ctl.value,
+            reward=rewards.sum(1).mean().item(),
+            explained_variance=losses.explained_variance(
+                values=rollout.values, returns=returns, mask=mask
+            ).item(),
+            response_length=lengths.mean().item(),
+            ended_frac=rollout.ended.float().mean().item(),
+            lr=self.policy_sched.get_last_lr()[0],
+            tokens_per_s=lengths.sum().item()
+            / (time.perf_counter() - start),  # response tokens, whole iteration
+        )
+        self.kl_ctl.update(stats["kl"], len(prompt_ids))
+        self.iteration += 1
+        return stats, rollout
+
+    def state(self) -> dict[str, Any]:
+        return {"iteration": self.iteration, "kl_ctl": self.kl_ctl.state_dict()}
+
+    def load(self, state: dict[str, Any]) -> None:
+        self.iteration = state["iteration"]
+        self.kl_ctl.load_state_dict(state["kl_ctl"])
+
+
+# ---------------------------------------------------------------------- stage
+def load_prompts(cfg: PPOConfig) -> list[Prompt]:
+    if cfg.prompts == "default":
+        from instructrl import data
+
+        return data.load_prompts(cfg.split)
+    return read_records(cfg.prompts, "prompt")
+
+
+def load_ptx(cfg: PPOConfig, tokenizer: Any) -> list[Any]:
+    """Pretraining chunks for PPO-ptx (empty for ptx=none)."""
+    from instructrl.stages.sft import Example, ptx_examples
+
+    n = (
+        cfg.ptx_batch_size
+        * cfg.iterations
+        * max(1, cfg.batch_size // cfg.minibatch_size)
+        * cfg.ppo_epochs
+    )
+    if cfg.ptx == "none" or cfg.ptx_coef == 0:
+        return []
+    if cfg.ptx == "default":
+        return ptx_examples(tokenizer, n=min(n, 4096), max_length=cfg.ptx_length, seed=cfg.seed)
+    ids: list[int] = []
+    with open(cfg.ptx, encoding="utf-8") as f:
+        for number, line in enumerate(f, 1):
+            try:
+                text = json.loads(line)["text"]
+            except (ValueError, KeyError, TypeError):
+                raise UserError(
+                    f'{cfg.ptx}:{number}: text: expected a JSON object with a "text" string'
+                ) from None
+            ids.extend(
+                [*tokenizer(text, add_special_tokens=False)["input_ids"], tokenizer.eos_token_id]
+            )
+    chunks = [
+        ids[i : i + cfg.ptx_length] for i in range(0, len(ids) - cfg.ptx_length + 1, cfg.ptx_length)
+    ]
+    if not chunks:
+        raise UserError(f"{cfg.ptx}: fewer than ptx_length={cfg.ptx_length} tokens of text")
+    return [Example(c, 0) for c in chunks]
+
+
+def encode_for_policy(
+    tokenizer: Any, prompts: list[Prompt], max_prompt_tokens: int
+) -> list[tuple[Prompt, list[int]]]:
+    kept = []
+    for p in prompts:
+        ids = tokenizer(render_prompt(tokenizer, p.prompt), add_special_tokens=False)["input_ids"]
+        if len(ids) <= max_prompt_tokens:
+            kept.append((p, ids))
+    if len(kept) < len(prompts):
+        log.warning(
+            "dropped %d of %d prompts longer than max_prompt_tokens=%d",
+            len(prompts) - len(kept),
+            len(prompts),
+            max_prompt_tokens,
+        )
+    if not kept:
+        raise UserError(
+            f"ppo: every prompt is longer than max_prompt_tokens={max_prompt_tokens} (the context for prompts)"
+        )
+    return kept
+
+
+def _no_dropout(model: Any) -> Any:
+    """No dropout in RL (lm-human-preferences): old and new logprobs must come from one function."""
+    for key in (
+        "attention_dropout",
+        "hidden_dropout",
+        "resid_pdrop",
+        "embd_pdrop",
+        "attn_pdrop",
+        "dropout",
+    ):
+        if hasattr(model.config, key) and isinstance(getattr(model.config, key), float):
+            setattr(model.config, key, 0.0)
+    for module in model.modules():
+        if isinstance(module, torch.nn.Dropout):
+            module.p = 0.0
+    return model
+
+
+def run(cfg: PPOConfig) -> Path:
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+    save_config(cfg, out / "config.yaml")
+    accelerator = trainer.make_accelerator(cfg)
+    torch.manual_seed(cfg.seed)
+    tokenizer = models.load_tokenizer(cfg.policy)
+    rm_tokenizer = models.load_tokenizer(cfg.reward)
+    models.check_same_tokenizer(tokenizer, rm_tokenizer, names=("policy", "reward"))
+    prompts = encode_for_policy(tokenizer, load_prompts(cfg), cfg.max_prompt_tokens)
+
+    policy = trainer.prepare_model(
+        _no_dropout(models.load_policy(cfg.policy, dtype=torch.float32)), cfg
+    )
+    ref = (
+        None
+        if cfg.lora.r > 0
+        else _no_dropout(
+            models.load_policy(cfg.policy, device=str(accelerator.device))
+        ).requires_grad_(False)
+    )
+    rm = models.load_reward_model(cfg.reward, device=str(accelerator.device)).requires_grad_(False)
+    value_model = _no_dropout(models.load_reward_model(cfg.value or cfg.reward)).train()
+    value_model.backbone = trainer.prepare_model(value_model.backbone, cfg)
+    ppo = PPOTrainer(
+        cfg,
+        accelerator=accelerator,
+        policy=policy.train(),
+        ref_policy=ref,
+        value_model=value_model,
+        tokenizer=tokenizer,
+        score_fn=reward_model_scorer(rm),
+        ptx=load_ptx(cfg, tokenizer),
+    )
+    return train(ppo, prompts, out)
+
+
+def train(ppo: PPOTrainer, prompts: list[tuple[Prompt, list[int]]], out: Path) -> Path:
+    """The iteration loop: batches of prompts, checkpoints, metrics, samples, the final policy."""
+    cfg, acc = ppo.cfg, ppo.accelerator
+    checkpoints = trainer.Checkpointer(out, cfg.keep_last)
+    latest = checkpoints.latest() if cfg.resume else None
+    if latest is not None:
+        ppo.load(checkpoints.load(acc, latest))
+        log.info("resumed from %s (iteration %d of %d)", latest, ppo.iteration, cfg.iterations)
+    metrics = trainer.MetricsLog(
+        out / "metrics.jsonl", truncate_after_step=ppo.iteration if latest else None
+    )
+    samples_path = out / "samples.jsonl"
+    samples = (
+        [json.loads(line) for line in samples_path.read_text().splitlines()]
+        if latest and samples_path.exists()
+        else []
+    )
+    samples = [s for s in samples if s.get("iteration", 0) <= ppo.iteration]
+    per_epoch = max(1, len(prompts) // cfg.batch_size)
+    with progress_bar("ppo", total=cfg.iterations) as update:
+        update(ppo.iteration)
+        while ppo.iteration < cfg.iterations:
+            epoch, in_epoch = divmod(ppo.iteration, per_epoch)
+            order = trainer.epoch_order(len(prompts), seed=cfg.seed, epoch=epoch)
+            batch = [
+                prompts[i]
+                for i in order[in_epoch * cfg.batch_size : (in_epoch + 1) * cfg.batch_size]
+            ]
+            stats, rollout = ppo.step([ids for _, ids in batch])
+            row = {"step": ppo.iteration, **{f"ppo/{k}": v for k, v in stats.items()}}
+            if not all(math.isfinite(v) for v in row.values() if isinstance(v, float)):
+                raise UserError(
+                    f"ppo: iteration {ppo.iteration}: non-finite statistics {row}; stopped, the last good "
+                    f"checkpoint is {checkpoints.latest()}"
+                )
+            metrics.write(row)
+            if cfg.sample_every and (ppo.iteration % cfg.sample_every == 0 or ppo.iteration == 1):
+                for (p, _), text, score in zip(
+                    batch[:3], rollout.texts, rollout.scores.tolist(), strict=False
+                ):
+                    samples.append(
+                        {
+                            **Sample(
+                                prompt_id=p.id,
+                                prompt=p.prompt,
+                                response=text,
+                                model=str(out),
+                                finish_reason="eos",
+                                seed=cfg.seed,
+                            ).to_dict(),
+                            "iteration": ppo.iteration,
+                            "score": round(score, 4),
+                        }
+                    )
+                write_records(samples_path, samples)
+            update(1, score=stats["score"], kl=stats["kl"], tokens_per_s=stats["tokens_per_s"])
+            if (
+                cfg.checkpoint_every
+                and ppo.iteration % cfg.checkpoint_every == 0
+                and ppo.iteration < cfg.iterations
+            ):
+                checkpoints.save(acc, {"step": ppo.iteration, **ppo.state()})
+    return finish(ppo, out)
+
+
+def finish(ppo: PPOTrainer, out: Path) -> Path:
+    cfg, acc = ppo.cfg, ppo.accelerator
+    policy = acc.unwrap_model(ppo.policy)
+    if ppo.ema is not None:
+        with torch.no_grad():
+            for name, p in policy.named_parameters():
+                if name in ppo.ema:
+                    p.copy_(ppo.ema[name])
+    source = trainer.save_hf_model(acc, policy, ppo.tokenizer, out / ".final", merge=cfg.lora.merge)
+    if acc.is_main_process:
+        value = acc.unwrap_model(ppo.value_model)
+        if cfg.lora.r > 0 and cfg.lora.merge and hasattr(value.backbone, "merge_and_unload"):
+            value.backbone = value.backbone.merge_and_unload()
+        models.save_reward_model(
+            value, ppo.tokenizer, source / "value", bias=float(value.bias), extra={"type": "value"}
+        )
+        trainer.install(
+            source,
+            out,
+            "selected.json",
+            json.dumps({"selected_by": "last", "iterations": ppo.iteration}) + "\n",
+        )
+    trainer.plot_curves(
+        out / "metrics.jsonl",
+        ["ppo/score", "ppo/kl", "ppo/ptx_loss", "ppo/entropy"],
+        out / "curves.png",
+        "PPO",
+    )
+    log.info("PPO policy in %s after %d iterations", out, ppo.iteration)
+    return out

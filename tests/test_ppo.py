@@ -1,0 +1,253 @@
+"""PPO on tiny random models: rollout logprobs against a fresh forward, the ptx gradient,
+a learning test on a synthetic reward, resume, and bad input."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from instructrl import models, trainer
+from instructrl.config import PPOConfig, load_config
+from instructrl.errors import ModelNotFoundError, UserError
+from instructrl.rollout import encode_prompts
+from instructrl.stages import ppo
+
+PROMPTS = [
+    "Say hi.",
+    "What is the capital of France? Answer in one sentence, please.",
+    "List three colours",
+    "Write a poem.",
+]
+
+
+def low_half_score(ids: torch.Tensor, attention: torch.Tensor, width: int = 8) -> torch.Tensor:
+    """Synthetic reward: the share of response tokens with an id below 192 (half the vocabulary)."""
+    resp, mask = ids[:, -width:], attention[:, -width:]
+    return ((resp < 192) & mask).sum(1).float() / mask.sum(1).clamp(min=1)
+
+
+def make_trainer(tiny_model_dir, score_fn=low_half_score, **over):
+    args = {
+        "policy": str(tiny_model_dir),
+        "reward": "unused",
+        "lr": 3e-3,
+        "value_lr": 3e-3,
+        "batch_size": 16,
+        "minibatch_size": 8,
+        "max_new_tokens": 8,
+        "warmup_iterations": 0,
+        "kl_coef": 0.01,
+        "ppo_epochs": 2,
+        **over,
+    }
+    cfg = load_config(PPOConfig, [f"{k}={v}" for k, v in args.items()])
+    torch.manual_seed(0)
+    tok = models.load_tokenizer(str(tiny_model_dir))
+    policy = models.load_policy(str(tiny_model_dir)).train()
+    ref = models.load_policy(str(tiny_model_dir)).requires_grad_(False)
+    value = models.new_reward_model(str(tiny_model_dir)).train()
+    ptx = []
+    if cfg.ptx_coef:
+        from instructrl.stages.sft import Example
+
+        ptx = [
+            Example(tok(f"The quick brown fox number {i} jumps over the lazy dog.")["input_ids"], 0)
+            for i in range(8)
+        ]
+    return ppo.PPOTrainer(
+        cfg,
+        accelerator=trainer.make_accelerator(cfg),
+        policy=policy,
+        ref_policy=ref,
+        value_model=value,
+        tokenizer=tok,
+        score_fn=score_fn,
+        ptx=ptx,
+    ), tok
+
+
+def test_rollout_logprobs_equal_a_fresh_forward(tiny_model_dir):
+    t, tok = make_trainer(tiny_model_dir, temperature=0.7, ptx_coef=0)
+    ids = encode_prompts(tok, PROMPTS)
+    assert len({len(x) for x in ids}) > 1  # prompts of different lengths: real left padding
+    r = t.sample(ids, seed=0)
+    t.evaluate(r)
+    T = r.response_mask.shape[1]
+    for b, prompt in enumerate(ids):
+        n = int(r.response_mask[b].sum())
+        seq = torch.tensor([prompt + r.input_ids[b, r.prompt_width : r.prompt_width + n].tolist()])
+        with torch.no_grad():
+            logits = (
+                models.unwrap(t.policy)(seq).logits[0, len(prompt) - 1 : len(prompt) - 1 + n] / 0.7
+            )
+        expected = (
+            torch.log_softmax(logits, -1)
+            .gather(-1, seq[0, len(prompt) :].unsqueeze(-1))
+            .squeeze(-1)
+        )
+        torch.testing.assert_close(r.logprobs[b, :n], expected, atol=1e-4, rtol=0)
+        torch.testing.assert_close(
+            r.ref_logprobs[b, :n], expected, atol=1e-4, rtol=0
+        )  # policy == reference at start
+        assert n == T or r.ended[b]  # a short response ended with EOS
+    assert r.values.shape == r.logprobs.shape == (len(ids), T)
+
+
+def test_ptx_gradient_is_gamma_times_nll_gradient(tiny_model_dir):
+    t, tok = make_trainer(tiny_model_dir, ptx_coef=2.5)
+    r = t.sample(encode_prompts(tok, PROMPTS), seed=1)
+    t.evaluate(r)
+    advantages, _, _, _ = t.advantages(r)
+    idx = torch.arange(len(PROMPTS))
+    import random
+
+    batch = t.ptx_batch(random.Random(0))
+    params = [p for p in t.policy.parameters() if p.requires_grad]
+
+    def grads(loss):
+        return torch.autograd.grad(loss, params, allow_unused=True)
+
+    with_ptx = grads(t.policy_objective(r, idx, advantages, batch)[0])
+    pure_loss, _ = t.policy_objective(r, idx, advantages, None)
+    from instructrl import losses
+
+    expected_pure, _ = losses.policy_loss(
+        logprobs=ppo.response_logprobs(
+            t.policy, r.input_ids, r.attention, r.prompt_width, r.response_mask.shape[1], 1.0
+        )[0],
+        old_logprobs=r.logprobs,
+        advantages=advantages,
+        mask=r.response_mask,
+        clip=0.2,
+    )
+    assert pure_loss.item() == pytest.approx(
+        expected_pure.item(), abs=1e-6
+    )  # gamma_ptx = 0: the pure PPO loss
+    pure = grads(pure_loss)
+    from instructrl.stages.sft import batch_loss
+
+    nll = grads(batch_loss(t.policy, *batch)[0])
+    for g_ptx, g_pure, g_nll in zip(with_ptx, pure, nll, strict=True):
+        if g_ptx is None:
+            continue
+        torch.testing.assert_close(g_ptx - g_pure, 2.5 * g_nll, atol=1e-5, rtol=1e-4)
+
+
+def test_mean_reward_rises_on_a_synthetic_reward(tiny_model_dir):
+    t, tok = make_trainer(tiny_model_dir, ptx_coef=0)
+    ids = encode_prompts(tok, [f"Question {i}: say something." for i in range(16)])
+    scores, kls = [], []
+    for _ in range(25):
+        stats, _ = t.step(ids)
+        scores.append(stats["score"])
+        kls.append(stats["kl"])
+    start, end = sum(scores[:3]) / 3, sum(scores[-3:]) / 3
+    assert end > start + 0.2, f"mean reward {start:.2f} -> {end:.2f}"
+    assert all(abs(k) < 50 for k in kls)
+
+
+def test_nan_reward_stops_with_the_iteration(tiny_model_dir):
+    t, tok = make_trainer(
+        tiny_model_dir,
+        ptx_coef=0,
+        score_fn=lambda ids, attn: torch.full((ids.shape[0],), float("nan")),
+    )
+    with pytest.raises(UserError, match=r"iteration 1: the reward model returned NaN or inf"):
+        t.step(encode_prompts(tok, PROMPTS))
+
+
+@pytest.fixture(scope="module")
+def rm_dir(tiny_model_dir, tmp_path_factory):
+    out = tmp_path_factory.mktemp("rm") / "rm"
+    torch.manual_seed(0)
+    rm = models.new_reward_model(str(tiny_model_dir))
+    models.save_reward_model(rm, models.load_tokenizer(str(tiny_model_dir)), out, bias=0.0)
+    return out
+
+
+def _stage_cfg(tiny_model_dir, rm_dir, tmp_path, out, **over):
+    prompts = tmp_path / "prompts.jsonl"
+    prompts.write_text(
+        "".join(json.dumps({"id": f"p{i}", "prompt": p}) + "\n" for i, p in enumerate(PROMPTS * 2))
+    )
+    args = {
+        "policy": tiny_model_dir,
+        "reward": rm_dir,
+        "prompts": prompts,
+        "out": out,
+        "batch_size": 4,
+        "minibatch_size": 2,
+        "max_new_tokens": 6,
+        "iterations": 4,
+        "checkpoint_every": 2,
+        "ptx_length": 16,
+        "lr": 1e-3,
+        **over,
+    }
+    return load_config(PPOConfig, [f"{k}={v}" for k, v in args.items()])
+
+
+def test_stage_resume_matches_straight_run_and_reloads(
+    tiny_model_dir, rm_dir, tmp_path, monkeypatch
+):
+    straight = ppo.run(_stage_cfg(tiny_model_dir, rm_dir, tmp_path, tmp_path / "a"))
+    original = ppo.PPOTrainer.step
+    calls = {"n": 0}
+
+    def killed_at_3(self, prompt_ids):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise KeyboardInterrupt("killed")
+        return original(self, prompt_ids)
+
+    monkeypatch.setattr(ppo.PPOTrainer, "step", killed_at_3)
+    with pytest.raises(KeyboardInterrupt):
+        ppo.run(_stage_cfg(tiny_model_dir, rm_dir, tmp_path, tmp_path / "b"))
+    monkeypatch.setattr(ppo.PPOTrainer, "step", original)
+    resumed = ppo.run(_stage_cfg(tiny_model_dir, rm_dir, tmp_path, tmp_path / "b", resume=True))
+    a, b = load_file(straight / "model.safetensors"), load_file(resumed / "model.safetensors")
+    diff = max((a[k] - b[k]).abs().max().item() for k in a)
+    assert diff < 1e-6, f"resumed vs straight: max abs weight diff {diff:.3g}"
+    rows = trainer.read_metrics(resumed / "metrics.jsonl")
+    assert [r["step"] for r in rows] == [1, 2, 3, 4] and all("ppo/ptx_loss" in r for r in rows)
+    from transformers import AutoModelForCausalLM
+
+    AutoModelForCausalLM.from_pretrained(resumed)  # a plain HF policy
+    assert (resumed / "value" / models.REWARD_HEAD_FILE).is_file()
+
+
+def test_lora_reference_is_the_adapter_disabled_base(tiny_model_dir, rm_dir, tmp_path):
+    out = ppo.run(
+        _stage_cfg(
+            tiny_model_dir,
+            rm_dir,
+            tmp_path,
+            tmp_path / "l",
+            **{"lora.r": 4, "iterations": 2, "ptx": "none"},
+        )
+    )
+    rows = trainer.read_metrics(out / "metrics.jsonl")
+    assert (
+        abs(rows[0]["ppo/kl"]) < 1e-4
+    )  # first rollout: policy == base, so KL to the reference is 0
+    assert "ppo/ptx_loss" not in rows[0]
+
+
+def test_reward_model_with_another_tokenizer_is_refused(tiny_model_dir, rm_dir, tmp_path):
+    other = tmp_path / "other"
+    from instructrl.testing import make_tiny_model
+
+    make_tiny_model(other)
+    tok = models.load_tokenizer(str(other))
+    tok.add_tokens(["<extra>"])
+    tok.save_pretrained(other)
+    with pytest.raises(ModelNotFoundError, match="use different tokenizers"):
+        ppo.run(_stage_cfg(tiny_model_dir, other, tmp_path, tmp_path / "x"))
+
+
+def test_prompts_longer_than_the_context(tiny_model_dir, rm_dir, tmp_path):
+    with pytest.raises(UserError, match="every prompt is longer than max_prompt_tokens=4"):
+        ppo.run(_stage_cfg(tiny_model_dir, rm_dir, tmp_path, tmp_path / "y", max_prompt_tokens=4))
