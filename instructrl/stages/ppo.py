@@ -118,9 +118,15 @@ class PPOTrainer:
         self.ptx = ptx or []
         self.eos_ids = eos_token_ids(models.unwrap(policy), tokenizer)
         self.pad_id = tokenizer.pad_token_id
-        warm = lambda it: (
-            0.1 + 0.9 * min(1.0, it / cfg.warmup_iterations) if cfg.warmup_iterations else 1.0
-        )
+
+        def warm(iteration: int) -> float:
+            """Constant lr after a linear warmup from 0.1x (paper, C.3)."""
+            return (
+                0.1 + 0.9 * min(1.0, iteration / cfg.warmup_iterations)
+                if cfg.warmup_iterations
+                else 1.0
+            )
+
         policy_opt = trainer.make_optimizer(policy, cfg, lr=cfg.lr)
         value_opt = trainer.make_optimizer(value_model, cfg, lr=cfg.value_lr)
         policy_sched = torch.optim.lr_scheduler.LambdaLR(policy_opt, warm)
