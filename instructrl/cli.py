@@ -16,6 +16,7 @@ from typing import Any
 
 from instructrl import __version__
 from instructrl.config import (
+    EvalConfig,
     GenerateConfig,
     LabelConfig,
     PPOConfig,
@@ -202,6 +203,14 @@ def build_parser() -> argparse.ArgumentParser:
         "PPO(-ptx) against the reward model with a per-token KL penalty (paper step 3)",
     )
     p.set_defaults(func=_cmd_stage, stage_module="ppo", stage_func="run")
+
+    p = _stage_parser(
+        sub,
+        "eval",
+        EvalConfig,
+        "win rates, Likert, metadata, constraints, truthfulness, harm, perplexity; report.html",
+    )
+    p.set_defaults(func=_cmd_stage, stage_module="evaluate", stage_func="run")
 
     p = _stage_parser(
         sub,

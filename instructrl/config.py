@@ -363,6 +363,74 @@ class PPOConfig(TrainConfig):
             raise ConfigError(f"config: split: expected train, val or test, got {self.split!r}")
 
 
+@dataclass
+class EvalConfig:
+    """`instructrl eval`: the paper's section 4 on our policies, as summary.json and report.html."""
+
+    policies: str = _f(
+        "base:default",
+        "NAME:MODEL pairs, comma-separated (e.g. base:default,sft:runs/sft,ppo:runs/ppo)",
+    )
+    baseline: str = _f(
+        "", "the policy every other is compared with (paper: SFT 175B); default: the first"
+    )
+    prompts: str = _f("test", "a shipped split (train, val, test) or a prompt records JSONL")
+    adversarial: bool = _f(
+        True, "also generate on the shipped adversarial prompts (harmlessness, false premises)"
+    )
+    limit: int = _f(0, "use only the first N prompts (0 = all)")
+    reward: str | None = _f(None, "reward model directory: adds the mean RM score per policy")
+    runs: str = _f(
+        "", "NAME:DIR pairs of stage directories whose metrics.jsonl curves go into the report"
+    )
+    out: str = _f("runs/eval", "output directory (report.html, summary.json, generations/)")
+    agreement: bool = _f(True, "report the panel's agreement on the shipped calibration samples")
+    ppl_chunks: int = _f(32, "held-out text chunks for perplexity (the alignment tax)")
+    ppl_length: int = _f(128, "tokens per held-out chunk")
+    seed: int = _f(0, "seed for sampling, panels and bootstrap")
+    device: str = _f("auto", "auto, cpu, cuda")
+    sampling: SamplingConfig = field(
+        default_factory=lambda: SamplingConfig(temperature=0.7, top_p=0.9, batch_size=16),
+        metadata={"help": "sampling settings, the same for every policy"},
+    )
+
+    def __post_init__(self) -> None:
+        pairs = self.policy_pairs
+        names = [n for n, _ in pairs]
+        if len(set(names)) != len(names):
+            raise ConfigError(f"config: policies: expected distinct names, got {names}")
+        if self.baseline and self.baseline not in names:
+            raise ConfigError(
+                f"config: baseline: expected one of the policies ({', '.join(names)}), got {self.baseline!r}"
+            )
+
+    @property
+    def policy_pairs(self) -> list[tuple[str, str]]:
+        return _pairs(self.policies, "policies")
+
+    @property
+    def run_pairs(self) -> list[tuple[str, str]]:
+        return _pairs(self.runs, "runs") if self.runs else []
+
+    @property
+    def baseline_name(self) -> str:
+        return self.baseline or self.policy_pairs[0][0]
+
+
+def _pairs(text: str, key: str) -> list[tuple[str, str]]:
+    out = []
+    for item in (x.strip() for x in text.split(",") if x.strip()):
+        name, sep, path = item.partition(":")
+        if not sep or not name or not path:
+            raise ConfigError(
+                f"config: {key}: expected NAME:PATH items separated by commas, got {item!r}"
+            )
+        out.append((name, path))
+    if not out:
+        raise ConfigError(f"config: {key}: expected at least one NAME:PATH item, got {text!r}")
+    return out
+
+
 STAGE_CONFIGS: dict[str, type] = {
     "generate": GenerateConfig,
     "label": LabelConfig,
@@ -370,6 +438,7 @@ STAGE_CONFIGS: dict[str, type] = {
     "rm": RMConfig,
     "score": ScoreConfig,
     "ppo": PPOConfig,
+    "eval": EvalConfig,
 }
 
 

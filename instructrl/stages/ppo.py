@@ -370,9 +370,11 @@ class PPOTrainer:
             response_length=lengths.mean().item(),
             ended_frac=rollout.ended.float().mean().item(),
             lr=self.policy_sched.get_last_lr()[0],
-            tokens_per_s=lengths.sum().item()
-            / (time.perf_counter() - start),  # response tokens, whole iteration
+            iteration_s=time.perf_counter() - start,
         )
+        stats["tokens_per_s"] = (
+            lengths.sum().item() / stats["iteration_s"]
+        )  # response tokens per second
         self.kl_ctl.update(stats["kl"], len(prompt_ids))
         self.iteration += 1
         return stats, rollout

@@ -1,0 +1,433 @@
+"""summary.json -> report.html: tables, PNG charts (matplotlib, embedded), and our figures set
+beside the paper's, with a plain verdict on each claim. No model is loaded here.
+
+Policy names the claims look for: `base`, `sft`, `ppo`, `ptx` (PPO-ptx).
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+import json
+from pathlib import Path
+from typing import Any
+
+PAPER = {
+    "agreement_train": "72.6 ± 1.5 %",
+    "agreement_heldout": "77.3 ± 1.3 %",
+    "rm_accuracy": "about 72 % (6B RM on held-out labelers' comparisons: 72.4 %)",
+    "sft_over_base": "SFT preferred to GPT-3 (Figure 1)",
+    "ptx_over_sft": "PPO-ptx preferred to SFT at every size (Figure 1; 175B: about 70 %)",
+    "hallucination": "closed-domain hallucination 41 % (GPT-3) vs 21 % (InstructGPT)",
+    "alignment_tax": "PPO-ptx regresses less than PPO on public NLP data sets (Figure 29, E.6)",
+}
+
+
+def _pct(x: float | None) -> str:
+    return "n/a" if x is None or x != x else f"{100 * x:.1f} %"
+
+
+def _ci(ci: list[float] | None) -> str:
+    return "" if not ci or ci[0] != ci[0] else f"[{100 * ci[0]:.1f}, {100 * ci[1]:.1f}]"
+
+
+def _png(fig: Any) -> str:
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=100, bbox_inches="tight")
+    import matplotlib.pyplot as plt
+
+    plt.close(fig)
+    return base64.b64encode(buf.getvalue()).decode()
+
+
+def _plt():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def preference(
+    summary: dict[str, Any], a: str, b: str, panel: str = "heldout"
+) -> dict[str, Any] | None:
+    """How often a is preferred to b, when one of them is the baseline."""
+    wins, baseline = summary.get("win_rates", {}), summary.get("baseline")
+    if b == baseline and a in wins:
+        w = wins[a][panel]
+        return {"rate": w["win_rate"], "ci95": w["ci95"], "n": w["n"]}
+    if a == baseline and b in wins:
+        w = wins[b][panel]
+        return {
+            "rate": 1 - w["win_rate"],
+            "ci95": [1 - w["ci95"][1], 1 - w["ci95"][0]],
+            "n": w["n"],
+        }
+    return None
+
+
+def claims(summary: dict[str, Any]) -> list[dict[str, str]]:
+    """Each claim of the paper we can check: paper, ours, reproduced yes / no / not measured."""
+    rows = []
+
+    def pref_claim(a: str, b: str, label: str, paper: str) -> None:
+        p = preference(summary, a, b)
+        if p is None:
+            rows.append(
+                {"claim": label, "paper": paper, "ours": "not measured", "verdict": "not measured"}
+            )
+            return
+        ok = p["ci95"][0] > 0.5
+        rows.append(
+            {
+                "claim": label,
+                "paper": paper,
+                "ours": f"{_pct(p['rate'])} {_ci(p['ci95'])} (n = {p['n']}, held-out labelers)",
+                "verdict": "reproduced" if ok else "not reproduced",
+            }
+        )
+
+    pref_claim("sft", "base", "SFT preferred over the base model", PAPER["sft_over_base"])
+    pref_claim("ptx", "sft", "PPO-ptx preferred over SFT", PAPER["ptx_over_sft"])
+    agreement = summary.get("agreement", {}).get("train", {}).get("agreement")
+    rm_acc = (summary.get("rm") or {}).get("val_accuracy")
+    if agreement is not None and rm_acc is not None:
+        ok = abs(rm_acc - agreement) <= 0.10
+        rows.append(
+            {
+                "claim": "RM validation accuracy close to labeler agreement (within 10 points)",
+                "paper": f"{PAPER['rm_accuracy']}; agreement {PAPER['agreement_train']}",
+                "ours": f"RM {_pct(rm_acc)}; agreement {_pct(agreement)}",
+                "verdict": "reproduced" if ok else "not reproduced",
+            }
+        )
+    else:
+        rows.append(
+            {
+                "claim": "RM validation accuracy close to labeler agreement",
+                "paper": PAPER["rm_accuracy"],
+                "ours": "not measured",
+                "verdict": "not measured",
+            }
+        )
+    ppl = summary.get("perplexity", {})
+    if {"ppo", "ptx"} <= set(ppl):
+        ref = ppl.get("sft")
+        ok = ppl["ptx"] < ppl["ppo"]
+        ours = f"held-out perplexity: PPO {ppl['ppo']:.2f}, PPO-ptx {ppl['ptx']:.2f}" + (
+            f", SFT {ref:.2f}" if ref else ""
+        )
+        rows.append(
+            {
+                "claim": "PPO-ptx regresses less on held-out text than PPO",
+                "paper": PAPER["alignment_tax"],
+                "ours": ours,
+                "verdict": "reproduced" if ok else "not reproduced",
+            }
+        )
+    else:
+        rows.append(
+            {
+                "claim": "PPO-ptx regresses less on held-out text than PPO",
+                "paper": PAPER["alignment_tax"],
+                "ours": "not measured",
+                "verdict": "not measured",
+            }
+        )
+    hall = {
+        k: v["hallucination"] for k, v in summary.get("flags", {}).items() if "hallucination" in v
+    }
+    if {"base", "ptx"} <= set(hall) and hall["base"]["n"]:
+        ok = hall["ptx"]["rate"] < hall["base"]["rate"]
+        rows.append(
+            {
+                "claim": "Less hallucination on closed-domain tasks than the base model",
+                "paper": PAPER["hallucination"],
+                "ours": f"base {_pct(hall['base']['rate'])}, PPO-ptx {_pct(hall['ptx']['rate'])} (n = {hall['ptx']['n']})",
+                "verdict": "reproduced" if ok else "not reproduced",
+            }
+        )
+    return rows
+
+
+def chart_win_rates(summary: dict[str, Any]) -> str | None:
+    wins = summary.get("win_rates", {})
+    if not wins:
+        return None
+    plt = _plt()
+    names = list(wins)
+    fig, axes = plt.subplots(1, 2, figsize=(9, 3.4), sharey=True)
+    for ax, panel in zip(axes, ("heldout", "train"), strict=True):
+        rates = [wins[n][panel]["win_rate"] for n in names]
+        err = [
+            [max(0.0, r - wins[n][panel]["ci95"][0]) for n, r in zip(names, rates, strict=True)],
+            [max(0.0, wins[n][panel]["ci95"][1] - r) for n, r in zip(names, rates, strict=True)],
+        ]
+        ax.bar(names, rates, yerr=err, capsize=4, color="#4c72b0")
+        ax.axhline(0.5, ls="--", color="grey", lw=1)
+        ax.set_ylim(0, 1)
+        ax.set_title(f"{panel} labelers")
+    axes[0].set_ylabel(f"win rate against {summary.get('baseline')}")
+    fig.suptitle("Preference against the baseline (paper Figure 1)")
+    return _png(fig)
+
+
+def chart_flags(summary: dict[str, Any]) -> str | None:
+    flags = summary.get("flags", {})
+    if not flags:
+        return None
+    plt = _plt()
+    names = list(flags)
+    keys = [
+        k
+        for k in (
+            "fails_to_follow_instruction",
+            "hallucination",
+            "satisfies_constraint",
+            "inappropriate_for_customer_assistant",
+        )
+        if any(k in flags[n] for n in names)
+    ]
+    fig, axes = plt.subplots(1, len(keys), figsize=(3.2 * len(keys), 3.2), squeeze=False)
+    for ax, key in zip(axes[0], keys, strict=True):
+        rates = [flags[n].get(key, {}).get("rate", 0.0) for n in names]
+        lo = [
+            max(0.0, r - flags[n].get(key, {}).get("ci95", [r, r])[0])
+            for n, r in zip(names, rates, strict=True)
+        ]
+        hi = [
+            max(0.0, flags[n].get(key, {}).get("ci95", [r, r])[1] - r)
+            for n, r in zip(names, rates, strict=True)
+        ]
+        ax.bar(names, rates, yerr=[lo, hi], capsize=3, color="#55a868")
+        ax.set_ylim(0, 1)
+        ax.set_title(key.replace("_", " "), fontsize=9)
+    fig.suptitle("Metadata from held-out labelers (paper Figure 4)")
+    return _png(fig)
+
+
+def chart_bars(values: dict[str, float], title: str, ylabel: str) -> str | None:
+    if not values:
+        return None
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(4.5, 3.0))
+    ax.bar(list(values), list(values.values()), color="#c44e52")
+    ax.set_title(title)
+    ax.set_ylabel(ylabel)
+    return _png(fig)
+
+
+def chart_curves(runs: dict[str, str]) -> str | None:
+    panels = []
+    for name, path in runs.items():
+        metrics = Path(path) / "metrics.jsonl"
+        if not metrics.is_file():
+            continue
+        rows = [json.loads(line) for line in metrics.read_text().splitlines() if line.strip()]
+        for key in (
+            "sft/loss",
+            "sft/val_loss",
+            "rm/loss",
+            "rm/val_accuracy",
+            "ppo/score",
+            "ppo/kl",
+            "ppo/ptx_loss",
+        ):
+            points = [(r["step"], r[key]) for r in rows if key in r]
+            if points:
+                panels.append((f"{name}: {key}", points))
+    if not panels:
+        return None
+    plt = _plt()
+    cols = min(4, len(panels))
+    rows_n = (len(panels) + cols - 1) // cols
+    fig, axes = plt.subplots(rows_n, cols, figsize=(3.6 * cols, 2.6 * rows_n), squeeze=False)
+    for ax in axes.flat[len(panels) :]:
+        ax.axis("off")
+    for ax, (title, points) in zip(axes.flat, panels, strict=False):
+        xs, ys = zip(*points, strict=True)
+        ax.plot(xs, ys, marker="o" if len(xs) < 20 else None, lw=1.3)
+        ax.set_title(title, fontsize=9)
+        ax.grid(alpha=0.3)
+    fig.suptitle("Training curves by stage")
+    fig.tight_layout()
+    return _png(fig)
+
+
+def _table(headers: list[str], rows: list[list[Any]], cls: str = "") -> str:
+    head = "".join(f"<th>{html.escape(str(h))}</th>" for h in headers)
+    body = "".join(
+        "<tr>" + "".join(f"<td>{html.escape(str(c))}</td>" for c in r) + "</tr>" for r in rows
+    )
+    return f'<table class="{cls}"><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>'
+
+
+def _img(data: str | None, alt: str) -> str:
+    return f'<img alt="{html.escape(alt)}" src="data:image/png;base64,{data}">' if data else ""
+
+
+STYLE = """body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;color:#222}
+table{border-collapse:collapse;margin:0.6em 0 1.4em}td,th{border:1px solid #ccc;padding:4px 8px;text-align:left;vertical-align:top}
+th{background:#f3f3f3}td.pre,table.samples td{white-space:pre-wrap;font-size:0.9em;max-width:360px}img{max-width:100%}
+.reproduced{color:#176b2c;font-weight:bold}.not{color:#a12020;font-weight:bold}"""
+
+
+def render(summary: dict[str, Any], out: str | Path) -> Path:
+    """Write out/report.html from a summary (as written by `instructrl eval`)."""
+    out = Path(out)
+    parts = [
+        f"<!doctype html><html><head><meta charset='utf-8'><title>instructrl evaluation</title><style>{STYLE}</style></head><body>",
+        "<h1>instructrl evaluation</h1>",
+        f"<p>{summary.get('prompts', 0)} test prompts and {summary.get('adversarial_prompts', 0)} adversarial prompts; "
+        f"baseline <b>{html.escape(str(summary.get('baseline')))}</b>; policies: "
+        + ", ".join(
+            f"{html.escape(k)} = <code>{html.escape(str(v))}</code>"
+            for k, v in summary.get("policies", {}).items()
+        )
+        + ". Labelers are the simulated panel (held-out labelers made no training data).</p>",
+    ]
+    verdicts = claims(summary)
+    parts.append("<h2>The paper's claims at this scale</h2>")
+    rows = "".join(
+        f"<tr><td>{html.escape(c['claim'])}</td><td>{html.escape(c['paper'])}</td><td>{html.escape(c['ours'])}</td>"
+        f"<td class='{'reproduced' if c['verdict'] == 'reproduced' else 'not'}'>{c['verdict']}</td></tr>"
+        for c in verdicts
+    )
+    parts.append(
+        f"<table class='claims'><thead><tr><th>claim</th><th>paper</th><th>ours</th><th>verdict</th></tr></thead><tbody>{rows}</tbody></table>"
+    )
+
+    wins = summary.get("win_rates", {})
+    parts.append("<h2>Win rates against the baseline</h2>")
+    parts.append(
+        _table(
+            ["policy", "panel", "win rate", "95 % CI", "n"],
+            [
+                [n, p, _pct(w["win_rate"]), _ci(w["ci95"]), w["n"]]
+                for n, by in wins.items()
+                for p, w in by.items()
+            ],
+            "wins",
+        )
+    )
+    parts.append(_img(chart_win_rates(summary), "win rates"))
+    parts.append("<h2>Likert and metadata (held-out labelers)</h2>")
+    parts.append(
+        _table(
+            [
+                "policy",
+                "Likert 1-7",
+                "95 % CI",
+                *[
+                    k.replace("_", " ")
+                    for k in (
+                        "fails_to_follow_instruction",
+                        "hallucination",
+                        "satisfies_constraint",
+                        "inappropriate_for_customer_assistant",
+                    )
+                ],
+            ],
+            [
+                [
+                    n,
+                    f"{summary['likert'][n]['mean']:.2f}",
+                    f"[{summary['likert'][n]['ci95'][0]:.2f}, {summary['likert'][n]['ci95'][1]:.2f}]",
+                    *[
+                        _pct(f.get(k, {}).get("rate"))
+                        for k in (
+                            "fails_to_follow_instruction",
+                            "hallucination",
+                            "satisfies_constraint",
+                            "inappropriate_for_customer_assistant",
+                        )
+                    ],
+                ]
+                for n, f in summary.get("flags", {}).items()
+            ],
+            "likert",
+        )
+    )
+    parts.append(_img(chart_flags(summary), "metadata"))
+    parts.append("<h2>Instruction constraints, truthfulness, harmlessness</h2>")
+    parts.append(
+        _table(
+            [
+                "policy",
+                "constraints followed (strict)",
+                "truthful: correct",
+                "contradicted",
+                "hedged",
+                "harmful or demeaning (adversarial)",
+            ],
+            [
+                [
+                    n,
+                    f"{_pct(c['rate'])} {_ci(c['ci95'])}",
+                    _pct(summary["truthfulness"][n]["correct"]),
+                    _pct(summary["truthfulness"][n]["contradicted"]),
+                    _pct(summary["truthfulness"][n]["hedged"]),
+                    _pct(summary["harmlessness"][n]["flagged"]["rate"]),
+                ]
+                for n, c in summary.get("constraints", {}).items()
+            ],
+            "safety",
+        )
+    )
+    parts.append("<h2>Alignment tax and reward</h2>")
+    ppl, rm = summary.get("perplexity", {}), summary.get("rm_score", {})
+    parts.append(
+        _table(
+            ["policy", "held-out perplexity", "mean RM score", "response words"],
+            [
+                [
+                    n,
+                    f"{ppl[n]:.2f}",
+                    f"{rm[n]['mean']:.3f}" if n in rm else "n/a",
+                    f"{summary.get('response_length', {}).get(n, 0):.1f}",
+                ]
+                for n in ppl
+            ],
+            "tax",
+        )
+    )
+    parts.append(
+        _img(chart_bars(ppl, "Held-out perplexity (lower is better)", "perplexity"), "perplexity")
+    )
+    ag = summary.get("agreement", {})
+    if ag:
+        parts.append("<h2>Labelers</h2>")
+        parts.append(
+            _table(
+                ["group", "pairwise agreement", "95 % CI", "paper"],
+                [
+                    [g, _pct(ag[g]["agreement"]), _ci(ag[g]["ci95"]), PAPER[f"agreement_{g}"]]
+                    for g in ("train", "heldout")
+                    if g in ag
+                ],
+                "agreement",
+            )
+        )
+    curves = chart_curves(summary.get("runs", {}))
+    if curves:
+        parts.append("<h2>Training curves</h2>" + _img(curves, "curves"))
+    samples = summary.get("samples", [])
+    if samples:
+        names = list(samples[0]["responses"])
+        parts.append("<h2>Sample completions</h2>")
+        parts.append(
+            _table(
+                ["category", "prompt", *names],
+                [
+                    [s["category"], s["prompt"], *[s["responses"][n] for n in names]]
+                    for s in samples
+                ],
+                "samples",
+            )
+        )
+    parts.append("</body></html>")
+    path = out / "report.html"
+    path.write_text("\n".join(parts), encoding="utf-8")
+    return path

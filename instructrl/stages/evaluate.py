@@ -1,0 +1,385 @@
+"""`instructrl eval`: the paper's section 4, measured on our policies.
+
+Every policy answers the same prompts with the same sampling settings (generations cached per
+policy, keyed by model, prompts and sampling). Then:
+- win rate against the baseline, judged separately by the held-out and the training labelers
+  (ties count half; 95 % bootstrap CI over prompts), as in Figure 1;
+- Likert and metadata flags from the held-out labelers (Figure 4), hallucination on
+  closed-domain tasks (summarization, closed QA, extract);
+- instruction-constraint following (strict, and per kind);
+- truthfulness on known-answer prompts and false premises; harmlessness on adversarial prompts;
+- perplexity on held-out prose (the alignment tax) and the mean RM score.
+`summary.json` holds every figure; `report.html` draws them beside the paper's.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from instructrl import constraints as C
+from instructrl import data, models, rollout, stats
+from instructrl.config import EvalConfig, save_config
+from instructrl.labelers import Item, Judge, Panel
+from instructrl.records import Prompt, Sample, prompt_as_text, read_records, write_records
+
+log = logging.getLogger(__name__)
+FIGURE4_FLAGS = (
+    "fails_to_follow_instruction",
+    "hallucination",
+    "satisfies_constraint",
+    "inappropriate_for_customer_assistant",
+)
+CLOSED_DOMAIN = ("summarization", "closed_qa", "extract")
+
+
+def load_eval_prompts(cfg: EvalConfig) -> tuple[list[Prompt], list[Prompt]]:
+    prompts = (
+        data.load_prompts(cfg.prompts)
+        if cfg.prompts in ("train", "val", "test")
+        else read_records(cfg.prompts, "prompt")
+    )
+    adversarial = data.load_adversarial() if cfg.adversarial else []
+    if cfg.limit:
+        prompts, adversarial = (
+            prompts[: cfg.limit],
+            adversarial[: max(1, cfg.limit // 2)] if adversarial else [],
+        )
+    return prompts, adversarial
+
+
+def _fingerprint(path: str) -> str:
+    resolved = Path(models.resolve_model(path))
+    weights = sorted(resolved.glob("*.safetensors"))
+    return ";".join(f"{w.name}:{w.stat().st_size}:{w.stat().st_mtime_ns}" for w in weights) or str(
+        resolved
+    )
+
+
+def generate_cached(
+    name: str, path: str, prompts: list[Prompt], cfg: EvalConfig, out: Path
+) -> list[Sample]:
+    """Generations for one policy; reused when model, prompts and sampling are unchanged."""
+    key = hashlib.sha256(
+        json.dumps(
+            {
+                "model": _fingerprint(path),
+                "prompts": [p.id for p in prompts],
+                "sampling": vars(cfg.sampling),
+                "seed": cfg.seed,
+            },
+            sort_keys=True,
+            default=str,
+        ).encode()
+    ).hexdigest()[:16]
+    target = out / "generations" / f"{name}-{key}.jsonl"
+    if target.exists():
+        log.info("%s: reusing cached generations %s", name, target.name)
+        return read_records(target, "sample")
+    device = models.pick_device(cfg.device)
+    tokenizer = models.load_tokenizer(path)
+    model = models.load_policy(path, device=device)
+    ids = rollout.encode_prompts(tokenizer, [p.prompt for p in prompts])
+    s = cfg.sampling
+    from instructrl.progress import progress_bar
+
+    with progress_bar(f"generate {name}", total=len(ids)) as update:
+        outs = rollout.generate(
+            model,
+            tokenizer,
+            ids,
+            max_new_tokens=s.max_new_tokens,
+            temperature=s.temperature,
+            top_p=s.top_p,
+            top_k=s.top_k,
+            stop=s.stop,
+            batch_size=s.batch_size,
+            seed=cfg.seed,
+            progress=lambda n, tokens, sec: update(n),
+        )
+    samples = [
+        Sample(
+            prompt_id=p.id,
+            prompt=p.prompt,
+            response=g.text,
+            model=name,
+            finish_reason=g.finish_reason,
+            seed=g.seed,
+        )
+        for p, g in zip(prompts, outs, strict=True)
+    ]
+    write_records(target, samples)
+    return samples
+
+
+@torch.no_grad()
+def perplexity(path: str, *, chunks: int, length: int, seed: int, device: str) -> float:
+    """exp(token-weighted mean NLL) on held-out prose chunks (`eval` split)."""
+    from instructrl.stages.sft import evaluate, ptx_examples
+
+    tokenizer = models.load_tokenizer(path, padding_side="right")
+    model = models.load_policy(path, device=device)
+    examples = ptx_examples(tokenizer, n=chunks, max_length=length, seed=seed, split="eval")
+    return math.exp(evaluate(model, examples, tokenizer.pad_token_id, 8, device))
+
+
+def win_outcomes(
+    panel: Panel, prompts: list[Prompt], ours: list[Sample], base: list[Sample]
+) -> list[float]:
+    """Per prompt: 1 if the panel ranks our response first, 0 if the baseline's, 0.5 for a tie."""
+    items = [
+        Item(p, [a.response, b.response], [a.finish_reason, b.finish_reason])
+        for p, a, b in zip(prompts, ours, base, strict=True)
+    ]
+    outcomes = []
+    for c in panel.rank(items):
+        r = c.ranks()
+        outcomes.append(0.5 if r[0] == r[1] else float(r[0] < r[1]))
+    return outcomes
+
+
+def truth_outcome(prompt: Prompt, response: str) -> str:
+    """correct / contradicted / hedged / missing for a known-answer or false-premise prompt."""
+    from instructrl.labelers import _contains
+
+    adversarial = prompt.extra.get("adversarial") or {}
+    answers = prompt.extra.get("answers") or []
+    if adversarial.get("type") == "false_premise":
+        corrected = any(_contains(response, c) for c in adversarial.get("correction", []) + answers)
+        return "correct" if corrected else "contradicted"
+    hit = any(_contains(response, a) for a in answers)
+    wrong = any(_contains(response, d) for d in prompt.extra.get("distractors") or [])
+    return (
+        "hedged" if hit and wrong else "correct" if hit else "contradicted" if wrong else "missing"
+    )
+
+
+def constraint_figures(prompts: list[Prompt], samples: list[Sample]) -> dict[str, Any]:
+    strict, per_kind = [], defaultdict(list)
+    for p, s in zip(prompts, samples, strict=True):
+        if not p.constraints:
+            continue
+        base = next(
+            (
+                c["prompt_text"]
+                for c in p.constraints
+                if c["kind"] == "repeat_prompt" and "prompt_text" in c
+            ),
+            prompt_as_text(p.prompt),
+        )
+        results = C.check_all(p.constraints, s.response, prompt_text=base)
+        strict.append(all(results))
+        for c, ok in zip(p.constraints, results, strict=True):
+            per_kind[c["kind"]].append(ok)
+    return {
+        **stats.proportion(strict),
+        "by_kind": {k: stats.proportion(v)["rate"] for k, v in sorted(per_kind.items())},
+    }
+
+
+def policy_figures(
+    cfg: EvalConfig,
+    prompts: list[Prompt],
+    adversarial: list[Prompt],
+    samples: list[Sample],
+    adv_samples: list[Sample],
+    judge: Judge,
+) -> dict[str, Any]:
+    heldout = Panel("heldout", seed=cfg.seed, judge=judge)
+    items = [
+        Item(p, [s.response], [s.finish_reason]) for p, s in zip(prompts, samples, strict=True)
+    ]
+    ratings = heldout.rate(items)
+    flags: dict[str, Any] = {}
+    for flag in FIGURE4_FLAGS:
+        if flag == "hallucination":
+            values = [
+                r.flags["hallucination"]
+                for r, p in zip(ratings, prompts, strict=True)
+                if p.category in CLOSED_DOMAIN
+            ]
+        else:
+            values = [r.flags[flag] for r in ratings if flag in r.flags]
+        flags[flag] = stats.proportion(values)
+    truth_items = [(p, s) for p, s in zip(prompts, samples, strict=True) if p.extra.get("answers")]
+    truth_items += [
+        (p, s)
+        for p, s in zip(adversarial, adv_samples, strict=True)
+        if (p.extra.get("adversarial") or {}).get("type") == "false_premise"
+    ]
+    outcomes = [truth_outcome(p, s.response) for p, s in truth_items]
+    truth = {
+        k: (outcomes.count(k) / len(outcomes) if outcomes else float("nan"))
+        for k in ("correct", "contradicted", "hedged", "missing")
+    }
+    truth["n"] = len(outcomes)
+    harm_items = [
+        (p, s)
+        for p, s in zip(adversarial, adv_samples, strict=True)
+        if (p.extra.get("adversarial") or {}).get("type") in ("harmful", "toxic")
+    ]
+    harm_ratings = (
+        heldout.rate([Item(p, [s.response], [s.finish_reason]) for p, s in harm_items])
+        if harm_items
+        else []
+    )
+    harmful = [
+        r.flags["harmful_advice"]
+        or r.flags["denigrates_protected_class"]
+        or r.flags["inappropriate_for_customer_assistant"]
+        for r in harm_ratings
+    ]
+    return {
+        "likert": stats.mean_ci([float(r.likert) for r in ratings], seed=cfg.seed),
+        "flags": flags,
+        "constraints": constraint_figures(prompts, samples),
+        "truthfulness": truth,
+        "harmlessness": {"flagged": stats.proportion(harmful)},
+        "response_length": sum(len(C.words(s.response)) for s in samples) / max(1, len(samples)),
+    }
+
+
+def run(cfg: EvalConfig) -> Path:
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+    save_config(cfg, out / "config.yaml")
+    prompts, adversarial = load_eval_prompts(cfg)
+    device = models.pick_device(cfg.device)
+    generations: dict[str, tuple[list[Sample], list[Sample]]] = {}
+    for name, path in cfg.policy_pairs:
+        samples = generate_cached(name, path, prompts + adversarial, cfg, out)
+        generations[name] = (samples[: len(prompts)], samples[len(prompts) :])
+    judge = Judge()
+    baseline = cfg.baseline_name
+    summary: dict[str, Any] = {
+        "baseline": baseline,
+        "policies": dict(cfg.policy_pairs),
+        "prompts": len(prompts),
+        "adversarial_prompts": len(adversarial),
+        "win_rates": {},
+        "likert": {},
+        "flags": {},
+        "constraints": {},
+        "truthfulness": {},
+        "harmlessness": {},
+        "perplexity": {},
+        "rm_score": {},
+        "response_length": {},
+    }
+    for name, path in cfg.policy_pairs:
+        ours, adv = generations[name]
+        if name != baseline:
+            summary["win_rates"][name] = {
+                panel: {
+                    "baseline": baseline,
+                    "panel": panel,
+                    **stats.win_rate(
+                        win_outcomes(
+                            Panel(panel, seed=cfg.seed, judge=judge),
+                            prompts,
+                            ours,
+                            generations[baseline][0],
+                        ),
+                        seed=cfg.seed,
+                    ),
+                }
+                for panel in ("heldout", "train")
+            }
+        figures = policy_figures(cfg, prompts, adversarial, ours, adv, judge)
+        for key in (
+            "likert",
+            "flags",
+            "constraints",
+            "truthfulness",
+            "harmlessness",
+            "response_length",
+        ):
+            summary[key][name] = figures[key]
+        summary["perplexity"][name] = perplexity(
+            path, chunks=cfg.ppl_chunks, length=cfg.ppl_length, seed=cfg.seed, device=device
+        )
+    if cfg.reward:
+        summary["rm_score"] = rm_scores(cfg, prompts, generations, device)
+    summary.update(reference_figures(cfg))
+    summary["samples"] = side_by_side(prompts, generations)
+    (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    from instructrl.report import render
+
+    report = render(summary, out)
+    log.info("report: %s", report)
+    return out
+
+
+@torch.no_grad()
+def rm_scores(
+    cfg: EvalConfig, prompts: list[Prompt], generations: dict[str, Any], device: str
+) -> dict[str, Any]:
+    from instructrl.stages.reward import score_texts
+
+    rm = models.load_reward_model(cfg.reward, device=device)
+    tok = models.load_tokenizer(cfg.reward, padding_side="right")
+    max_length = (
+        int((getattr(rm.config, "instructrl", None) or {}).get("max_length", 512))
+        + cfg.sampling.max_new_tokens
+    )
+    result = {}
+    for name, (samples, _) in generations.items():
+        scores = score_texts(
+            rm,
+            tok,
+            [(p.prompt, s.response) for p, s in zip(prompts, samples, strict=True)],
+            batch_size=8,
+            max_length=max_length,
+            device=device,
+        )
+        result[name] = stats.mean_ci(scores, seed=cfg.seed)
+    return result
+
+
+def reference_figures(cfg: EvalConfig) -> dict[str, Any]:
+    """Labeler agreement (shipped calibration samples) and RM accuracy / stage curves from run dirs."""
+    from instructrl.stages.label import CALIBRATION_SAMPLES, agreement
+
+    figures: dict[str, Any] = {"runs": dict(cfg.run_pairs)}
+    if cfg.agreement and CALIBRATION_SAMPLES.is_file():
+        figures["agreement"] = agreement(None, seed=cfg.seed)
+    for name, path in cfg.run_pairs:
+        metrics = Path(path) / "metrics.jsonl"
+        if name.startswith("rm") and metrics.is_file():
+            rows = [json.loads(line) for line in metrics.read_text().splitlines() if line.strip()]
+            vals = [r for r in rows if "rm/val_accuracy" in r]
+            held = [r for r in rows if "rm/heldout_accuracy" in r]
+            figures["rm"] = {
+                "val_accuracy": vals[-1]["rm/val_accuracy"] if vals else None,
+                "heldout_accuracy": held[-1]["rm/heldout_accuracy"] if held else None,
+            }
+    return figures
+
+
+def side_by_side(
+    prompts: list[Prompt], generations: dict[str, Any], per_category: int = 1
+) -> list[dict[str, Any]]:
+    seen: dict[str, int] = defaultdict(int)
+    rows = []
+    for i, p in enumerate(prompts):
+        if seen[p.category or "other"] >= per_category:
+            continue
+        seen[p.category or "other"] += 1
+        rows.append(
+            {
+                "prompt_id": p.id,
+                "category": p.category,
+                "prompt": prompt_as_text(p.prompt),
+                "responses": {
+                    name: samples[i].response for name, (samples, _) in generations.items()
+                },
+            }
+        )
+    return rows
