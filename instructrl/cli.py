@@ -21,6 +21,7 @@ from instructrl.config import (
     LabelConfig,
     PPOConfig,
     RMConfig,
+    RunConfig,
     ScoreConfig,
     SFTConfig,
     fields_of,
@@ -113,6 +114,28 @@ def _cmd_stage(args: argparse.Namespace) -> int:
 
     stage = importlib.import_module(f"instructrl.stages.{args.stage_module}")
     return _with_config(args, {}, getattr(stage, args.stage_func))
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    from rich.console import Console
+    from rich.table import Table
+
+    from instructrl import pipeline
+
+    console = Console(stderr=True)
+
+    def go(cfg):
+        eval_dir = pipeline.run(cfg, console=console)
+        table = Table(title=f"instructrl run {cfg.name}: headline figures")
+        table.add_column("figure")
+        table.add_column("value", justify="right")
+        for name, value in pipeline.headline(eval_dir):
+            table.add_row(name, value)
+        console.print(table)
+        console.print(f"report: [bold]{eval_dir / 'report.html'}[/bold]")
+        return eval_dir
+
+    return _with_config(args, {}, go)
 
 
 def _cmd_validate(args: argparse.Namespace) -> int:
@@ -211,6 +234,14 @@ def build_parser() -> argparse.ArgumentParser:
         "win rates, Likert, metadata, constraints, truthfulness, harm, perplexity; report.html",
     )
     p.set_defaults(func=_cmd_stage, stage_module="evaluate", stage_func="run")
+
+    p = _stage_parser(
+        sub,
+        "run",
+        RunConfig,
+        "the whole loop: demonstrations, SFT, rankings, RM, PPO and PPO-ptx, evaluation",
+    )
+    p.set_defaults(func=_cmd_run)
 
     p = _stage_parser(
         sub,

@@ -379,6 +379,7 @@ class EvalConfig:
         True, "also generate on the shipped adversarial prompts (harmlessness, false premises)"
     )
     limit: int = _f(0, "use only the first N prompts (0 = all)")
+    adversarial_limit: int = _f(0, "use only the first N adversarial prompts (0 = all 129)")
     reward: str | None = _f(None, "reward model directory: adds the mean RM score per policy")
     runs: str = _f(
         "", "NAME:DIR pairs of stage directories whose metrics.jsonl curves go into the report"
@@ -431,6 +432,88 @@ def _pairs(text: str, key: str) -> list[tuple[str, str]]:
     return out
 
 
+@dataclass
+class RunConfig:
+    """`instructrl run`: the whole loop on one config, resumable stage by stage.
+
+    Stage sections (sft, rm, ppo, ptx, eval) hold overrides of that stage's own config; the
+    pipeline fills in data and output paths. `ptx` applies on top of `ppo` for PPO-ptx.
+    """
+
+    name: str = _f("default", "run name: outputs go to <root>/<name>/<stage>/")
+    root: str = _f("runs", "directory for all runs")
+    model: str = _f(
+        "default", "pretrained base model: 'default', an HF directory, or a cached hub id"
+    )
+    feedback: str = _f(
+        "panel",
+        "'panel' (simulated labelers) or a directory with the web app's demonstrations.jsonl and comparisons.jsonl",
+    )
+    prompts: str = _f(
+        "default", "'default' (shipped prompts, by split) or a prompt records JSONL with splits"
+    )
+    sft_prompts: int = _f(128, "training prompts with demonstrations for SFT (paper: 13k)")
+    rm_prompts: int = _f(96, "training prompts with K ranked samples for the RM (paper: 33k)")
+    ppo_prompts: int = _f(0, "training prompts for PPO (0 = all the rest; paper: 31k)")
+    val_prompts: int = _f(
+        24, "validation prompts (SFT selection, RM accuracy for both labeler groups)"
+    )
+    eval_prompts: int = _f(64, "test prompts for the evaluation (0 = the whole test split)")
+    k: int = _f(4, "samples ranked per prompt (paper: 4 to 9)")
+    rounds: int = _f(
+        1,
+        "feedback rounds: after PPO, rank samples of the new policy, retrain the RM, continue PPO",
+    )
+    seed: int = _f(0, "seed for prompt partitions, panels and every stage")
+    sampling: SamplingConfig = field(
+        default_factory=lambda: SamplingConfig(temperature=1.0, max_new_tokens=48, batch_size=16),
+        metadata={"help": "how the K samples for ranking are drawn (paper: temperature 1)"},
+    )
+    sft: dict[str, Any] = field(
+        default_factory=dict, metadata={"help": "overrides for the sft stage"}
+    )
+    rm: dict[str, Any] = field(
+        default_factory=dict, metadata={"help": "overrides for the rm stage"}
+    )
+    ppo: dict[str, Any] = field(
+        default_factory=dict, metadata={"help": "overrides for both PPO runs"}
+    )
+    ptx: dict[str, Any] = field(
+        default_factory=dict, metadata={"help": "overrides for PPO-ptx only (on top of ppo)"}
+    )
+    eval: dict[str, Any] = field(
+        default_factory=dict, metadata={"help": "overrides for the eval stage"}
+    )
+
+    def __post_init__(self) -> None:
+        if not 2 <= self.k <= 9:
+            raise ConfigError(f"config: k: expected 2..9 samples per prompt, got {self.k}")
+        if self.rounds < 1:
+            raise ConfigError(f"config: rounds: expected >= 1, got {self.rounds}")
+        for key in ("sft_prompts", "rm_prompts", "val_prompts"):
+            if getattr(self, key) < 1:
+                raise ConfigError(f"config: {key}: expected >= 1, got {getattr(self, key)}")
+
+    @property
+    def run_dir(self) -> Path:
+        return Path(self.root) / self.name
+
+
+def build(cls: type[T], values: dict[str, Any]) -> T:
+    """A stage config from a dict of (possibly nested) values, type-checked like the CLI's."""
+    try:
+        merged = OmegaConf.merge(OmegaConf.structured(cls), OmegaConf.create(values))
+        return OmegaConf.to_object(merged)  # type: ignore[return-value]
+    except ConfigKeyError as e:
+        stage = cls.__name__.removesuffix("Config").lower()
+        valid = ", ".join(key for key, *_ in fields_of(cls))
+        raise ConfigError(
+            f"config: unknown key '{e.full_key}' for {stage}; valid keys: {valid}"
+        ) from None
+    except OmegaConfBaseException as e:
+        raise ConfigError(f"config: {cls.__name__}: {str(e).splitlines()[0]}") from None
+
+
 STAGE_CONFIGS: dict[str, type] = {
     "generate": GenerateConfig,
     "label": LabelConfig,
@@ -439,6 +522,7 @@ STAGE_CONFIGS: dict[str, type] = {
     "score": ScoreConfig,
     "ppo": PPOConfig,
     "eval": EvalConfig,
+    "run": RunConfig,
 }
 
 

@@ -48,10 +48,11 @@ def load_eval_prompts(cfg: EvalConfig) -> tuple[list[Prompt], list[Prompt]]:
     )
     adversarial = data.load_adversarial() if cfg.adversarial else []
     if cfg.limit:
-        prompts, adversarial = (
-            prompts[: cfg.limit],
-            adversarial[: max(1, cfg.limit // 2)] if adversarial else [],
-        )
+        prompts = prompts[: cfg.limit]
+    if cfg.adversarial_limit:
+        # keep every kind (harmful, toxic, false premise) in proportion
+        step = max(1, len(adversarial) // cfg.adversarial_limit)
+        adversarial = adversarial[::step][: cfg.adversarial_limit]
     return prompts, adversarial
 
 

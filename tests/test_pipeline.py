@@ -1,0 +1,122 @@
+"""`instructrl run` end to end on a tiny random model: outputs validate, a rerun skips every
+stage, a changed RM config reruns RM, PPO and eval only, and a SIGKILLed stage resumes."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from instructrl import models
+from instructrl.records import read_records
+
+CONFIG = Path(__file__).resolve().parent.parent / "configs" / "tiny.yaml"
+
+
+def run_cli(*args: str, env_extra: dict | None = None) -> str:
+    env = {**os.environ, "INSTRUCTRL_PROGRESS": "0", "COLUMNS": "200", **(env_extra or {})}
+    proc = subprocess.run(
+        [sys.executable, "-m", "instructrl.cli", *args],
+        capture_output=True,
+        text=True,
+        env=env,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return proc.stderr
+
+
+def statuses(log: str) -> dict[str, str]:
+    return {
+        m.group(2): m.group(1) for m in re.finditer(r"^(skip|run|resume) (\S+)", log, re.MULTILINE)
+    }
+
+
+@pytest.fixture(scope="module")
+def first_run(tiny_model_dir, tmp_path_factory):
+    root = tmp_path_factory.mktemp("runs")
+    log = run_cli("run", str(CONFIG), f"model={tiny_model_dir}", f"root={root}")
+    return root / "tiny", log, tiny_model_dir, root
+
+
+def test_every_stage_writes_valid_outputs(first_run):
+    run_dir, log, _, _ = first_run
+    assert set(statuses(log).values()) == {"run"}
+    assert len(read_records(run_dir / "demos" / "train.jsonl", "demonstration")) == 6
+    assert {len(s) for s in [read_records(run_dir / "samples" / "rm.jsonl", "sample")]} == {
+        18
+    }  # 6 prompts x K = 3
+    comps = read_records(run_dir / "rankings" / "train.jsonl", "comparison")
+    assert {c.k for c in comps} == {3} and all(c.labeler.startswith("train-") for c in comps)
+    assert {
+        c.labeler.split("-")[0]
+        for c in read_records(run_dir / "rankings" / "heldout.jsonl", "comparison")
+    } == {"heldout"}
+    models.load_reward_model(run_dir / "rm")
+    for stage in ("sft", "ppo", "ppo-ptx"):
+        assert (run_dir / stage / "model.safetensors").is_file()
+        assert json.loads((run_dir / stage / "manifest.json").read_text())["complete"] is True
+    summary = json.loads((run_dir / "eval" / "summary.json").read_text())
+    assert set(summary["win_rates"]) == {"base", "ppo", "ptx"} and summary["baseline"] == "sft"
+    assert (run_dir / "eval" / "report.html").is_file()
+    manifest = json.loads((run_dir / "rm" / "manifest.json").read_text())
+    assert {"config", "inputs", "versions", "wall_s", "figures", "key"} <= set(manifest)
+
+
+def test_rerun_skips_and_rm_change_reruns_downstream_only(first_run):
+    _, _, tiny, root = first_run
+    log = run_cli("run", str(CONFIG), f"model={tiny}", f"root={root}")
+    assert set(statuses(log).values()) == {"skip"}
+    log = run_cli("run", str(CONFIG), f"model={tiny}", f"root={root}", "rm.lr=2e-3")
+    got = statuses(log)
+    assert {k for k, v in got.items() if v == "run"} == {"rm", "ppo", "ppo-ptx", "eval"}
+    assert {k for k, v in got.items() if v == "skip"} == {"demos", "sft", "samples", "rankings"}
+
+
+def test_sigkilled_stage_resumes(tiny_model_dir, tmp_path):
+    args = [
+        sys.executable,
+        "-m",
+        "instructrl.cli",
+        "run",
+        str(CONFIG),
+        f"model={tiny_model_dir}",
+        f"root={tmp_path}",
+        "sft.max_steps=30",
+    ]
+    env = {**os.environ, "INSTRUCTRL_PROGRESS": "0"}
+    proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env)
+    checkpoint = tmp_path / "tiny" / "sft" / "checkpoints"
+    deadline = time.time() + 120
+    while time.time() < deadline and not any(checkpoint.glob("step-2")):
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert any(checkpoint.glob("step-*")), "no checkpoint appeared before the kill"
+    assert not json.loads((tmp_path / "tiny" / "sft" / "manifest.json").read_text())["complete"]
+    saved = max(int(p.name.split("-")[1]) for p in checkpoint.glob("step-*"))
+    metrics = tmp_path / "tiny" / "sft" / "metrics.jsonl"
+    before = [
+        line for line in metrics.read_text().splitlines() if json.loads(line)["step"] <= saved
+    ]
+    log = run_cli(
+        "run", str(CONFIG), f"model={tiny_model_dir}", f"root={tmp_path}", "sft.max_steps=30"
+    )
+    got = statuses(log)
+    assert got["demos"] == "skip" and got["sft"] == "resume" and got["eval"] == "run"
+    after = [line for line in metrics.read_text().splitlines() if json.loads(line)["step"] <= saved]
+    assert (
+        after == before
+    )  # steps up to the checkpoint were not redone (their timings would differ)
+    steps = [
+        json.loads(line)["step"]
+        for line in (tmp_path / "tiny" / "sft" / "metrics.jsonl").read_text().splitlines()
+    ]
+    assert steps[-1] == 30 and len([s for s in steps if s > 0]) == len({s for s in steps if s > 0})
