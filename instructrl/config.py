@@ -345,6 +345,9 @@ class PPOConfig(TrainConfig):
     ptx_length: int = _f(64, "tokens per pretraining chunk")
     ema_decay: float = _f(0.0, "policy weight EMA saved as the output (paper: 0.992); 0 = off")
     sample_every: int = _f(5, "write sample completions every N iterations (0 = never)")
+    reuse_rollout_logprobs: bool = _f(
+        True, "take old logprobs from the sampler's logits instead of a second forward pass"
+    )
 
     def __post_init__(self) -> None:
         self._check_train("ppo")

@@ -70,7 +70,9 @@ def response_logprobs(
     logits = models.unwrap(model).get_output_embeddings()(h).float() / temperature  # (B, T, V)
     labels = input_ids[:, prompt_width : prompt_width + response_width]
     logprobs = losses.token_logprobs(logits, labels)
-    entropy = losses.entropy_from_logits(logits) if with_entropy else None
+    entropy = (
+        losses.entropy_from_logits(logits.detach()) if with_entropy else None
+    )  # a statistic only
     return logprobs, entropy
 
 
@@ -178,9 +180,13 @@ class PPOTrainer:
                 top_p=1.0,
                 pad_token_id=self.pad_id,
                 eos_token_id=sorted(self.eos_ids),
+                return_dict_in_generate=True,
+                output_logits=cfg.reuse_rollout_logprobs,
             ),
-        ).cpu()
+        )
         policy.train()
+        step_logits = out.logits
+        out = out.sequences.cpu()
         responses = torch.full((len(prompt_ids), T), self.pad_id, dtype=torch.long)
         response_mask = torch.zeros((len(prompt_ids), T), dtype=torch.bool)
         ended = torch.zeros(len(prompt_ids), dtype=torch.bool)
@@ -199,7 +205,16 @@ class PPOTrainer:
             texts.append(text)
         full = torch.cat([input_ids, responses], dim=1)
         attention = torch.cat([mask, response_mask], dim=1)
-        return Rollout(full, attention, response_mask, P, ended, texts)
+        rollout = Rollout(full, attention, response_mask, P, ended, texts)
+        if cfg.reuse_rollout_logprobs and not cfg.stop and step_logits:
+            # the sampler's own logits (divided by the temperature, as when sampling): no second
+            # forward pass over the rollout (lm-human-preferences keeps these too)
+            logits = torch.stack(step_logits, dim=1).float().cpu() / cfg.temperature  # (B, T', V)
+            width = logits.shape[1]
+            logprobs = torch.zeros((len(prompt_ids), T))
+            logprobs[:, :width] = losses.token_logprobs(logits, responses[:, :width])
+            rollout.logprobs = torch.where(response_mask, logprobs, torch.zeros_like(logprobs))
+        return rollout
 
     @torch.no_grad()
     def evaluate(self, r: Rollout) -> None:
@@ -208,9 +223,10 @@ class PPOTrainer:
         ids, attn, T = r.input_ids.to(dev), r.attention.to(dev), r.response_mask.shape[1]
         self.policy.eval()
         self.value_model.eval()
-        r.logprobs = response_logprobs(self.policy, ids, attn, r.prompt_width, T, cfg.temperature)[
-            0
-        ].cpu()
+        if r.logprobs is None:
+            r.logprobs = response_logprobs(
+                self.policy, ids, attn, r.prompt_width, T, cfg.temperature
+            )[0].cpu()
         if (
             self.ref_policy is None
         ):  # LoRA: the reference is the base model with the adapter disabled
