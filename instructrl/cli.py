@@ -298,12 +298,14 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"unrecognized arguments: {' '.join(unknown)}")
     if rest:
         args.args = [*args.args, *rest]
+    from rich.console import Console
     from rich.logging import RichHandler
 
     logging.basicConfig(
         level=logging.WARNING if args.quiet else logging.INFO,
         format="%(message)s",
-        handlers=[RichHandler(show_path=False, show_time=False)],
+        # logs on stderr: stdout stays clean for records (generate prints JSONL there)
+        handlers=[RichHandler(console=Console(stderr=True), show_path=False, show_time=False)],
         force=True,
     )
     for noisy in ("httpx", "urllib3", "filelock", "matplotlib"):

@@ -276,6 +276,11 @@ def run(cfg: RunConfig, console: Any = None) -> Path:
     ptx_stage = runner.stage("ppo-ptx", ptx_values, inputs, ppo_fn(ptx_values))
 
     # 7. more rounds: rank the newest policy's samples, retrain the RM, continue PPO-ptx
+    if cfg.rounds > 1 and cfg.feedback != "panel":
+        raise UserError(
+            f"run: rounds={cfg.rounds} needs new rankings of the newest policy: use feedback=panel, or "
+            f"rank its samples in the web app and run again with the new export"
+        )
     for r in range(2, cfg.rounds + 1):
         rm_stage, comparisons = _reward_round(
             cfg,
@@ -373,13 +378,13 @@ def _reward_round(
             generate.run(gen)
         return {"samples": cfg.k * len(parts["rm"])}
 
-    samples = runner.stage(
-        f"samples{suffix}",
-        sample_values,
-        {"policy": policy_stage.key, "rm": keys["rm"], "val": keys["val"]},
-        do_samples,
-    )
     if cfg.feedback == "panel":
+        samples = runner.stage(
+            f"samples{suffix}",
+            sample_values,
+            {"policy": policy_stage.key, "rm": keys["rm"], "val": keys["val"]},
+            do_samples,
+        )
 
         def do_rank(out: Path) -> dict[str, Any]:
             from instructrl.config import LabelConfig

@@ -12,6 +12,7 @@ import logging
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 
@@ -155,3 +156,60 @@ def generate(
         if progress is not None:
             progress(len(batch), n_tokens, time.perf_counter() - t0)
     return outputs
+
+
+def sample_records(
+    model,
+    tokenizer,
+    prompts: Sequence[Any],
+    prompt_ids: Sequence[Sequence[int]],
+    sampling: Any,
+    *,
+    model_name: str,
+    seed: int,
+    description: str = "generate",
+) -> list[Any]:
+    """`sample` records for (prompt record, prompt ids) pairs under a SamplingConfig, with a
+    progress bar showing tokens/s; batch i is seeded seed + i."""
+    from instructrl.progress import progress_bar
+    from instructrl.records import Sample
+
+    totals = {"tokens": 0, "seconds": 0.0}
+    with progress_bar(description, total=len(prompt_ids)) as update:
+
+        def on_batch(n_prompts: int, n_tokens: int, seconds: float) -> None:
+            totals["tokens"] += n_tokens
+            totals["seconds"] += seconds
+            update(n_prompts, tokens_per_s=totals["tokens"] / max(totals["seconds"], 1e-9))
+
+        outputs = generate(
+            model,
+            tokenizer,
+            prompt_ids,
+            max_new_tokens=sampling.max_new_tokens,
+            temperature=sampling.temperature,
+            top_p=sampling.top_p,
+            top_k=sampling.top_k,
+            stop=sampling.stop,
+            batch_size=sampling.batch_size,
+            seed=seed,
+            progress=on_batch,
+        )
+    log.info(
+        "%s: %d tokens in %.1f s (%.1f tokens/s)",
+        description,
+        totals["tokens"],
+        totals["seconds"],
+        totals["tokens"] / max(totals["seconds"], 1e-9),
+    )
+    return [
+        Sample(
+            prompt_id=p.id,
+            prompt=p.prompt,
+            response=g.text,
+            model=model_name,
+            finish_reason=g.finish_reason,
+            seed=g.seed,
+        )
+        for p, g in zip(prompts, outputs, strict=True)
+    ]

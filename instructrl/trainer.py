@@ -65,16 +65,19 @@ def prepare_model(model: Any, cfg: TrainConfig) -> Any:
 
 
 def freeze_lower(model: Any, n_layers: int) -> None:
-    """No gradients (and no optimizer state) for the embeddings and the first n layers."""
+    """No gradients (and no optimizer state) for the embeddings and the first n layers.
+
+    The input embedding is frozen too: if it trained, backward would have to run through every
+    layer to reach it, and the lever would save nothing. With tied embeddings (SmolLM2) this
+    also freezes the unembedding; the top layers and norms adapt.
+    """
     decoder = model.get_decoder()
     layers = getattr(decoder, "layers", None)
     if layers is None or n_layers > len(layers):
         raise ValueError(
             f"freeze_layers={n_layers}: the model has {0 if layers is None else len(layers)} layers"
         )
-    tied = getattr(model.config, "tie_word_embeddings", False)
-    if not tied:  # a tied embedding is also the unembedding, which every loss needs to train
-        decoder.get_input_embeddings().requires_grad_(False)
+    decoder.get_input_embeddings().requires_grad_(False)
     for layer in layers[:n_layers]:
         layer.requires_grad_(False)
 

@@ -132,3 +132,27 @@ def test_validate_cli(tmp_path, capsys):
     assert (
         err == f"instructrl: error: {bad}:1: ranking: expected a permutation of 0..1, got [0, 0]\n"
     )
+
+
+def test_stdout_holds_only_records(tiny_model_dir):
+    import subprocess
+    import sys
+
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "instructrl.cli",
+            "generate",
+            f"model={tiny_model_dir}",
+            "--prompt",
+            "Hi",
+            "sampling.max_new_tokens=3",
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    [line] = proc.stdout.splitlines()  # logs ("generated ... tokens/s") go to stderr
+    assert json.loads(line)["prompt"] == "Hi"
+    assert "tokens/s" in proc.stderr

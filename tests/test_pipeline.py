@@ -120,3 +120,44 @@ def test_sigkilled_stage_resumes(tiny_model_dir, tmp_path):
         for line in (tmp_path / "tiny" / "sft" / "metrics.jsonl").read_text().splitlines()
     ]
     assert steps[-1] == 30 and len([s for s in steps if s > 0]) == len({s for s in steps if s > 0})
+
+
+@pytest.mark.parametrize("name", ["default.yaml", "paper.yaml", "tiny.yaml"])
+def test_shipped_run_configs_build_every_stage(name):
+    from instructrl.config import (
+        EvalConfig,
+        PPOConfig,
+        RMConfig,
+        RunConfig,
+        SFTConfig,
+        build,
+        load_config,
+    )
+
+    cfg = load_config(RunConfig, [str(CONFIG.parent / name)])
+    build(SFTConfig, {"data": "d.jsonl", **cfg.sft})
+    build(RMConfig, {"data": "c.jsonl", **cfg.rm})
+    build(PPOConfig, {**cfg.ppo, **cfg.ptx})
+    build(EvalConfig, {"policies": "a:b", **cfg.eval})
+
+
+def test_second_round_and_web_app_feedback(first_run, tmp_path):
+    run_dir, _, tiny, root = first_run
+    log = run_cli("run", str(CONFIG), f"model={tiny}", f"root={root}", "rounds=2", "rm.lr=2e-3")
+    got = statuses(log)
+    assert {got[s] for s in ("samples-r2", "rankings-r2", "rm-r2", "ppo-ptx-r2")} == {"run"}
+    r1 = len(read_records(run_dir / "rankings" / "train.jsonl", "comparison"))
+    r2 = read_records(run_dir / "rankings-r2" / "train.jsonl", "comparison")
+    assert len(r2) == 2 * r1  # round 2 adds to the comparisons so far
+    policies = json.loads((run_dir / "eval" / "summary.json").read_text())["policies"]
+    assert policies["ptx"].endswith("ppo-ptx-r2")
+    # the same loop on exported records instead of the panel
+    export = tmp_path / "export"
+    export.mkdir()
+    (export / "demonstrations.jsonl").write_text((run_dir / "demos" / "train.jsonl").read_text())
+    (export / "comparisons.jsonl").write_text((run_dir / "rankings" / "train.jsonl").read_text())
+    log = run_cli("run", str(CONFIG), f"model={tiny}", f"root={tmp_path}", f"feedback={export}")
+    got = statuses(log)
+    assert (
+        "demos" not in got and "rankings" not in got and got["rm"] == "run" and got["eval"] == "run"
+    )

@@ -238,3 +238,17 @@ def test_checkpoint_selected_by_rm_score(tiny_model_dir, demos_file, tmp_path):
     best = max(rows, key=lambda r: r["sft/val_rm_score"])
     selected = _json.loads((out / "selected.json").read_text())
     assert selected["selected_by"] == "val_rm_score" and selected["step"] == best["step"]
+
+
+def test_freeze_layers_stops_backward_below_the_top(tiny_model_dir):
+    model = models.load_policy(str(tiny_model_dir)).train()
+    trainer.freeze_lower(model, 1)
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    assert not any(n.startswith(("model.embed_tokens", "model.layers.0.")) for n in trainable)
+    assert any(n.startswith("model.layers.1.") for n in trainable)
+    seen = []
+    hook = model.model.layers[0].register_full_backward_hook(lambda *a: seen.append(1))
+    ids = torch.tensor([[1, 5, 9, 20]])
+    model(ids).logits.sum().backward()
+    hook.remove()
+    assert seen == []  # backward never entered the frozen layer

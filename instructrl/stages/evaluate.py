@@ -88,34 +88,16 @@ def generate_cached(
     tokenizer = models.load_tokenizer(path)
     model = models.load_policy(path, device=device)
     ids = rollout.encode_prompts(tokenizer, [p.prompt for p in prompts])
-    s = cfg.sampling
-    from instructrl.progress import progress_bar
-
-    with progress_bar(f"generate {name}", total=len(ids)) as update:
-        outs = rollout.generate(
-            model,
-            tokenizer,
-            ids,
-            max_new_tokens=s.max_new_tokens,
-            temperature=s.temperature,
-            top_p=s.top_p,
-            top_k=s.top_k,
-            stop=s.stop,
-            batch_size=s.batch_size,
-            seed=cfg.seed,
-            progress=lambda n, tokens, sec: update(n),
-        )
-    samples = [
-        Sample(
-            prompt_id=p.id,
-            prompt=p.prompt,
-            response=g.text,
-            model=name,
-            finish_reason=g.finish_reason,
-            seed=g.seed,
-        )
-        for p, g in zip(prompts, outs, strict=True)
-    ]
+    samples = rollout.sample_records(
+        model,
+        tokenizer,
+        prompts,
+        ids,
+        cfg.sampling,
+        model_name=name,
+        seed=cfg.seed,
+        description=f"generate {name}",
+    )
     write_records(target, samples)
     return samples
 

@@ -10,7 +10,6 @@ from pathlib import Path
 from instructrl import models, rollout
 from instructrl.config import GenerateConfig
 from instructrl.errors import UserError
-from instructrl.progress import progress_bar
 from instructrl.records import Prompt, Sample, prompt_as_text, read_records, write_records
 
 log = logging.getLogger(__name__)
@@ -49,45 +48,14 @@ def run(cfg: GenerateConfig) -> Path | None:
             f"generate: every prompt is longer than max_prompt_tokens={cfg.max_prompt_tokens}"
         )
     jobs = [(p, ids) for p, ids in kept for _ in range(cfg.samples)]
-    s = cfg.sampling
-    totals = {"tokens": 0, "seconds": 0.0}
-    with progress_bar("generate", total=len(jobs)) as update:
-
-        def on_batch(n_prompts: int, n_tokens: int, seconds: float) -> None:
-            totals["tokens"] += n_tokens
-            totals["seconds"] += seconds
-            update(n_prompts, tokens_per_s=totals["tokens"] / max(totals["seconds"], 1e-9))
-
-        outputs = rollout.generate(
-            model,
-            tokenizer,
-            [ids for _, ids in jobs],
-            max_new_tokens=s.max_new_tokens,
-            temperature=s.temperature,
-            top_p=s.top_p,
-            top_k=s.top_k,
-            stop=s.stop,
-            batch_size=s.batch_size,
-            seed=s.seed,
-            progress=on_batch,
-        )
-    name = models.model_name(cfg.model)
-    samples = [
-        Sample(
-            prompt_id=p.id,
-            prompt=p.prompt,
-            response=g.text,
-            model=name,
-            finish_reason=g.finish_reason,
-            seed=g.seed,
-        )
-        for (p, _), g in zip(jobs, outputs, strict=True)
-    ]
-    log.info(
-        "generated %d tokens in %.1f s (%.1f tokens/s)",
-        totals["tokens"],
-        totals["seconds"],
-        totals["tokens"] / max(totals["seconds"], 1e-9),
+    samples = rollout.sample_records(
+        model,
+        tokenizer,
+        [p for p, _ in jobs],
+        [ids for _, ids in jobs],
+        cfg.sampling,
+        model_name=models.model_name(cfg.model),
+        seed=cfg.sampling.seed,
     )
     if cfg.out is None:
         for sample in samples:
