@@ -164,7 +164,13 @@ def partition(cfg: RunConfig) -> dict[str, list[Prompt]]:
             f"run: sft_prompts + rm_prompts = {b} leaves no training prompts for PPO (train split has {len(train)})"
         )
     ppo = train[b:][: cfg.ppo_prompts] if cfg.ppo_prompts else train[b:]
-    test = by_split["test"][: cfg.eval_prompts] if cfg.eval_prompts else by_split["test"]
+    # shuffled like the others, so a subset keeps the categories' proportions (the file is
+    # ordered by category)
+    test = [
+        by_split["test"][i]
+        for i in trainer.epoch_order(len(by_split["test"]), seed=cfg.seed, epoch=0)
+    ]
+    test = test[: cfg.eval_prompts] if cfg.eval_prompts else test
     if not val or not test:
         raise UserError("run: the prompts need val and test splits (split field)")
     return {

@@ -161,3 +161,19 @@ def test_second_round_and_web_app_feedback(first_run, tmp_path):
     assert (
         "demos" not in got and "rankings" not in got and got["rm"] == "run" and got["eval"] == "run"
     )
+
+
+def test_partition_is_disjoint_and_the_eval_subset_spans_categories():
+    from collections import Counter
+
+    from instructrl.config import RunConfig, load_config
+    from instructrl.pipeline import partition
+
+    parts = partition(load_config(RunConfig, []))
+    ids = {name: {p.id for p in ps} for name, ps in parts.items()}
+    names = list(ids)
+    for i, a in enumerate(names):
+        for b in names[i + 1 :]:
+            assert not ids[a] & ids[b], (a, b)
+    categories = Counter(p.category for p in parts["test"])
+    assert len(categories) >= 6 and categories["generation"] < 0.7 * len(parts["test"])
