@@ -91,7 +91,6 @@ class Embedder:
 
     @cached_property
     def _model(self):
-        import torch
         from transformers import AutoModel, AutoTokenizer
 
         from instructrl.models import quiet_transformers
@@ -103,7 +102,6 @@ class Embedder:
             )
         path = Path(next(iter(spec.submodule_search_locations))) / "model"
         quiet_transformers()
-        torch.set_num_threads(max(1, torch.get_num_threads()))
         return AutoTokenizer.from_pretrained(path), AutoModel.from_pretrained(path).eval()
 
     def encode(self, texts: Sequence[str]) -> Any:
@@ -230,11 +228,7 @@ class Judge:
         refused = REFUSAL.search(response) is not None
         satisfied = C.check_all(prompt.constraints, response, prompt_text=text)
         target = prompt.reference or text
-        cos = (
-            self.embedder.similarity(response if response.strip() else " ", target)
-            if response.strip()
-            else 0.0
-        )
+        cos = self.embedder.similarity(response, target) if response.strip() else 0.0
         relevance = _unit((cos - 0.15) / 0.7)
         truthful, hallucinated = _truthful(prompt, response, refused)
         violent, sexual = VIOLENT.search(response) is not None, SEXUAL.search(response) is not None
