@@ -308,10 +308,8 @@ def rm_scores(
 
     rm = models.load_reward_model(cfg.reward, device=device)
     tok = models.load_tokenizer(cfg.reward, padding_side="right")
-    max_length = (
-        int((getattr(rm.config, "instructrl", None) or {}).get("max_length", 512))
-        + cfg.sampling.max_new_tokens
-    )
+    # test prompts may be longer than the RM's training sequences; it reads up to its context
+    max_length = int(getattr(rm.config, "max_position_embeddings", 2048))
     result = {}
     for name, (samples, _) in generations.items():
         scores = score_texts(

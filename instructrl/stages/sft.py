@@ -163,7 +163,7 @@ class RMJudge:
             self.rm_tokenizer,
             pairs,
             batch_size=self.cfg.batch_size,
-            max_length=self.cfg.max_length + self.cfg.rm_eval_tokens,
+            max_length=int(getattr(self.rm.config, "max_position_embeddings", 2048)),
             device=next(self.rm.parameters()).device,
         )
         return sum(scores) / len(scores)
