@@ -178,6 +178,23 @@ class TrainConfig:
     resume: bool = _f(False, "continue from the last checkpoint in out/checkpoints")
     log_every: int = _f(1, "optimizer steps between metrics rows")
 
+    def _check_data(self, records: str) -> None:
+        """The checks of the stages that train on a records file (SFT, RM): data, epochs /
+        max_steps and val_fraction fields."""
+        data, epochs, max_steps, val_fraction = (
+            getattr(self, k) for k in ("data", "epochs", "max_steps", "val_fraction")
+        )
+        if data is None:
+            raise ConfigError(
+                f"config: data: expected a {records} JSONL file (data=FILE), got nothing"
+            )
+        if epochs < 1 and max_steps < 1:
+            raise ConfigError(
+                f"config: epochs and max_steps: one must be >= 1, got epochs={epochs}, max_steps={max_steps}"
+            )
+        if not 0 <= val_fraction < 1:
+            raise ConfigError(f"config: val_fraction: expected 0 <= x < 1, got {val_fraction}")
+
     def _check_train(self, stage: str) -> None:
         if self.lr <= 0:
             raise ConfigError(f"config: lr: expected > 0, got {self.lr}")
@@ -224,16 +241,7 @@ class SFTConfig(TrainConfig):
 
     def __post_init__(self) -> None:
         self._check_train("sft")
-        if self.data is None:
-            raise ConfigError(
-                "config: data: expected a demonstrations JSONL file (data=FILE), got nothing"
-            )
-        if self.epochs < 1 and self.max_steps < 1:
-            raise ConfigError(
-                f"config: epochs and max_steps: one must be >= 1, got epochs={self.epochs}, max_steps={self.max_steps}"
-            )
-        if not 0 <= self.val_fraction < 1:
-            raise ConfigError(f"config: val_fraction: expected 0 <= x < 1, got {self.val_fraction}")
+        self._check_data("demonstrations")
         if self.max_length < 16:
             raise ConfigError(f"config: max_length: expected >= 16, got {self.max_length}")
 
@@ -264,16 +272,7 @@ class RMConfig(TrainConfig):
 
     def __post_init__(self) -> None:
         self._check_train("rm")
-        if self.data is None:
-            raise ConfigError(
-                "config: data: expected a comparisons JSONL file (data=FILE), got nothing"
-            )
-        if self.epochs < 1 and self.max_steps < 1:
-            raise ConfigError(
-                f"config: epochs and max_steps: one must be >= 1, got epochs={self.epochs}, max_steps={self.max_steps}"
-            )
-        if not 0 <= self.val_fraction < 1:
-            raise ConfigError(f"config: val_fraction: expected 0 <= x < 1, got {self.val_fraction}")
+        self._check_data("comparisons")
 
 
 @dataclass
