@@ -16,6 +16,7 @@ from typing import Any
 
 from instructrl import __version__
 from instructrl.config import (
+    DBConfig,
     EvalConfig,
     GenerateConfig,
     LabelConfig,
@@ -23,6 +24,7 @@ from instructrl.config import (
     RMConfig,
     RunConfig,
     ScoreConfig,
+    ServeConfig,
     SFTConfig,
     fields_of,
     load_config,
@@ -42,7 +44,9 @@ def _keys_epilog(cls: type) -> str:
     return "\n".join(lines)
 
 
-def _stage_parser(sub, name: str, cls: type, help_text: str) -> argparse.ArgumentParser:
+def _stage_parser(
+    sub, name: str, cls: type, help_text: str, positionals: tuple[str, ...] = ()
+) -> argparse.ArgumentParser:
     p = sub.add_parser(
         name,
         help=help_text,
@@ -50,6 +54,8 @@ def _stage_parser(sub, name: str, cls: type, help_text: str) -> argparse.Argumen
         epilog=_keys_epilog(cls),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
+    for positional in positionals:
+        p.add_argument(positional)
     p.add_argument(
         "args", nargs="*", metavar="config.yaml|key=value", help="YAML config files and overrides"
     )
@@ -178,6 +184,35 @@ def _cmd_data_stats(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_serve(args: argparse.Namespace) -> int:
+    from instructrl.web import commands
+
+    return _with_config(args, {}, commands.serve)
+
+
+def _cmd_db(args: argparse.Namespace) -> int:
+    from instructrl.web import commands
+
+    return _with_config(args, {}, getattr(commands, args.db_command))
+
+
+def _cmd_users_add(args: argparse.Namespace) -> int:
+    from instructrl.web import commands
+
+    def go(cfg):
+        commands.add_user(
+            cfg,
+            username=args.username,
+            admin=args.admin,
+            group=args.group,
+            candidate=args.candidate,
+            invite=args.invite,
+            password_stdin=args.password_stdin,
+        )
+
+    return _with_config(args, {}, go)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="instructrl",
@@ -279,6 +314,46 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.set_defaults(func=_cmd_validate)
 
+    p = _stage_parser(
+        sub,
+        "serve",
+        ServeConfig,
+        "the feedback web app: labelers write, rate and rank; admins manage and export",
+    )
+    p.set_defaults(func=_cmd_serve)
+
+    p = sub.add_parser("db", help="the feedback database: upgrade the schema, export records")
+    db_sub = p.add_subparsers(dest="db_command", required=True, metavar="command")
+    q = _stage_parser(db_sub, "upgrade", DBConfig, "create or migrate the schema (Alembic)")
+    q.set_defaults(func=_cmd_db, db_command="upgrade")
+    q = _stage_parser(
+        db_sub,
+        "export",
+        DBConfig,
+        "write a project's demonstrations, comparisons, ratings and prompts as JSONL",
+    )
+    q.set_defaults(func=_cmd_db, db_command="export")
+
+    p = sub.add_parser("users", help="accounts of the feedback web app")
+    users_sub = p.add_subparsers(dest="users_command", required=True, metavar="command")
+    q = _stage_parser(
+        users_sub, "add", DBConfig, "add an admin or a labeler", positionals=("username",)
+    )
+    q.add_argument("--admin", action="store_true", help="may manage projects, people and exports")
+    q.add_argument(
+        "--group", choices=["training", "heldout"], default="training", help="labeler group"
+    )
+    q.add_argument(
+        "--candidate", action="store_true", help="sees only screening tasks until accepted"
+    )
+    q.add_argument(
+        "--invite", action="store_true", help="no password: print an invite link instead"
+    )
+    q.add_argument(
+        "--password-stdin", action="store_true", help="read the password from standard input"
+    )
+    q.set_defaults(func=_cmd_users_add)
+
     p = sub.add_parser("data", help="the shipped default data")
     data_sub = p.add_subparsers(dest="data_command", required=True, metavar="command")
     q = data_sub.add_parser(
@@ -308,7 +383,7 @@ def main(argv: list[str] | None = None) -> int:
         handlers=[RichHandler(console=Console(stderr=True), show_path=False, show_time=False)],
         force=True,
     )
-    for noisy in ("httpx", "urllib3", "filelock", "matplotlib"):
+    for noisy in ("httpx", "urllib3", "filelock", "matplotlib", "alembic"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     logging.getLogger("accelerate").setLevel(
         logging.ERROR

@@ -516,6 +516,45 @@ def build(cls: type[T], values: dict[str, Any]) -> T:
         raise ConfigError(f"config: {cls.__name__}: {str(e).splitlines()[0]}") from None
 
 
+@dataclass
+class ServeConfig:
+    """`instructrl serve`: the feedback web app (FastAPI under uvicorn)."""
+
+    db: str = _f(
+        "sqlite:///feedback.db",
+        "database URL: sqlite:///FILE, or postgresql+psycopg://USER:PASSWORD@HOST/DB",
+    )
+    host: str = _f("127.0.0.1", "address to listen on (0.0.0.0: every interface)")
+    port: int = _f(8000, "port to listen on")
+    secret_key: str | None = _f(
+        None,
+        "signs session cookies (32+ random characters); default: a key kept in FILE.secret "
+        "beside a SQLite database, or web.secret in the cache directory",
+    )
+    secure_cookies: bool = _f(False, "mark cookies Secure (serve behind HTTPS)")
+    jobs_dir: str = _f("runs/web-jobs", "where generation jobs write their prompts and samples")
+
+    def __post_init__(self) -> None:
+        if not 0 < self.port < 65536:
+            raise ConfigError(f"config: port: expected 1-65535, got {self.port}")
+
+
+@dataclass
+class DBConfig:
+    """`instructrl db upgrade|export`, `instructrl users add`: the feedback database."""
+
+    db: str = _f(
+        "sqlite:///feedback.db",
+        "database URL: sqlite:///FILE, or postgresql+psycopg://USER:PASSWORD@HOST/DB",
+    )
+    project: str | None = _f(None, "db export: the project's name")
+    out: str | None = _f(
+        None,
+        "db export: directory for demonstrations.jsonl, comparisons.jsonl, ratings.jsonl and "
+        "prompts.jsonl (what `instructrl run feedback=DIR` reads)",
+    )
+
+
 STAGE_CONFIGS: dict[str, type] = {
     "generate": GenerateConfig,
     "label": LabelConfig,
@@ -525,6 +564,8 @@ STAGE_CONFIGS: dict[str, type] = {
     "ppo": PPOConfig,
     "eval": EvalConfig,
     "run": RunConfig,
+    "serve": ServeConfig,
+    "db": DBConfig,
 }
 
 

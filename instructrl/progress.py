@@ -35,11 +35,28 @@ def progress_bar(description: str, total: int) -> Iterator[Callable[..., None]]:
         disable=disable,
     ) as progress:
         task = progress.add_task(description, total=total, figures="")
+        done = 0
+        # another process may watch this loop (the web app's generation jobs)
+        progress_file = os.environ.get("INSTRUCTRL_PROGRESS_FILE")
 
         def update(advance: int = 1, **figures: Any) -> None:
+            nonlocal done
+            done += advance
             shown = " ".join(
                 f"{k} {v:.3g}" if isinstance(v, float) else f"{k} {v}" for k, v in figures.items()
             )
             progress.update(task, advance=advance, figures=shown)
+            if progress_file:
+                _write_progress(progress_file, description, done, total)
 
         yield update
+
+
+def _write_progress(path: str, description: str, done: int, total: int) -> None:
+    """{"description", "done", "total"} as JSON, replaced atomically so a reader never sees half."""
+    import json
+
+    tmp = f"{path}.tmp"
+    with open(tmp, "w") as f:
+        json.dump({"description": description, "done": done, "total": total}, f)
+    os.replace(tmp, path)

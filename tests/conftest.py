@@ -14,3 +14,40 @@ def tiny_model_dir(tmp_path_factory):
     from instructrl.testing import make_tiny_model
 
     return make_tiny_model(tmp_path_factory.mktemp("tiny") / "model", seed=0)
+
+
+def needs(component: str, reason: str) -> None:
+    """Skip when a system component is absent on a developer's machine; under CI=true (set by
+    CI, which installs it) a missing component fails the run instead."""
+    if os.environ.get("CI") == "true":
+        pytest.fail(f"{component} is required in CI: {reason}")
+    pytest.skip(f"{component} absent: {reason}")
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def db_url(request, tmp_path):
+    """A fresh, empty database: a SQLite file, or a new database on the PostgreSQL server that
+    `.ci/run` starts (INSTRUCTRL_TEST_PG_URL, see .ci/postgres.sh)."""
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path / 'feedback.db'}"
+        return
+    server = os.environ.get("INSTRUCTRL_TEST_PG_URL")
+    if not server:
+        needs("PostgreSQL", "set INSTRUCTRL_TEST_PG_URL (bash .ci/postgres.sh start prints it)")
+    import uuid
+
+    import sqlalchemy as sa
+
+    name = f"t_{uuid.uuid4().hex[:12]}"
+    admin = sa.create_engine(server, isolation_level="AUTOCOMMIT")
+    try:
+        with admin.connect() as conn:
+            conn.execute(sa.text(f'CREATE DATABASE "{name}"'))
+    except sa.exc.OperationalError as e:
+        admin.dispose()
+        needs("PostgreSQL", f"cannot reach {server}: {e.orig}")
+    url = sa.engine.make_url(server).set(database=name).render_as_string(hide_password=False)
+    yield url
+    with admin.connect() as conn:
+        conn.execute(sa.text(f'DROP DATABASE "{name}" WITH (FORCE)'))
+    admin.dispose()

@@ -1,0 +1,133 @@
+"""`create_app(settings)`: the FastAPI app. Nothing connects at import time."""
+
+from __future__ import annotations
+
+import os
+import secrets
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from fastapi import FastAPI, HTTPException, Request
+from fastapi.responses import JSONResponse, RedirectResponse, Response
+from fastapi.staticfiles import StaticFiles
+from fastapi.templating import Jinja2Templates
+from starlette.middleware.sessions import SessionMiddleware
+
+from instructrl.errors import UserError
+from instructrl.web import db
+from instructrl.web.deps import LoginRequired, csrf_token
+
+HERE = Path(__file__).parent
+
+
+@dataclass
+class Settings:
+    db: str = "sqlite:///feedback.db"
+    secret_key: str = ""  # signs session cookies; at least 32 characters
+    secure_cookies: bool = False  # set the cookie's Secure flag (serve behind HTTPS)
+    jobs_dir: str = "runs/web-jobs"  # generation jobs write their files here
+    python: str = ""  # interpreter for generation jobs (default: this one)
+    check_schema: bool = True
+    extra: dict = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if len(self.secret_key) < 32:
+            raise UserError(
+                "serve: secret_key: expected at least 32 random characters (default: a key kept "
+                "beside the database), got a shorter one"
+            )
+
+
+def templates() -> Jinja2Templates:
+    t = Jinja2Templates(directory=str(HERE / "templates"))  # autoescape on for .html
+    t.env.globals["csrf_token"] = csrf_token
+    return t
+
+
+def create_app(settings: Settings) -> FastAPI:
+    from instructrl.web.routes import admin, api, auth, label
+
+    engine = db.make_engine(settings.db)
+
+    @asynccontextmanager
+    async def lifespan(_app: FastAPI):
+        if settings.check_schema:
+            db.check_schema(engine)
+        yield
+        engine.dispose()
+
+    app = FastAPI(
+        title="instructrl feedback",
+        docs_url=None,
+        redoc_url=None,
+        openapi_url=None,
+        lifespan=lifespan,
+    )
+    app.state.settings = settings
+    app.state.engine = engine
+    app.state.sessions = db.session_factory(engine)
+    app.state.templates = templates()
+    app.state.jobs = {}
+    app.add_middleware(
+        SessionMiddleware,
+        secret_key=settings.secret_key,
+        session_cookie="instructrl_session",
+        same_site="lax",
+        https_only=settings.secure_cookies,
+    )
+
+    @app.middleware("http")
+    async def security_headers(request: Request, call_next) -> Response:
+        response = await call_next(request)
+        response.headers.setdefault("X-Content-Type-Options", "nosniff")
+        response.headers.setdefault("X-Frame-Options", "DENY")
+        response.headers.setdefault("Referrer-Policy", "same-origin")
+        response.headers.setdefault(
+            "Content-Security-Policy",
+            "default-src 'self'; img-src 'self' data:; style-src 'self'; script-src 'self'",
+        )
+        return response
+
+    @app.exception_handler(LoginRequired)
+    async def login_required(request: Request, _exc: LoginRequired) -> Response:
+        if request.url.path.startswith("/api/"):
+            return JSONResponse({"detail": "sign in first"}, status_code=401)
+        return RedirectResponse(f"/login?next={request.url.path}", status_code=303)
+
+    @app.exception_handler(HTTPException)
+    async def http_error(request: Request, exc: HTTPException) -> Response:
+        if request.url.path.startswith("/api/") or "text/html" not in request.headers.get(
+            "accept", ""
+        ):
+            return JSONResponse({"detail": exc.detail}, status_code=exc.status_code)
+        return app.state.templates.TemplateResponse(
+            request,
+            "error.html",
+            {"status": exc.status_code, "detail": exc.detail},
+            status_code=exc.status_code,
+        )
+
+    app.mount("/static", StaticFiles(directory=str(HERE / "static")), name="static")
+    for router in (auth.router, label.router, api.router, admin.router):
+        app.include_router(router)
+    return app
+
+
+def secret_beside(db_url: str) -> str:
+    """A random key kept in a 0600 file: beside a SQLite file, else in the cache directory."""
+    if db_url.startswith("sqlite:///") and ":memory:" not in db_url:
+        path = Path(db_url.removeprefix("sqlite:///")).with_suffix(".secret")
+    else:
+        import platformdirs
+
+        cache = os.environ.get("INSTRUCTRL_CACHE") or platformdirs.user_cache_dir("instructrl")
+        path = Path(cache) / "web.secret"
+    if path.is_file():
+        return path.read_text().strip()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    key = secrets.token_urlsafe(48)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with open(fd, "w") as f:
+        f.write(key + "\n")
+    return key

@@ -1,0 +1,661 @@
+"""Database access: plain functions taking a Session and keyword arguments. No HTTP here.
+
+Each function works inside the caller's transaction (`db.transaction`), so a submission, its
+assignment's status and any prompt it creates are committed together or not at all."""
+
+from __future__ import annotations
+
+import secrets
+import statistics
+from collections import defaultdict
+from datetime import UTC, datetime
+from typing import Any
+
+from argon2 import PasswordHasher
+from argon2.exceptions import InvalidHashError, VerificationError
+from sqlalchemy import func, select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from instructrl import records as R
+from instructrl.web.models import (
+    GROUPS,
+    TASK_KINDS,
+    USER_GROUPS,
+    Assignment,
+    Gold,
+    Job,
+    Output,
+    Project,
+    Prompt,
+    Submission,
+    Task,
+    User,
+    now,
+)
+from instructrl.web.schemas import validate_payload
+
+_hasher = PasswordHasher()
+MIN_PASSWORD = 8
+SCREENING_PASS = 0.75  # the paper kept labelers with about 75 % agreement on screening
+
+
+class Conflict(Exception):
+    """The request cannot be applied to the current state (HTTP 409)."""
+
+
+class Forbidden(Exception):
+    """The user may not touch this object (HTTP 403)."""
+
+
+class Invalid(Exception):
+    """Input errors keyed by form field (HTTP 422; pages show each beside its field)."""
+
+    def __init__(self, errors: dict[str, str]):
+        super().__init__("; ".join(f"{k}: {v}" for k, v in errors.items()))
+        self.errors = errors
+
+
+def aware(dt: datetime | None) -> datetime | None:
+    """SQLite hands back naive datetimes; every stored time is UTC."""
+    return dt.replace(tzinfo=UTC) if dt is not None and dt.tzinfo is None else dt
+
+
+# ----------------------------------------------------------------------------- users
+def create_user(
+    s: Session,
+    *,
+    username: str,
+    password: str | None = None,
+    is_admin: bool = False,
+    group: str = "training",
+    status: str = "active",
+) -> User:
+    """A user with a password, or (password None) an invite whose token sets the password."""
+    errors = {}
+    if (
+        not username
+        or len(username) > 64
+        or not username.replace("-", "").replace("_", "").replace(".", "").isalnum()
+    ):
+        errors["username"] = "1-64 letters, digits, '-', '_' or '.'"
+    elif s.scalar(select(User).where(User.username == username)) is not None:
+        errors["username"] = f"{username!r} is taken"
+    if password is not None and len(password) < MIN_PASSWORD:
+        errors["password"] = f"at least {MIN_PASSWORD} characters"
+    if group not in USER_GROUPS:
+        errors["group"] = f"one of {', '.join(USER_GROUPS)}"
+    if status not in ("active", "candidate"):
+        errors["status"] = "active or candidate"
+    if errors:
+        raise Invalid(errors)
+    user = User(
+        username=username,
+        password_hash=_hasher.hash(password) if password is not None else None,
+        is_admin=is_admin,
+        group=group,
+        status=status,
+        invite_token=None if password is not None else secrets.token_urlsafe(24),
+    )
+    s.add(user)
+    s.flush()
+    return user
+
+
+def authenticate(s: Session, *, username: str, password: str) -> User | None:
+    user = s.scalar(select(User).where(User.username == username))
+    if user is None or user.password_hash is None:
+        _hasher.hash(password)  # same work either way: no timing hint that the name exists
+        return None
+    try:
+        _hasher.verify(user.password_hash, password)
+    except (VerificationError, InvalidHashError):
+        return None
+    if _hasher.check_needs_rehash(user.password_hash):
+        user.password_hash = _hasher.hash(password)
+    return user
+
+
+def accept_invite(s: Session, *, token: str, password: str) -> User:
+    user = s.scalar(select(User).where(User.invite_token == token)) if token else None
+    if user is None:
+        raise Forbidden("this invite link is not valid (used already, or mistyped)")
+    if len(password) < MIN_PASSWORD:
+        raise Invalid({"password": f"at least {MIN_PASSWORD} characters"})
+    user.password_hash = _hasher.hash(password)
+    user.invite_token = None
+    return user
+
+
+def set_user(
+    s: Session, *, user_id: int, group: str | None = None, status: str | None = None
+) -> User:
+    user = s.get(User, user_id)
+    if user is None:
+        raise Invalid({"user": f"no user {user_id}"})
+    if group is not None:
+        if group not in USER_GROUPS:
+            raise Invalid({"group": f"one of {', '.join(USER_GROUPS)}"})
+        user.group = group
+    if status is not None:
+        if status not in ("active", "candidate"):
+            raise Invalid({"status": "active or candidate"})
+        user.status = status
+    return user
+
+
+# ----------------------------------------------------------------------------- projects, data
+def create_project(s: Session, *, name: str, instructions: str = "") -> Project:
+    name = name.strip()
+    if not name or len(name) > 128:
+        raise Invalid({"name": "1-128 characters"})
+    if s.scalar(select(Project).where(Project.name == name)) is not None:
+        raise Invalid({"name": f"a project named {name!r} exists"})
+    project = Project(name=name, instructions=instructions)
+    s.add(project)
+    s.flush()
+    return project
+
+
+def import_prompts(s: Session, *, project: Project, prompts: list[R.Prompt]) -> tuple[int, int]:
+    """(added, already there): prompts are keyed by their record id within the project."""
+    existing = set(s.scalars(select(Prompt.key).where(Prompt.project_id == project.id)))
+    added = 0
+    for p in prompts:
+        if p.id in existing:
+            continue
+        s.add(
+            Prompt(
+                project_id=project.id,
+                key=p.id,
+                text=R.prompt_as_text(p.prompt),
+                record=p.to_dict(),
+            )
+        )
+        existing.add(p.id)
+        added += 1
+    s.flush()
+    return added, len(prompts) - added
+
+
+def import_samples(s: Session, *, project: Project, samples: list[R.Sample]) -> int:
+    """Attach model outputs to the project's prompts (a prompt not there yet is added from the
+    sample). Returns the number of outputs added; outputs already there are not repeated."""
+    prompts = {p.key: p for p in s.scalars(select(Prompt).where(Prompt.project_id == project.id))}
+    added = 0
+    for sample in samples:
+        prompt = prompts.get(sample.prompt_id)
+        if prompt is None:
+            record = R.Prompt(id=sample.prompt_id, prompt=sample.prompt)
+            prompt = Prompt(
+                project_id=project.id,
+                key=record.id,
+                text=R.prompt_as_text(record.prompt),
+                record=record.to_dict(),
+            )
+            s.add(prompt)
+            s.flush()
+            prompts[record.id] = prompt
+        if any(o.response == sample.response for o in prompt.outputs):
+            continue
+        if len(prompt.outputs) >= R.K_MAX:
+            raise Invalid(
+                {"file": f"prompt {sample.prompt_id!r}: more than {R.K_MAX} outputs (K = 4..9)"}
+            )
+        prompt.outputs.append(
+            Output(
+                position=len(prompt.outputs),
+                response=sample.response,
+                model=sample.model,
+                finish_reason=sample.finish_reason,
+            )
+        )
+        added += 1
+    s.flush()
+    return added
+
+
+def create_task(
+    s: Session,
+    *,
+    project: Project,
+    kind: str,
+    title: str,
+    group: str = "training",
+    per_item: int = 1,
+    count: int = 0,
+    instructions: str = "",
+) -> Task:
+    errors = {}
+    if kind not in TASK_KINDS:
+        errors["kind"] = f"one of {', '.join(TASK_KINDS)}"
+    if group not in GROUPS:
+        errors["group"] = f"one of {', '.join(GROUPS)}"
+    if not 1 <= per_item <= 100:
+        errors["per_item"] = "1 to 100 labelers per item"
+    if kind == "write_prompt" and not 1 <= count <= 100_000:
+        errors["count"] = "how many prompts to write: 1 to 100000"
+    if not title.strip():
+        errors["title"] = "required"
+    if errors:
+        raise Invalid(errors)
+    task = Task(
+        project_id=project.id,
+        kind=kind,
+        title=title.strip(),
+        group=group,
+        per_item=per_item,
+        count=count if kind == "write_prompt" else 0,
+        instructions=instructions,
+    )
+    s.add(task)
+    s.flush()
+    if kind in ("rate", "rank") and not task_items(s, task=task):
+        raise Invalid({"kind": "no prompt of this project has 2 or more outputs to rate or rank"})
+    return task
+
+
+def task_items(s: Session, *, task: Task) -> list[int]:
+    """The items of a task: write_prompt slots, or the project's prompts (with 2+ outputs for
+    rate and rank). Prompts added later join their project's open tasks."""
+    if task.kind == "write_prompt":
+        return list(range(task.count))
+    query = select(Prompt.id).where(Prompt.project_id == task.project_id)
+    if task.kind == "demonstration":
+        query = query.where(Prompt.source == "import")
+    else:
+        counts = (
+            select(Output.prompt_id).group_by(Output.prompt_id).having(func.count(Output.id) >= 2)
+        )
+        query = query.where(Prompt.id.in_(counts))
+    return list(s.scalars(query.order_by(Prompt.id)))
+
+
+def _eligible_tasks(s: Session, user: User) -> list[Task]:
+    if user.status == "candidate":
+        query = select(Task).where(Task.group == "screening")
+    else:
+        query = select(Task).where(Task.group == user.group)
+    return list(s.scalars(query.order_by(Task.id)))
+
+
+def open_assignment(s: Session, *, user: User) -> Assignment | None:
+    return s.scalar(
+        select(Assignment)
+        .where(Assignment.user_id == user.id, Assignment.status == "open")
+        .order_by(Assignment.id)
+    )
+
+
+def next_assignment(s: Session, *, user: User, task_id: int | None = None) -> Assignment | None:
+    """The user's open assignment, or a new one: the first item (of the user's group's tasks)
+    that still needs a labeler and that this user has not had. Two users racing for the last
+    slot of an item both insert slot n; the unique constraint keeps one, the other moves on."""
+    current = open_assignment(s, user=user)
+    if current is not None:
+        return current
+    for task in _eligible_tasks(s, user):
+        if task_id is not None and task.id != task_id:
+            continue
+        taken = dict(
+            s.execute(
+                select(Assignment.item, func.count(Assignment.id))
+                .where(Assignment.task_id == task.id)
+                .group_by(Assignment.item)
+            ).all()
+        )
+        mine = set(
+            s.scalars(
+                select(Assignment.item).where(
+                    Assignment.task_id == task.id, Assignment.user_id == user.id
+                )
+            )
+        )
+        for item in task_items(s, task=task):
+            if item in mine:
+                continue
+            # slots another labeler took since the count above fail the unique constraint:
+            # try the next one, until the item has its labelers
+            for slot in range(taken.get(item, 0), task.per_item):
+                assignment = Assignment(
+                    task_id=task.id,
+                    item=item,
+                    slot=slot,
+                    user_id=user.id,
+                    prompt_id=None if task.kind == "write_prompt" else item,
+                )
+                try:
+                    with s.begin_nested():
+                        s.add(assignment)
+                        s.flush()
+                except IntegrityError:
+                    continue
+                return assignment
+    return None
+
+
+def get_assignment(s: Session, *, assignment_id: int, user: User) -> Assignment:
+    assignment = s.get(Assignment, assignment_id)
+    if assignment is None or assignment.user_id != user.id:
+        # the same answer for "not yours" and "not there": ids of others' work stay private
+        raise Forbidden(f"assignment {assignment_id} is not yours")
+    return assignment
+
+
+def outputs_of(assignment: Assignment) -> list[Output]:
+    return list(assignment.prompt.outputs) if assignment.prompt is not None else []
+
+
+def submit(
+    s: Session, *, assignment_id: int, user: User, client_id: str, payload: Any
+) -> tuple[Submission, bool]:
+    """Store one answer: (submission, created). A retry with the same client_id returns the
+    first copy; a second, different answer to a done assignment is a Conflict."""
+    previous = s.scalar(select(Submission).where(Submission.client_id == client_id))
+    if previous is not None:
+        if previous.user_id != user.id or previous.assignment_id != assignment_id:
+            raise Conflict("this client id belongs to another submission")
+        return previous, False
+    assignment = get_assignment(s, assignment_id=assignment_id, user=user)
+    if assignment.status == "done":
+        raise Conflict(f"assignment {assignment_id} was submitted already")
+    task = assignment.task
+    clean, errors = validate_payload(task.kind, payload, k=len(outputs_of(assignment)))
+    if errors:
+        raise Invalid(errors)
+    finished = now()
+    submission = Submission(
+        assignment_id=assignment.id,
+        user_id=user.id,
+        client_id=client_id,
+        payload=clean,
+        seconds=(finished - aware(assignment.opened_at)).total_seconds(),
+        created_at=finished,
+    )
+    assignment.status = "done"
+    assignment.done_at = finished
+    s.add(submission)
+    if task.kind == "write_prompt":
+        key = f"{task.project.name}-written-{task.id}-{assignment.item}-{user.username}"
+        record = R.Prompt(id=key, prompt=clean["prompt"], category=clean["category"])
+        s.add(
+            Prompt(
+                project_id=task.project_id,
+                key=key,
+                text=clean["prompt"],
+                record=record.to_dict(),
+                source="labeler",
+                author_id=user.id,
+            )
+        )
+    s.flush()
+    return submission, True
+
+
+def submit_once(
+    factory, *, assignment_id: int, user: User, client_id: str, payload: Any
+) -> tuple[int, bool]:
+    """`submit` in a transaction of its own: (submission id, created). When a concurrent twin
+    (the same client id, or the same assignment) commits first, the unique constraints refuse
+    this copy and the second try answers from the stored one."""
+    from instructrl.web.db import transaction
+
+    for attempt in range(2):
+        try:
+            with transaction(factory) as s:
+                sub, created = submit(
+                    s, assignment_id=assignment_id, user=user, client_id=client_id, payload=payload
+                )
+                return sub.id, created
+        except IntegrityError:
+            if attempt:
+                raise
+    raise AssertionError("unreachable")
+
+
+def set_gold(s: Session, *, task: Task, prompt: Prompt, payload: Any) -> Gold:
+    if task.group != "screening":
+        raise Invalid({"task": "gold answers belong to screening tasks"})
+    clean, errors = validate_payload(task.kind, payload, k=len(prompt.outputs))
+    if errors:
+        raise Invalid(errors)
+    gold = s.scalar(select(Gold).where(Gold.task_id == task.id, Gold.prompt_id == prompt.id))
+    if gold is None:
+        gold = Gold(task_id=task.id, prompt_id=prompt.id, payload=clean)
+        s.add(gold)
+    else:
+        gold.payload = clean
+    s.flush()
+    return gold
+
+
+def create_job(
+    s: Session, *, project: Project, kind: str, params: dict[str, Any], total: int
+) -> Job:
+    job = Job(project_id=project.id, kind=kind, params=params, total=total)
+    s.add(job)
+    s.flush()
+    return job
+
+
+# ----------------------------------------------------------------------------- reading out
+def _done(s: Session, project: Project, *, screening: bool = False):
+    """(submission, assignment, task, user) rows of a project, oldest first."""
+    query = (
+        select(Submission, Assignment, Task, User)
+        .join(Assignment, Submission.assignment_id == Assignment.id)
+        .join(Task, Assignment.task_id == Task.id)
+        .join(User, Submission.user_id == User.id)
+        .where(Task.project_id == project.id)
+        .order_by(Submission.id)
+    )
+    query = (
+        query.where(Task.group == "screening")
+        if screening
+        else query.where(Task.group != "screening")
+    )
+    return s.execute(query).all()
+
+
+def export(s: Session, *, project: Project) -> dict[str, list[Any]]:
+    """The project's answers as instructrl records: the files the simulated panel writes.
+
+    demonstrations.jsonl, comparisons.jsonl (ranking best first, ties nested), ratings.jsonl
+    (one per output, from rate and rank tasks) and prompts.jsonl (prompts labelers wrote).
+    Screening answers stay out. Each record carries the labeler's group and the task id."""
+    out: dict[str, list[Any]] = {
+        "demonstrations": [],
+        "comparisons": [],
+        "ratings": [],
+        "prompts": [],
+    }
+    for sub, assignment, task, user in _done(s, project):
+        extra = {
+            "labeler_group": task.group,
+            "task": task.id,
+            "submitted_at": aware(sub.created_at).isoformat(),
+        }
+        if task.kind == "write_prompt":
+            continue
+        prompt = assignment.prompt
+        record = prompt.record
+        if task.kind == "demonstration":
+            out["demonstrations"].append(
+                R.Demonstration(
+                    prompt=record["prompt"],
+                    response=sub.payload["response"],
+                    prompt_id=prompt.key,
+                    labeler=user.username,
+                    extra=extra,
+                )
+            )
+            continue
+        responses = [o.response for o in prompt.outputs]
+        for output, rating in zip(prompt.outputs, sub.payload["ratings"], strict=True):
+            out["ratings"].append(
+                R.Rating(
+                    prompt_id=prompt.key,
+                    prompt=record["prompt"],
+                    response=output.response,
+                    likert=rating["likert"],
+                    flags=rating["flags"],
+                    labeler=user.username,
+                    extra={**extra, "model": output.model},
+                )
+            )
+        if task.kind == "rank":
+            out["comparisons"].append(
+                R.Comparison(
+                    prompt=record["prompt"],
+                    responses=responses,
+                    ranking=sub.payload["ranking"],
+                    prompt_id=prompt.key,
+                    labeler=user.username,
+                    extra=extra,
+                )
+            )
+    written = s.scalars(
+        select(Prompt)
+        .where(Prompt.project_id == project.id, Prompt.source == "labeler")
+        .order_by(Prompt.id)
+    )
+    out["prompts"] = [R.Prompt.from_dict(p.record) for p in written]
+    return out
+
+
+def _ranks(ranking: list[int | list[int]], k: int) -> list[int]:
+    return R.Comparison(prompt="-", responses=["-"] * k, ranking=ranking).ranks()
+
+
+def _pair_agreement(a: list[int], b: list[int]) -> tuple[int, int]:
+    """(agreeing, compared) over the response pairs that neither ranking ties."""
+    agree = compared = 0
+    for i in range(len(a)):
+        for j in range(i + 1, len(a)):
+            da, db = a[i] - a[j], b[i] - b[j]
+            if da and db:
+                compared += 1
+                agree += (da > 0) == (db > 0)
+    return agree, compared
+
+
+def dashboard(s: Session, *, project: Project) -> dict[str, Any]:
+    """Progress per task, time per task, inter-labeler agreement per labeler and overall."""
+    from instructrl.labelers import agreement
+
+    tasks = list(s.scalars(select(Task).where(Task.project_id == project.id).order_by(Task.id)))
+    rows = _done(s, project) + _done(s, project, screening=True)
+    seconds: dict[int, list[float]] = defaultdict(list)
+    for sub, _a, task, _u in rows:
+        seconds[task.id].append(sub.seconds)
+    progress = []
+    for task in tasks:
+        items = len(task_items(s, task=task))
+        needed = items * task.per_item
+        done = len(seconds[task.id])
+        progress.append(
+            {
+                "task": task,
+                "items": items,
+                "needed": needed,
+                "done": done,
+                "share": done / needed if needed else 0.0,
+                "median_s": statistics.median(seconds[task.id]) if seconds[task.id] else None,
+            }
+        )
+    # agreement between labelers who ranked the same prompt (training and held-out groups)
+    by_prompt: dict[tuple[int, int], list[tuple[str, list[int]]]] = defaultdict(list)
+    per_user: dict[str, dict[str, Any]] = defaultdict(
+        lambda: {"done": 0, "seconds": [], "agree": 0, "compared": 0}
+    )
+    for sub, assignment, task, user in _done(s, project):
+        stats = per_user[user.username]
+        stats["done"] += 1
+        stats["seconds"].append(sub.seconds)
+        stats["group"] = user.group
+        if task.kind == "rank":
+            k = len(assignment.prompt.outputs)
+            by_prompt[(task.id, assignment.item)].append(
+                (user.username, _ranks(sub.payload["ranking"], k))
+            )
+    per_prompt = []
+    for rankings in by_prompt.values():
+        agree_p = compared_p = 0
+        for x in range(len(rankings)):
+            for y in range(x + 1, len(rankings)):
+                (ua, ra), (ub, rb) = rankings[x], rankings[y]
+                agree, compared = _pair_agreement(ra, rb)
+                agree_p += agree
+                compared_p += compared
+                for name in (ua, ub):
+                    per_user[name]["agree"] += agree
+                    per_user[name]["compared"] += compared
+        if compared_p:
+            per_prompt.append((agree_p, compared_p))
+    overall = agreement(per_prompt) if per_prompt else None
+    labelers = [
+        {
+            "username": name,
+            "group": st.get("group", ""),
+            "done": st["done"],
+            "median_s": statistics.median(st["seconds"]) if st["seconds"] else None,
+            "agreement": st["agree"] / st["compared"] if st["compared"] else None,
+            "compared": st["compared"],
+        }
+        for name, st in sorted(per_user.items())
+    ]
+    return {"progress": progress, "labelers": labelers, "agreement": overall}
+
+
+def screening_scores(s: Session, *, project: Project) -> list[dict[str, Any]]:
+    """Each candidate's agreement with the gold answers: response pairs ordered as the gold
+    ranking orders them, and metadata flags equal to the gold flags."""
+    gold = {(g.task_id, g.prompt_id): g.payload for g in s.scalars(select(Gold))}
+    scores: dict[int, dict[str, Any]] = {}
+    for sub, assignment, task, user in _done(s, project, screening=True):
+        st = scores.setdefault(
+            user.id,
+            {
+                "user": user,
+                "answered": 0,
+                "graded": 0,
+                "agree": 0,
+                "compared": 0,
+                "flags_same": 0,
+                "flags_total": 0,
+            },
+        )
+        st["answered"] += 1
+        answer = gold.get((task.id, assignment.prompt_id))
+        if answer is None:
+            continue
+        st["graded"] += 1
+        if task.kind == "rank":
+            k = len(assignment.prompt.outputs)
+            agree, compared = _pair_agreement(
+                _ranks(sub.payload["ranking"], k), _ranks(answer["ranking"], k)
+            )
+            st["agree"] += agree
+            st["compared"] += compared
+        for mine, theirs in zip(
+            sub.payload.get("ratings", []), answer.get("ratings", []), strict=True
+        ):
+            for flag in R.FLAGS:
+                st["flags_total"] += 1
+                st["flags_same"] += mine["flags"][flag] == theirs["flags"][flag]
+    out = []
+    for st in scores.values():
+        ranking = st["agree"] / st["compared"] if st["compared"] else None
+        flags = st["flags_same"] / st["flags_total"] if st["flags_total"] else None
+        parts = [x for x in (ranking, flags) if x is not None]
+        score = sum(parts) / len(parts) if parts else None
+        out.append(
+            {
+                **st,
+                "ranking_agreement": ranking,
+                "flag_agreement": flags,
+                "score": score,
+                "passed": score is not None and score >= SCREENING_PASS,
+            }
+        )
+    return sorted(out, key=lambda r: r["user"].username)

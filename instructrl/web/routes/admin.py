@@ -1,0 +1,398 @@
+"""Admin pages: projects, imports, generation jobs, tasks, users, dashboard, screening, export."""
+
+from __future__ import annotations
+
+import json
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from fastapi import APIRouter, HTTPException, Request
+from fastapi.responses import RedirectResponse, Response
+from sqlalchemy import func, select
+
+from instructrl import records as R
+from instructrl.errors import RecordError
+from instructrl.web import crud, jobs
+from instructrl.web.deps import AdminUser, Csrf, Form
+from instructrl.web.models import (
+    GROUPS,
+    TASK_KINDS,
+    USER_GROUPS,
+    Job,
+    Output,
+    Project,
+    Prompt,
+    Task,
+    User,
+)
+from instructrl.web.routes import render, transaction
+from instructrl.web.routes.label import task_context, values_from_payload
+from instructrl.web.schemas import payload_from_form
+
+router = APIRouter(prefix="/admin")
+EXPORTS = ("demonstrations", "comparisons", "ratings", "prompts")
+
+
+def _flash(request: Request, message: str) -> None:
+    request.session["flash"] = message
+
+
+def _pop_flash(request: Request) -> str | None:
+    return request.session.pop("flash", None)
+
+
+@router.get("")
+def admin_home(request: Request, user: AdminUser) -> Response:
+    return _admin_page(request, user)
+
+
+def _admin_page(
+    request: Request,
+    user: AdminUser,
+    errors: dict[str, str] | None = None,
+    values: dict[str, Any] | None = None,
+    status_code: int = 200,
+) -> Response:
+    with transaction(request) as s:
+        projects = s.execute(
+            select(Project, func.count(Prompt.id))
+            .outerjoin(Prompt, Prompt.project_id == Project.id)
+            .group_by(Project.id)
+            .order_by(Project.id)
+        ).all()
+        users = list(s.scalars(select(User).order_by(User.id)))
+    context = {
+        "user": user,
+        "projects": projects,
+        "users": users,
+        "groups": USER_GROUPS,
+        "flash": _pop_flash(request),
+        "errors": errors or {},
+        "values": values or {},
+        "base_url": str(request.base_url).rstrip("/"),
+    }
+    return render(request, "admin.html", context, status_code)
+
+
+@router.post("/projects", dependencies=[Csrf])
+def create_project(request: Request, user: AdminUser, form: Form) -> Response:
+    try:
+        with transaction(request) as s:
+            project = crud.create_project(
+                s, name=str(form.get("name", "")), instructions=str(form.get("instructions", ""))
+            )
+            project_id = project.id
+    except crud.Invalid as e:
+        return _admin_page(request, user, errors=e.errors, values=form, status_code=422)
+    return RedirectResponse(f"/admin/projects/{project_id}", status_code=303)
+
+
+@router.post("/users", dependencies=[Csrf])
+def create_user(request: Request, user: AdminUser, form: Form) -> Response:
+    password = str(form.get("password", "")) or None
+    try:
+        with transaction(request) as s:
+            created = crud.create_user(
+                s,
+                username=str(form.get("username", "")).strip(),
+                password=password,
+                is_admin=form.get("is_admin") == "on",
+                group=str(form.get("group", "training")),
+                status="candidate" if form.get("candidate") == "on" else "active",
+            )
+            token, name = created.invite_token, created.username
+    except crud.Invalid as e:
+        errors = {f"user_{k}": v for k, v in e.errors.items()}
+        return _admin_page(request, user, errors=errors, values=form, status_code=422)
+    if token:
+        _flash(request, f"invite link for {name}: {request.base_url}invite/{token}")
+    else:
+        _flash(request, f"user {name} created")
+    return RedirectResponse("/admin", status_code=303)
+
+
+@router.post("/users/{user_id}", dependencies=[Csrf])
+def update_user(request: Request, user_id: int, user: AdminUser, form: Form) -> Response:
+    try:
+        with transaction(request) as s:
+            crud.set_user(
+                s,
+                user_id=user_id,
+                group=form.get("group") or None,
+                status=form.get("status") or None,
+            )
+    except crud.Invalid as e:
+        raise HTTPException(422, str(e)) from None
+    _flash(request, "user updated")
+    return RedirectResponse("/admin", status_code=303)
+
+
+def _project(s, project_id: int) -> Project:
+    project = s.get(Project, project_id)
+    if project is None:
+        raise HTTPException(404, f"no project {project_id}")
+    return project
+
+
+@router.get("/projects/{project_id}")
+def project_home(request: Request, project_id: int, user: AdminUser) -> Response:
+    return project_page(request, project_id, user)
+
+
+def project_page(
+    request: Request,
+    project_id: int,
+    user: AdminUser,
+    errors: dict[str, str] | None = None,
+    values: dict[str, Any] | None = None,
+    status_code: int = 200,
+) -> Response:
+    with transaction(request) as s:
+        project = _project(s, project_id)
+        prompts = s.scalar(select(func.count(Prompt.id)).where(Prompt.project_id == project_id))
+        with_outputs = s.scalar(
+            select(func.count(func.distinct(Output.prompt_id)))
+            .join(Prompt, Output.prompt_id == Prompt.id)
+            .where(Prompt.project_id == project_id)
+        )
+        board = crud.dashboard(s, project=project)
+        screening = crud.screening_scores(s, project=project)
+        screening_tasks = [
+            (
+                t,
+                [
+                    p
+                    for p in s.scalars(
+                        select(Prompt).where(Prompt.id.in_(crud.task_items(s, task=t)))
+                    )
+                ],
+            )
+            for t in s.scalars(
+                select(Task).where(Task.project_id == project_id, Task.group == "screening")
+            )
+        ]
+        job_rows = list(
+            s.scalars(select(Job).where(Job.project_id == project_id).order_by(Job.id.desc()))
+        )
+    context = {
+        "user": user,
+        "project": project,
+        "prompts": prompts,
+        "with_outputs": with_outputs,
+        "board": board,
+        "screening": screening,
+        "screening_tasks": screening_tasks,
+        "jobs": job_rows,
+        "kinds": TASK_KINDS,
+        "groups": GROUPS,
+        "exports": EXPORTS,
+        "flash": _pop_flash(request),
+        "errors": errors or {},
+        "values": values or {},
+    }
+    return render(request, "project.html", context, status_code)
+
+
+def _read_upload(form: dict[str, Any], field: str, kind: str) -> list[Any]:
+    """Records from an uploaded JSONL file, errors naming the file (not the temp path) by line."""
+    upload = form.get(field)
+    if upload is None or not hasattr(upload, "file") or not upload.filename:
+        raise crud.Invalid({field: "choose a JSONL file"})
+    name = Path(upload.filename).name
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / name
+        path.write_bytes(upload.file.read())
+        try:
+            return R.read_records(path, kind)
+        except RecordError as e:
+            raise crud.Invalid({field: str(e).replace(str(path), name)}) from None
+
+
+@router.post("/projects/{project_id}/prompts", dependencies=[Csrf])
+def import_prompts(request: Request, project_id: int, user: AdminUser, form: Form) -> Response:
+    try:
+        prompts = _read_upload(form, "prompts_file", "prompt")
+        with transaction(request) as s:
+            added, skipped = crud.import_prompts(
+                s, project=_project(s, project_id), prompts=prompts
+            )
+    except crud.Invalid as e:
+        return project_page(request, project_id, user, errors=e.errors, status_code=422)
+    _flash(request, f"{added} prompts added" + (f", {skipped} already there" if skipped else ""))
+    return RedirectResponse(f"/admin/projects/{project_id}", status_code=303)
+
+
+@router.post("/projects/{project_id}/samples", dependencies=[Csrf])
+def import_samples(request: Request, project_id: int, user: AdminUser, form: Form) -> Response:
+    try:
+        samples = _read_upload(form, "samples_file", "sample")
+        with transaction(request) as s:
+            added = crud.import_samples(s, project=_project(s, project_id), samples=samples)
+    except crud.Invalid as e:
+        return project_page(request, project_id, user, errors=e.errors, status_code=422)
+    _flash(request, f"{added} model outputs attached")
+    return RedirectResponse(f"/admin/projects/{project_id}", status_code=303)
+
+
+def _int_field(form: dict[str, Any], key: str, lo: int, hi: int, errors: dict[str, str]) -> int:
+    raw = str(form.get(key, "")).strip()
+    if not raw.lstrip("-").isdigit() or not lo <= int(raw) <= hi:
+        errors[key] = f"a whole number from {lo} to {hi}"
+        return lo
+    return int(raw)
+
+
+@router.post("/projects/{project_id}/generate", dependencies=[Csrf])
+def generate(request: Request, project_id: int, user: AdminUser, form: Form) -> Response:
+    errors: dict[str, str] = {}
+    k = _int_field(form, "k", 4, 9, errors)
+    max_new_tokens = _int_field(form, "max_new_tokens", 1, 4096, errors)
+    try:
+        temperature = float(str(form.get("temperature", "1.0")))
+        if not 0 < temperature <= 2:
+            raise ValueError
+    except ValueError:
+        errors["temperature"] = "a number in (0, 2]"
+        temperature = 1.0
+    model = str(form.get("model", "")).strip()
+    if not model:
+        errors["model"] = "'default', an HF model directory, or a cached hub id"
+    with transaction(request) as s:
+        rows = s.scalars(
+            select(Prompt).where(
+                Prompt.project_id == project_id, ~Prompt.id.in_(select(Output.prompt_id))
+            )
+        )
+        prompts = [p.record for p in rows]
+    if not prompts:
+        errors["model"] = "every prompt of this project has outputs already"
+    if errors:
+        return project_page(request, project_id, user, errors=errors, values=form, status_code=422)
+    settings = request.app.state.settings
+    job_id = jobs.start_generation(
+        request.app.state.sessions,
+        project_id=project_id,
+        prompts=prompts,
+        params={
+            "model": model,
+            "k": k,
+            "temperature": temperature,
+            "max_new_tokens": max_new_tokens,
+        },
+        jobs_dir=settings.jobs_dir,
+        python=settings.python,
+    )
+    _flash(request, f"job {job_id}: generating {k} outputs for {len(prompts)} prompts")
+    return RedirectResponse(f"/admin/projects/{project_id}", status_code=303)
+
+
+@router.get("/jobs/{job_id}")
+def job_status(request: Request, job_id: int, user: AdminUser) -> dict:
+    with transaction(request) as s:
+        job = s.get(Job, job_id)
+        if job is None:
+            raise HTTPException(404, f"no job {job_id}")
+        return {
+            "id": job.id,
+            "status": job.status,
+            "done": job.done,
+            "total": job.total,
+            "message": job.message,
+        }
+
+
+@router.post("/projects/{project_id}/tasks", dependencies=[Csrf])
+def create_task(request: Request, project_id: int, user: AdminUser, form: Form) -> Response:
+    errors: dict[str, str] = {}
+    per_item = _int_field(form, "per_item", 1, 100, errors)
+    kind = str(form.get("kind", ""))
+    count = _int_field(form, "count", 1, 100_000, errors) if kind == "write_prompt" else 0
+    try:
+        if errors:
+            raise crud.Invalid(errors)
+        with transaction(request) as s:
+            crud.create_task(
+                s,
+                project=_project(s, project_id),
+                kind=kind,
+                title=str(form.get("title", "")),
+                group=str(form.get("group", "training")),
+                per_item=per_item,
+                count=count,
+                instructions=str(form.get("instructions", "")),
+            )
+    except crud.Invalid as e:
+        errors = {f"task_{k}": v for k, v in e.errors.items()}
+        return project_page(request, project_id, user, errors=errors, values=form, status_code=422)
+    _flash(request, "task created")
+    return RedirectResponse(f"/admin/projects/{project_id}", status_code=303)
+
+
+@router.get("/projects/{project_id}/export/{name}.jsonl")
+def export(request: Request, project_id: int, name: str, user: AdminUser) -> Response:
+    if name not in EXPORTS:
+        raise HTTPException(404, f"expected one of {', '.join(EXPORTS)}")
+    with transaction(request) as s:
+        records = crud.export(s, project=_project(s, project_id))[name]
+    body = "".join(json.dumps(r.to_dict(), ensure_ascii=False) + "\n" for r in records)
+    return Response(
+        body,
+        media_type="application/jsonl",
+        headers={"Content-Disposition": f'attachment; filename="{name}.jsonl"'},
+    )
+
+
+def _gold_target(s, task_id: int, prompt_id: int) -> tuple[Task, Prompt]:
+    task, prompt = s.get(Task, task_id), s.get(Prompt, prompt_id)
+    if task is None or prompt is None or prompt.project_id != task.project_id:
+        raise HTTPException(404, "no such screening item")
+    if task.group != "screening":
+        raise HTTPException(422, "gold answers belong to screening tasks")
+    return task, prompt
+
+
+@router.get("/tasks/{task_id}/gold/{prompt_id}")
+def gold_page(request: Request, task_id: int, prompt_id: int, user: AdminUser) -> Response:
+    with transaction(request) as s:
+        task, prompt = _gold_target(s, task_id, prompt_id)
+        gold = next(
+            (
+                g
+                for g in s.scalars(
+                    select(crud.Gold).where(
+                        crud.Gold.task_id == task_id, crud.Gold.prompt_id == prompt_id
+                    )
+                )
+            ),
+            None,
+        )
+        values = values_from_payload(gold.payload, len(prompt.outputs)) if gold else {}
+        context = task_context(task, prompt, values=values)
+    return render(
+        request, "task.html", {**context, "user": user, "action": request.url.path, "gold": True}
+    )
+
+
+@router.post("/tasks/{task_id}/gold/{prompt_id}", dependencies=[Csrf])
+def set_gold(
+    request: Request, task_id: int, prompt_id: int, user: AdminUser, form: Form
+) -> Response:
+    with transaction(request) as s:
+        task, prompt = _gold_target(s, task_id, prompt_id)
+        context = task_context(task, prompt, values=form)
+        payload = payload_from_form(task.kind, form, k=context["k"])
+        try:
+            with s.begin_nested():
+                crud.set_gold(s, task=task, prompt=prompt, payload=payload)
+        except crud.Invalid as e:
+            context["errors"] = e.errors
+            return render(
+                request,
+                "task.html",
+                {**context, "user": user, "action": request.url.path, "gold": True},
+                422,
+            )
+        project_id = task.project_id
+    _flash(request, "gold answer saved")
+    return RedirectResponse(f"/admin/projects/{project_id}", status_code=303)

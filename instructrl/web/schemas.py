@@ -1,0 +1,151 @@
+"""What a submission may contain, per task kind, and the JSON API's bodies.
+
+Errors are keyed by the form field they belong to (`likert_2`, `rank_0`, `response`), so the
+HTML pages show each beside its field and the JSON API returns the same names."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel, Field
+
+from instructrl.records import FLAGS, LIKERT_MAX, LIKERT_MIN
+
+MAX_TEXT = 20_000
+
+
+class SubmissionIn(BaseModel):
+    client_id: str = Field(min_length=8, max_length=64, pattern=r"^[A-Za-z0-9_-]+$")
+    payload: dict[str, Any]
+
+
+class AssignmentOut(BaseModel):
+    id: int
+    task_id: int
+    kind: str
+    title: str
+    instructions: str
+    prompt: str | None
+    outputs: list[str]
+
+
+class SubmissionOut(BaseModel):
+    id: int
+    assignment_id: int
+    client_id: str
+    created: bool
+
+
+def _text(payload: dict[str, Any], key: str, errors: dict[str, str]) -> str:
+    value = payload.get(key)
+    if not isinstance(value, str) or not value.strip():
+        errors[key] = "required: write some text"
+        return ""
+    if len(value) > MAX_TEXT:
+        errors[key] = f"at most {MAX_TEXT} characters, got {len(value)}"
+    return value
+
+
+def _ratings(payload: dict[str, Any], k: int, errors: dict[str, str]) -> list[dict[str, Any]]:
+    ratings = payload.get("ratings")
+    if not isinstance(ratings, list) or len(ratings) != k:
+        errors["ratings"] = f"expected a rating for each of the {k} outputs"
+        return []
+    out = []
+    for i, r in enumerate(ratings):
+        r = r if isinstance(r, dict) else {}
+        likert = r.get("likert")
+        if isinstance(likert, bool) or not isinstance(likert, int):
+            errors[f"likert_{i}"] = f"choose an overall score from {LIKERT_MIN} to {LIKERT_MAX}"
+        elif not LIKERT_MIN <= likert <= LIKERT_MAX:
+            errors[f"likert_{i}"] = f"expected {LIKERT_MIN} to {LIKERT_MAX}, got {likert}"
+        flags = r.get("flags", {})
+        if not isinstance(flags, dict) or any(
+            f not in FLAGS or not isinstance(v, bool) for f, v in flags.items()
+        ):
+            errors[f"flags_{i}"] = f"expected true/false for flags among {', '.join(FLAGS)}"
+            flags = {}
+        out.append({"likert": likert, "flags": {f: bool(flags.get(f, False)) for f in FLAGS}})
+    return out
+
+
+def _ranking(payload: dict[str, Any], k: int, errors: dict[str, str]) -> list[int | list[int]]:
+    ranking = payload.get("ranking")
+    flat: list[Any] = []
+    for item in ranking if isinstance(ranking, list) else []:
+        flat.extend(item if isinstance(item, list) and item else [item])
+    ints = all(isinstance(x, int) and not isinstance(x, bool) for x in flat)
+    if not isinstance(ranking, list) or not ints or sorted(flat) != list(range(k)):
+        errors["ranking"] = f"rank every one of the {k} outputs (ties allowed)"
+        return []
+    return ranking
+
+
+def validate_payload(
+    kind: str, payload: Any, *, k: int = 0
+) -> tuple[dict[str, Any], dict[str, str]]:
+    """(clean payload, errors by field). `k` is the number of outputs for rate and rank."""
+    errors: dict[str, str] = {}
+    payload = payload if isinstance(payload, dict) else {}
+    if kind == "write_prompt":
+        clean: dict[str, Any] = {"prompt": _text(payload, "prompt", errors)}
+        category = payload.get("category") or None
+        if category is not None and (not isinstance(category, str) or len(category) > 64):
+            errors["category"] = "expected a short category name"
+        clean["category"] = category
+    elif kind == "demonstration":
+        clean = {"response": _text(payload, "response", errors)}
+    elif kind == "rate":
+        clean = {"ratings": _ratings(payload, k, errors)}
+    elif kind == "rank":
+        clean = {"ratings": _ratings(payload, k, errors), "ranking": _ranking(payload, k, errors)}
+    else:
+        raise ValueError(f"unknown task kind {kind!r}")
+    return clean, errors
+
+
+def payload_from_form(kind: str, form: dict[str, str], *, k: int = 0) -> dict[str, Any]:
+    """Turn a posted HTML form into the JSON payload (validation happens after, on both paths).
+
+    Ranks come as `rank_i` = 1..K per output (equal numbers are ties): the drag-and-drop board
+    and the keyboard shortcuts only set these fields."""
+    if kind == "write_prompt":
+        return {"prompt": form.get("prompt", ""), "category": form.get("category", "")}
+    if kind == "demonstration":
+        return {"response": form.get("response", "")}
+    ratings = []
+    for i in range(k):
+        likert: Any = form.get(f"likert_{i}", "")
+        likert = int(likert) if likert.strip().isdigit() else None
+        flags = {f: form.get(f"flag_{i}_{f}") in ("on", "true", "1") for f in FLAGS}
+        ratings.append({"likert": likert, "flags": flags})
+    payload: dict[str, Any] = {"ratings": ratings}
+    if kind == "rank":
+        ranks: dict[int, int] = {}
+        for i in range(k):
+            value = form.get(f"rank_{i}", "").strip()
+            if value.isdigit():
+                ranks[i] = int(value)
+        if len(ranks) == k:
+            payload["ranking"] = ranking_from_ranks([ranks[i] for i in range(k)])
+        else:
+            payload["ranking"] = None
+    return payload
+
+
+def ranking_from_ranks(ranks: list[int]) -> list[int | list[int]]:
+    """[2, 1, 2, 3] -> [1, [0, 2], 3]: indices best first, equal ranks as a tie group."""
+    out: list[int | list[int]] = []
+    for value in sorted(set(ranks)):
+        group = [i for i, r in enumerate(ranks) if r == value]
+        out.append(group[0] if len(group) == 1 else group)
+    return out
+
+
+def ranks_from_ranking(ranking: list[int | list[int]], k: int) -> list[int]:
+    """Inverse of `ranking_from_ranks` with ranks numbered from 1."""
+    ranks = [0] * k
+    for position, item in enumerate(ranking):
+        for i in item if isinstance(item, list) else [item]:
+            ranks[i] = position + 1
+    return ranks

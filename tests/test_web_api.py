@@ -1,0 +1,366 @@
+"""The feedback app through FastAPI's TestClient, on SQLite and on a real PostgreSQL server."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import threading
+
+import pytest
+from webutil import (
+    PASSWORD,
+    add_task,
+    add_user,
+    app_for,
+    jsonl,
+    next_assignment,
+    page_csrf,
+    post,
+    project_with_outputs,
+    rank_form,
+    sign_in,
+)
+
+from instructrl import records as R
+from instructrl.web import crud, db
+from instructrl.web.models import Base, Submission
+
+
+def test_migrations_build_the_models_schema(db_url):
+    from alembic.autogenerate import compare_metadata
+    from alembic.runtime.migration import MigrationContext
+
+    engine = db.make_engine(db_url)
+    db.upgrade(engine)
+    with engine.connect() as conn:
+        diff = compare_metadata(MigrationContext.configure(conn), Base.metadata)
+    assert db.current_revision(engine) == db.head_revision()
+    engine.dispose()
+    assert diff == [], diff
+
+
+def test_old_schema_is_refused_with_the_command_to_run(tmp_path):
+    from instructrl.errors import UserError
+
+    engine = db.make_engine(f"sqlite:///{tmp_path / 'x.db'}")
+    with engine.begin() as conn:
+        conn.exec_driver_sql("CREATE TABLE alembic_version (version_num VARCHAR(32) NOT NULL)")
+        conn.exec_driver_sql("INSERT INTO alembic_version VALUES ('0000')")
+    with pytest.raises(UserError, match="instructrl db upgrade"):
+        db.check_schema(engine)
+
+
+def test_sign_in_and_wrong_password(db_url):
+    with app_for(db_url) as (app, client):
+        add_user(app, "ann")
+        token = page_csrf(client)
+        r = client.post("/login", data={"username": "ann", "password": "nope", "csrf_token": token})
+        assert r.status_code == 401
+        assert "wrong user name or password" in r.text and 'value="ann"' in r.text  # input kept
+        r = client.post("/login", data={"username": "ann", "password": PASSWORD})
+        assert r.status_code == 403  # no CSRF token
+        r = client.post(
+            "/login", data={"username": "ann", "password": PASSWORD, "csrf_token": token}
+        )
+        assert r.status_code == 303
+        cookie = r.headers["set-cookie"].lower()
+        assert "httponly" in cookie and "samesite=lax" in cookie
+        assert client.get("/api/me").json()["username"] == "ann"
+
+
+def test_passwords_are_hashed(db_url):
+    with app_for(db_url) as (app, _client):
+        user = add_user(app, "ann")
+        assert user.password_hash.startswith("$argon2") and PASSWORD not in user.password_hash
+
+
+def test_label_flow_export_and_records(db_url):
+    with app_for(db_url) as (app, _client):
+        add_user(app, "root", is_admin=True)
+        add_user(app, "ann")
+        admin = sign_in(app, "root")
+        pid = project_with_outputs(admin, n=2, k=4)
+        add_task(admin, pid, "demonstration")
+        add_task(admin, pid, "rank")
+        ann = sign_in(app, "ann")
+        # demonstrations first (task order), one prompt at a time
+        first = next_assignment(ann)
+        assert "Question number 0?" in ann.get(f"/work/{first}").text
+        r = post(ann, f"/work/{first}", {"response": "", "client_id": "c-demo-0000"})
+        assert r.status_code == 422 and 'id="error-response"' in r.text
+        assert (
+            post(
+                ann, f"/work/{first}", {"response": "Paris.", "client_id": "c-demo-0000"}
+            ).status_code
+            == 303
+        )
+        second = next_assignment(ann)
+        post(ann, f"/work/{second}", {"response": "Four.", "client_id": "c-demo-0001"})
+        # rank: a missing Likert score comes back beside its field with the rest kept
+        third = next_assignment(ann)
+        form = rank_form(4, [2, 1, 2, 3], flags={"hallucination"})
+        del form["likert_1"]
+        r = post(ann, f"/work/{third}", {**form, "client_id": "c-rank-0000"})
+        assert r.status_code == 422 and 'id="error-likert_1"' in r.text
+        assert 'name="rank_2" id="rank_2">' in r.text and '<option value="2" selected>' in r.text
+        form["likert_1"] = "6"
+        assert post(ann, f"/work/{third}", {**form, "client_id": "c-rank-0000"}).status_code == 303
+        export = {
+            name: admin.get(f"/admin/projects/{pid}/export/{name}.jsonl")
+            for name in ("demonstrations", "comparisons", "ratings")
+        }
+    rows = {name: [json.loads(x) for x in r.text.splitlines()] for name, r in export.items()}
+    demos = [R.Demonstration.from_dict(d) for d in rows["demonstrations"]]
+    assert [d.response for d in demos] == ["Paris.", "Four."]
+    assert demos[0].prompt_id == "p0" and demos[0].labeler == "ann"
+    (comparison,) = [R.Comparison.from_dict(c) for c in rows["comparisons"]]
+    assert comparison.ranking == [1, [0, 2], 3]  # ranks 2,1,2,3: a tie between A and C
+    assert comparison.responses == [f"Answer {j} to p0." for j in range(4)]
+    ratings = [R.Rating.from_dict(x) for x in rows["ratings"]]
+    assert [x.likert for x in ratings] == [5, 6, 5, 5]
+    assert all(x.flags["hallucination"] and not x.flags["sexual_content"] for x in ratings)
+
+
+def test_retry_with_same_client_id_is_stored_once(db_url):
+    with app_for(db_url) as (app, _client):
+        add_user(app, "root", is_admin=True)
+        add_user(app, "ann")
+        admin = sign_in(app, "root")
+        pid = project_with_outputs(admin, n=1)
+        add_task(admin, pid, "demonstration")
+        ann = sign_in(app, "ann")
+        a = ann.get("/api/next").json()["id"]
+        body = {"client_id": "retry-0001", "payload": {"response": "Hi."}}
+        url = f"/api/assignments/{a}/submission"
+        headers = {"X-CSRF-Token": ann.csrf}
+        first = ann.post(url, json=body, headers=headers)
+        again = ann.post(url, json=body, headers=headers)
+        assert (first.status_code, again.status_code) == (201, 200)
+        assert first.json()["id"] == again.json()["id"] and again.json()["created"] is False
+        other = ann.post(url, json={**body, "client_id": "retry-0002"}, headers=headers)
+        assert other.status_code == 409
+        assert ann.post(url, json=body).status_code == 403  # no CSRF header
+        with app.state.sessions() as s:
+            assert s.query(Submission).count() == 1
+
+
+def test_concurrent_submissions_never_overwrite(db_url):
+    """Eight labelers submit at once (threads, one transaction each); then two copies of one
+    answer race with different client ids: exactly one is stored."""
+    with app_for(db_url) as (app, _client):
+        add_user(app, "root", is_admin=True)
+        users = [add_user(app, f"l{i}") for i in range(8)]
+        admin = sign_in(app, "root")
+        pid = project_with_outputs(admin, n=8)
+        add_task(admin, pid, "demonstration", per_item=1)
+        factory = app.state.sessions
+        barrier = threading.Barrier(len(users))
+        got: dict[str, int | None] = {}
+        errors: list[BaseException] = []
+
+        def take(user):
+            try:
+                barrier.wait()
+                with db.transaction(factory) as s:
+                    a = crud.next_assignment(s, user=user)
+                    got[user.username] = a.id if a else None
+                barrier_submit.wait()
+                crud.submit_once(
+                    factory,
+                    assignment_id=got[user.username],
+                    user=user,
+                    client_id=f"{user.username}-answer",
+                    payload={"response": f"from {user.username}"},
+                )
+            except BaseException as e:  # surfaced below
+                errors.append(e)
+
+        barrier_submit = threading.Barrier(len(users))
+        threads = [threading.Thread(target=take, args=(u,)) for u in users]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert not errors, errors
+        assert len(set(got.values())) == 8  # every labeler got a different item
+        with factory() as s:
+            stored = {(x.user_id, x.payload["response"]) for x in s.query(Submission)}
+        assert stored == {(u.id, f"from {u.username}") for u in users}
+
+        # the same assignment twice at once, different client ids: one wins, one conflicts
+        add_task(admin, pid, "demonstration", per_item=2)
+        user = users[0]
+        with db.transaction(factory) as s:
+            a_id = crud.next_assignment(s, user=user).id
+        outcomes: list[str] = []
+        race = threading.Barrier(2)
+
+        def twin(client_id):
+            race.wait()
+            try:
+                crud.submit_once(
+                    factory, assignment_id=a_id, user=user, client_id=client_id,
+                    payload={"response": client_id},
+                )  # fmt: skip
+                outcomes.append("stored")
+            except crud.Conflict:
+                outcomes.append("conflict")
+
+        pair = [threading.Thread(target=twin, args=(c,)) for c in ("twin-aaaa", "twin-bbbb")]
+        for t in pair:
+            t.start()
+        for t in pair:
+            t.join()
+        assert sorted(outcomes) == ["conflict", "stored"]
+
+
+def test_last_slot_goes_to_one_labeler(db_url):
+    with app_for(db_url) as (app, _client):
+        add_user(app, "root", is_admin=True)
+        users = [add_user(app, f"l{i}") for i in range(4)]
+        admin = sign_in(app, "root")
+        pid = project_with_outputs(admin, n=1)
+        add_task(admin, pid, "demonstration", per_item=3)
+        barrier = threading.Barrier(4)
+        got = []
+
+        def take(user):
+            barrier.wait()
+            with db.transaction(app.state.sessions) as s:
+                a = crud.next_assignment(s, user=user)
+                got.append(a.slot if a else None)
+
+        threads = [threading.Thread(target=take, args=(u,)) for u in users]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert sorted(got, key=lambda x: (x is None, x)) == [0, 1, 2, None]
+
+
+def test_dashboard_agreement_and_time_by_hand(db_url):
+    with app_for(db_url) as (app, _client):
+        add_user(app, "root", is_admin=True)
+        add_user(app, "ann")
+        add_user(app, "bob")
+        add_user(app, "cat")
+        admin = sign_in(app, "root")
+        pid = project_with_outputs(admin, n=1, k=4)
+        add_task(admin, pid, "rank", per_item=3)
+        answers = {"ann": [1, 2, 3, 4], "bob": [1, 2, 4, 3], "cat": [1, 1, 3, 4]}
+        for name, ranks in answers.items():
+            c = sign_in(app, name)
+            a = next_assignment(c)
+            assert (
+                post(
+                    c, f"/work/{a}", {**rank_form(4, ranks), "client_id": f"{name}-rank-1"}
+                ).status_code
+                == 303
+            )
+        with app.state.sessions() as s:
+            project = s.get(crud.Project, pid)
+            board = crud.dashboard(s, project=project)
+    # by hand: ann-bob agree on 5 of 6 pairs; ann-cat 5 of 5 untied; bob-cat 4 of 5
+    assert board["agreement"]["agreement"] == pytest.approx(14 / 16, abs=1e-4)
+    per = {x["username"]: x for x in board["labelers"]}
+    assert per["ann"]["agreement"] == pytest.approx(10 / 11)
+    assert per["bob"]["agreement"] == pytest.approx(9 / 11)
+    assert per["cat"]["agreement"] == pytest.approx(9 / 10)
+    (row,) = board["progress"]
+    assert (row["items"], row["needed"], row["done"]) == (1, 3, 3)
+    assert row["median_s"] >= 0
+
+
+def test_screening_scores_candidates_against_gold(db_url):
+    with app_for(db_url) as (app, _client):
+        add_user(app, "root", is_admin=True)
+        add_user(app, "cand", status="candidate")
+        add_user(app, "ann")
+        admin = sign_in(app, "root")
+        pid = project_with_outputs(admin, n=1, k=4)
+        add_task(admin, pid, "rank", group="screening")
+        with app.state.sessions() as s:
+            task_id, prompt_id = s.query(crud.Task.id).scalar(), s.query(crud.Prompt.id).scalar()
+        gold = rank_form(4, [1, 2, 3, 4], flags={"hallucination"})
+        r = post(admin, f"/admin/tasks/{task_id}/gold/{prompt_id}", gold)
+        assert r.status_code == 303, r.text
+        assert next_assignment(sign_in(app, "ann")) is None  # active labelers skip screening
+        cand = sign_in(app, "cand")
+        a = next_assignment(cand)
+        post(cand, f"/work/{a}", {**rank_form(4, [2, 1, 3, 4]), "client_id": "cand-screen-1"})
+        page = admin.get(f"/admin/projects/{pid}").text
+        with app.state.sessions() as s:
+            (score,) = crud.screening_scores(s, project=s.get(crud.Project, pid))
+        # ranking: 5 of 6 pairs as gold; flags: 4 outputs x 11 flags, hallucination differs
+        assert score["ranking_agreement"] == pytest.approx(5 / 6)
+        assert score["flag_agreement"] == pytest.approx(40 / 44)
+        assert score["score"] == pytest.approx((5 / 6 + 40 / 44) / 2) and score["passed"]
+        assert "83.3 %" in page
+        r = post(admin, f"/admin/users/{score['user'].id}", {"status": "active"})
+        assert r.status_code == 303
+
+
+def test_invite_link_sets_a_password_once(db_url):
+    with app_for(db_url) as (app, client):
+        add_user(app, "root", is_admin=True)
+        admin = sign_in(app, "root")
+        r = post(admin, "/admin/users", {"username": "newbie", "group": "heldout"})
+        assert r.status_code == 303
+        link = admin.get("/admin").text
+        token = link.split("/invite/")[1].split("<")[0].split('"')[0]
+        page = client.get(f"/invite/{token}")
+        csrf = page_csrf(client, f"/invite/{token}")
+        form = {"password": "pw-long-enough", "password2": "pw-long-enough", "csrf_token": csrf}
+        assert client.post(f"/invite/{token}", data=form).status_code == 303
+        assert client.get("/api/me").json() | {"csrf_token": None} == {
+            "username": "newbie", "is_admin": False, "group": "heldout",
+            "status": "active", "csrf_token": None,
+        }  # fmt: skip
+        assert page.status_code == 200
+        again = sign_in(app, "root")  # a fresh session: the used token is refused
+        r = again.post(f"/invite/{token}", data={**form, "csrf_token": again.csrf})
+        assert r.status_code == 422 and "not valid" in r.text
+        assert sign_in(app, "newbie", "pw-long-enough")
+
+
+def test_cli_db_export_feeds_the_pipeline_files(tmp_path):
+    url = f"sqlite:///{tmp_path / 'f.db'}"
+    with app_for(url) as (app, _client):
+        add_user(app, "root", is_admin=True)
+        add_user(app, "ann")
+        admin = sign_in(app, "root")
+        pid = project_with_outputs(admin, n=1)
+        add_task(admin, pid, "demonstration")
+        ann = sign_in(app, "ann")
+        post(ann, f"/work/{next_assignment(ann)}", {"response": "Yes.", "client_id": "cli-exp-1"})
+    out = tmp_path / "feedback"
+    cmd = [
+        sys.executable,
+        "-m",
+        "instructrl.cli",
+        "db",
+        "export",
+        f"db={url}",
+        "project=demo",
+        f"out={out}",
+    ]
+    subprocess.run(cmd, check=True, capture_output=True)
+    assert [d.response for d in R.read_records(out / "demonstrations.jsonl")] == ["Yes."]
+    bad = subprocess.run([*cmd[:-2], "project=nope", f"out={out}"], capture_output=True, text=True)
+    assert bad.returncode == 2 and "no project 'nope' (projects: demo)" in bad.stderr
+    assert "Traceback" not in bad.stderr
+
+
+def test_upload_errors_name_the_file_and_line(db_url):
+    with app_for(db_url) as (app, _client):
+        add_user(app, "root", is_admin=True)
+        admin = sign_in(app, "root")
+        r = post(admin, "/admin/projects", {"name": "x"})
+        pid = int(r.headers["location"].rsplit("/", 1)[1])
+        bad = jsonl([{"id": "a", "prompt": "ok"}]) + b'{"id": "b"}\n'
+        r = post(
+            admin, f"/admin/projects/{pid}/prompts", files={"prompts_file": ("mine.jsonl", bad)}
+        )
+        assert r.status_code == 422
+        assert "mine.jsonl:2: prompt:" in r.text and "/tmp" not in r.text
