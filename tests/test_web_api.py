@@ -364,3 +364,133 @@ def test_upload_errors_name_the_file_and_line(db_url):
         )
         assert r.status_code == 422
         assert "mine.jsonl:2: prompt:" in r.text and "/tmp" not in r.text
+
+
+def _wait_job(admin, job_id: int, timeout_s: float = 180) -> dict:
+    import time
+
+    deadline = time.monotonic() + timeout_s
+    seen = []
+    while time.monotonic() < deadline:
+        job = admin.get(f"/admin/jobs/{job_id}").json()
+        seen.append(job["done"])
+        if job["status"] in ("done", "failed"):
+            return {**job, "seen": seen}
+        time.sleep(0.2)
+    raise AssertionError(f"job {job_id} still running after {timeout_s} s: {job}")
+
+
+def test_generation_job_attaches_k_outputs_with_progress(tmp_path, tiny_model_dir):
+    url = f"sqlite:///{tmp_path / 'f.db'}"
+    with app_for(url, jobs_dir=str(tmp_path / "jobs")) as (app, _client):
+        add_user(app, "root", is_admin=True)
+        admin = sign_in(app, "root")
+        pid = int(
+            post(admin, "/admin/projects", {"name": "gen"}).headers["location"].rsplit("/", 1)[1]
+        )
+        files = {
+            "prompts_file": (
+                "p.jsonl",
+                jsonl([{"id": f"g{i}", "prompt": f"Say {i}."} for i in range(3)]),
+            )
+        }
+        post(admin, f"/admin/projects/{pid}/prompts", files=files)
+        form = {
+            "model": str(tmp_path / "missing"),
+            "k": "4",
+            "temperature": "1.0",
+            "max_new_tokens": "8",
+        }
+        r = post(admin, f"/admin/projects/{pid}/generate", {**form, "k": "12"})
+        assert r.status_code == 422 and "from 4 to 9" in r.text  # beside the K field
+        assert post(admin, f"/admin/projects/{pid}/generate", form).status_code == 303
+        failed = _wait_job(admin, 1)
+        assert failed["status"] == "failed" and "missing" in failed["message"]
+        r = post(admin, f"/admin/projects/{pid}/generate", {**form, "model": str(tiny_model_dir)})
+        assert r.status_code == 303
+        job = _wait_job(admin, 2)
+        assert job["status"] == "done", job["message"]
+        assert job["done"] == job["total"] == 12 and job["message"] == "12 outputs added"
+        with app.state.sessions() as s:
+            outputs = s.query(crud.Output).all()
+        assert len(outputs) == 12 and {o.position for o in outputs} == {0, 1, 2, 3}
+        progress = json.loads((tmp_path / "jobs" / "job-2" / "progress.json").read_text())
+        assert progress["done"] == progress["total"] == 12
+        add_task(admin, pid, "rank")  # the outputs are rankable
+
+
+def test_cli_users_add_and_serve(tmp_path):
+    import socket
+    import time
+
+    import httpx
+
+    url = f"sqlite:///{tmp_path / 'served.db'}"
+    cli = [sys.executable, "-m", "instructrl.cli"]
+    subprocess.run(
+        [*cli, "users", "add", "boss", "--admin", "--password-stdin", f"db={url}"],
+        input=PASSWORD + "\n", text=True, check=True, capture_output=True,
+    )  # fmt: skip
+    short = subprocess.run(
+        [*cli, "users", "add", "x", "--password-stdin", f"db={url}"],
+        input="short\n", text=True, capture_output=True,
+    )  # fmt: skip
+    assert short.returncode == 2 and "password: at least 8 characters" in short.stderr
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    server = subprocess.Popen([*cli, "serve", f"db={url}", f"port={port}"], stderr=subprocess.PIPE)
+    try:
+        base = f"http://127.0.0.1:{port}"
+        for _ in range(100):
+            try:
+                page = httpx.get(f"{base}/login")
+                break
+            except httpx.ConnectError:
+                time.sleep(0.1)
+        assert page.status_code == 200 and "Sign in" in page.text
+        secret = tmp_path / "served.secret"
+        assert secret.stat().st_mode & 0o777 == 0o600 and len(secret.read_text().strip()) >= 32
+        with httpx.Client(base_url=base) as client:
+            token = client.get("/login").text.split('name="csrf_token" value="')[1].split('"')[0]
+            r = client.post(
+                "/login", data={"username": "boss", "password": PASSWORD, "csrf_token": token}
+            )
+            assert r.status_code == 303 and client.get("/api/me").json()["is_admin"] is True
+    finally:
+        server.terminate()
+        server.wait(10)
+
+
+def test_written_prompts_get_demonstrations_and_rate_tasks_export_ratings(db_url):
+    with app_for(db_url) as (app, _client):
+        add_user(app, "root", is_admin=True)
+        add_user(app, "ann")
+        admin = sign_in(app, "root")
+        pid = project_with_outputs(admin, n=1, k=4)
+        add_task(admin, pid, "write_prompt", count=1)
+        add_task(admin, pid, "rate")
+        add_task(admin, pid, "demonstration")
+        ann = sign_in(app, "ann")
+        a = next_assignment(ann)
+        assert 'name="prompt"' in ann.get(f"/work/{a}").text
+        form = {
+            "prompt": "List 3 uses of a brick.",
+            "category": "brainstorming",
+            "client_id": "write-1",
+        }
+        assert post(ann, f"/work/{a}", form).status_code == 303
+        a = next_assignment(ann)
+        form = {f"likert_{i}": str(i + 2) for i in range(4)} | {"flag_0_expresses_opinion": "on"}
+        assert post(ann, f"/work/{a}", {**form, "client_id": "rate-1"}).status_code == 303
+        texts = []
+        while (a := next_assignment(ann)) is not None:
+            texts.append(ann.get(f"/work/{a}").text)
+            post(ann, f"/work/{a}", {"response": "Done.", "client_id": f"demo-{len(texts)}"})
+        assert len(texts) == 2 and "List 3 uses of a brick." in texts[1]
+        get = lambda name: admin.get(f"/admin/projects/{pid}/export/{name}.jsonl").text  # noqa: E731
+        (written,) = [R.Prompt.from_dict(json.loads(x)) for x in get("prompts").splitlines()]
+        ratings = [R.Rating.from_dict(json.loads(x)) for x in get("ratings").splitlines()]
+    assert written.prompt == "List 3 uses of a brick." and written.category == "brainstorming"
+    assert [r.likert for r in ratings] == [2, 3, 4, 5]
+    assert [r.flags["expresses_opinion"] for r in ratings] == [True, False, False, False]

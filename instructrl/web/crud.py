@@ -5,6 +5,7 @@ assignment's status and any prompt it creates are committed together or not at a
 
 from __future__ import annotations
 
+import random
 import secrets
 import statistics
 from collections import defaultdict
@@ -255,20 +256,42 @@ def create_task(
     return task
 
 
+def _prompt_items(task: Task):
+    """The SELECT of a prompt-based task's items (prompt ids), oldest first."""
+    query = select(Prompt.id).where(Prompt.project_id == task.project_id)
+    if task.kind != "demonstration":  # prompts labelers wrote get demonstrations too
+        counts = (
+            select(Output.prompt_id).group_by(Output.prompt_id).having(func.count(Output.id) >= 2)
+        )
+        query = query.where(Prompt.id.in_(counts))
+    return query.order_by(Prompt.id)
+
+
 def task_items(s: Session, *, task: Task) -> list[int]:
     """The items of a task: write_prompt slots, or the project's prompts (with 2+ outputs for
     rate and rank). Prompts added later join their project's open tasks."""
     if task.kind == "write_prompt":
         return list(range(task.count))
-    query = select(Prompt.id).where(Prompt.project_id == task.project_id)
-    if task.kind == "demonstration":
-        query = query.where(Prompt.source == "import")
-    else:
-        counts = (
-            select(Output.prompt_id).group_by(Output.prompt_id).having(func.count(Output.id) >= 2)
-        )
-        query = query.where(Prompt.id.in_(counts))
-    return list(s.scalars(query.order_by(Prompt.id)))
+    return list(s.scalars(_prompt_items(task)))
+
+
+def _open_items(s: Session, task: Task, user: User, limit: int) -> list[int]:
+    """Items of the task that still need a labeler and that this user has not had (in SQL, so
+    a project of many prompts costs one indexed query, not a scan in Python)."""
+    full = (
+        select(Assignment.item)
+        .where(Assignment.task_id == task.id)
+        .group_by(Assignment.item)
+        .having(func.count(Assignment.id) >= task.per_item)
+    )
+    mine = select(Assignment.item).where(
+        Assignment.task_id == task.id, Assignment.user_id == user.id
+    )
+    if task.kind == "write_prompt":
+        blocked = set(s.scalars(full.union(mine)))
+        return [i for i in range(task.count) if i not in blocked][:limit]
+    query = _prompt_items(task).where(Prompt.id.not_in(full), Prompt.id.not_in(mine))
+    return list(s.scalars(query.limit(limit)))
 
 
 def _eligible_tasks(s: Session, user: User) -> list[Task]:
@@ -287,50 +310,51 @@ def open_assignment(s: Session, *, user: User) -> Assignment | None:
     )
 
 
-def next_assignment(s: Session, *, user: User, task_id: int | None = None) -> Assignment | None:
+def next_assignment(s: Session, *, user: User) -> Assignment | None:
     """The user's open assignment, or a new one: the first item (of the user's group's tasks)
     that still needs a labeler and that this user has not had. Two users racing for the last
-    slot of an item both insert slot n; the unique constraint keeps one, the other moves on."""
+    slot of an item both insert it; the unique constraint keeps one, the other moves on."""
     current = open_assignment(s, user=user)
     if current is not None:
         return current
     for task in _eligible_tasks(s, user):
-        if task_id is not None and task.id != task_id:
-            continue
-        taken = dict(
-            s.execute(
-                select(Assignment.item, func.count(Assignment.id))
-                .where(Assignment.task_id == task.id)
-                .group_by(Assignment.item)
-            ).all()
-        )
-        mine = set(
-            s.scalars(
-                select(Assignment.item).where(
-                    Assignment.task_id == task.id, Assignment.user_id == user.id
-                )
+        assignment = _claim(s, task, user)
+        if assignment is not None:
+            return assignment
+    return None
+
+
+def _claim(s: Session, task: Task, user: User) -> Assignment | None:
+    """Insert an assignment to an open item of the task, the oldest first. Labelers racing for
+    one slot: the unique constraint on (task, item, slot) refuses all inserts but one; a loser
+    asks again for open items and tries them in random order, so a crowd spreads out. Every
+    refusal means another labeler's claim committed, so the loop ends."""
+    rng, first_round = random.Random(), True
+    while items := _open_items(s, task, user, limit=32):
+        if not first_round:
+            rng.shuffle(items)
+        first_round = False
+        item = items[0]
+        taken = s.scalar(
+            select(func.count(Assignment.id)).where(
+                Assignment.task_id == task.id, Assignment.item == item
             )
         )
-        for item in task_items(s, task=task):
-            if item in mine:
+        for slot in range(taken, task.per_item):
+            assignment = Assignment(
+                task_id=task.id,
+                item=item,
+                slot=slot,
+                user_id=user.id,
+                prompt_id=None if task.kind == "write_prompt" else item,
+            )
+            try:
+                with s.begin_nested():
+                    s.add(assignment)
+                    s.flush()
+            except IntegrityError:
                 continue
-            # slots another labeler took since the count above fail the unique constraint:
-            # try the next one, until the item has its labelers
-            for slot in range(taken.get(item, 0), task.per_item):
-                assignment = Assignment(
-                    task_id=task.id,
-                    item=item,
-                    slot=slot,
-                    user_id=user.id,
-                    prompt_id=None if task.kind == "write_prompt" else item,
-                )
-                try:
-                    with s.begin_nested():
-                        s.add(assignment)
-                        s.flush()
-                except IntegrityError:
-                    continue
-                return assignment
+            return assignment
     return None
 
 

@@ -76,7 +76,7 @@ def _run(factory, job_id: int, work: Path, params: dict[str, Any], python: str) 
         proc = subprocess.Popen(command, stdout=logfile, stderr=subprocess.STDOUT, env=env)
         while proc.poll() is None:
             time.sleep(1.0)
-            _report_progress(factory, job_id, progress, params["k"])
+            _report_progress(factory, job_id, progress)
     if proc.returncode != 0:
         tail = (work / "log.txt").read_text(errors="replace")[-2000:]
         _update(factory, job_id, status="failed", message=tail, finished_at=now())
@@ -84,9 +84,8 @@ def _run(factory, job_id: int, work: Path, params: dict[str, Any], python: str) 
     try:
         samples = R.read_records(out, "sample")
         with transaction(factory) as s:
-            added = crud.import_samples(
-                s, project=s.get(Project, _project_of(factory, job_id)), samples=samples
-            )
+            project = s.get(Project, s.get(Job, job_id).project_id)
+            added = crud.import_samples(s, project=project, samples=samples)
         _update(
             factory,
             job_id,
@@ -100,12 +99,7 @@ def _run(factory, job_id: int, work: Path, params: dict[str, Any], python: str) 
         _update(factory, job_id, status="failed", message=str(e), finished_at=now())
 
 
-def _project_of(factory, job_id: int) -> int:
-    with transaction(factory) as s:
-        return s.get(Job, job_id).project_id
-
-
-def _report_progress(factory, job_id: int, progress: Path, k: int) -> None:
+def _report_progress(factory, job_id: int, progress: Path) -> None:
     try:
         state = json.loads(progress.read_text())
     except (OSError, ValueError):

@@ -1,0 +1,188 @@
+"""A person's path through the app in a real browser: Playwright drives Debian's chromium.
+
+An admin imports prompts and model outputs and creates tasks; a labeler writes demonstrations,
+rates 4 outputs and ranks them by drag and drop (and by keys); the admin exports; the exported
+JSONL validates and trains a reward-model step on a tiny model."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import threading
+import time
+
+import pytest
+from conftest import needs
+from webutil import PASSWORD, add_user, jsonl, prompts, samples
+
+from instructrl import records as R
+from instructrl.web import db
+from instructrl.web.app import Settings, create_app
+
+CHROMIUM = "/usr/bin/chromium"
+ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
+
+
+@pytest.fixture
+def live_app(tmp_path):
+    """The app under uvicorn on a free loopback port, in a thread."""
+    import uvicorn
+
+    url = f"sqlite:///{tmp_path / 'feedback.db'}"
+    engine = db.make_engine(url)
+    db.upgrade(engine)
+    engine.dispose()
+    app = create_app(Settings(db=url, secret_key="b" * 40, jobs_dir=str(tmp_path / "jobs")))
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    server = uvicorn.Server(uvicorn.Config(app, log_level="warning"))
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 20
+    while not server.started and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert server.started, "uvicorn did not start"
+    yield app, f"http://127.0.0.1:{sock.getsockname()[1]}"
+    server.should_exit = True
+    thread.join(10)
+
+
+@pytest.fixture
+def browser():
+    if not os.path.exists(CHROMIUM) or shutil.which("chromium") is None:
+        needs("chromium", "apt-get install chromium (Debian's browser, driven by Playwright)")
+    try:
+        from playwright.sync_api import sync_playwright
+    except ImportError:
+        needs("playwright", "pip install playwright")
+    with sync_playwright() as p:
+        b = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=ARGS)
+        yield b
+        b.close()
+
+
+def _sign_in(page, base: str, username: str) -> None:
+    page.goto(f"{base}/login")
+    page.fill("input[name=username]", username)
+    page.fill("input[name=password]", PASSWORD)
+    page.click("button:has-text('Sign in')")
+    page.wait_for_load_state()
+
+
+def test_label_rank_by_drag_and_drop_export_and_train(live_app, browser, tmp_path, tiny_model_dir):
+    app, base = live_app
+    add_user(app, "root", is_admin=True)
+    add_user(app, "ann")
+    (tmp_path / "prompts.jsonl").write_bytes(jsonl(prompts(2)))
+    (tmp_path / "samples.jsonl").write_bytes(jsonl(samples(["p0", "p1"], k=4)))
+
+    page = browser.new_page()
+    # admin: a project, prompts, outputs, a demonstration task and a ranking task
+    _sign_in(page, base, "root")
+    assert page.url.endswith("/admin")
+    page.fill("form[action='/admin/projects'] input[name=name]", "browser")
+    page.fill("form[action='/admin/projects'] textarea[name=instructions]", "Prefer truthful.")
+    page.click("button:has-text('Create project')")
+    project_url = page.url
+    page.set_input_files("input[name=prompts_file]", str(tmp_path / "prompts.jsonl"))
+    page.click("button:has-text('Import prompts')")
+    assert "2 prompts added" in page.inner_text(".flash")
+    page.set_input_files("input[name=samples_file]", str(tmp_path / "samples.jsonl"))
+    page.click("button:has-text('Import outputs')")
+    assert "8 model outputs attached" in page.inner_text(".flash")
+    for kind, title in (("demonstration", "Write answers"), ("rank", "Rank answers")):
+        page.fill("form[action$='/tasks'] input[name=title]", title)
+        page.select_option("form[action$='/tasks'] select[name=kind]", kind)
+        page.click("button:has-text('Create task')")
+        assert "task created" in page.inner_text(".flash")
+    page.click("button:has-text('Sign out')")
+
+    # labeler: two demonstrations (one sent with Ctrl+Enter), then rate and rank
+    _sign_in(page, base, "ann")
+    page.goto(f"{base}/work")
+    assert "Prefer truthful." in page.inner_text("aside.instructions")
+    page.fill("textarea[name=response]", "Zero is the answer.")
+    page.keyboard.press("Control+Enter")
+    page.wait_for_url("**/work/*")
+    page.fill("textarea[name=response]", "One is the answer.")
+    page.click("#submit")
+    page.wait_for_url("**/work/*")
+    assert page.locator(".rank-card").count() == 4
+    for i, score in enumerate([6, 7, 5, 2]):
+        page.check(f"input[name=likert_{i}][value='{score}']")
+    page.click("#output-3 summary")
+    page.check("input[name=flag_3_hallucination]")
+    page.drag_and_drop("#card-1", "#lane-1")
+    page.drag_and_drop("#card-0", "#lane-2")
+    page.drag_and_drop("#card-2", "#lane-2")  # a tie with A
+    page.focus("#card-3")
+    page.keyboard.press("4")  # by key
+    assert [page.input_value(f"#rank_{i}") for i in range(4)] == ["2", "1", "2", "4"]
+    assert page.locator("#lane-2 .rank-card").count() == 2
+    page.screenshot(path=str(tmp_path / "rank.png"), full_page=True)
+    page.click("#submit")
+    page.wait_for_url("**/work/*")
+    # the second ranking entirely by keyboard, with a missing score shown beside its field
+    for i in range(4):
+        page.focus(f"#card-{i}")
+        page.keyboard.press(str(i + 1))
+    for i in range(3):
+        page.check(f"input[name=likert_{i}][value='4']")
+    page.click("#submit")
+    page.wait_for_load_state()
+    assert "choose an overall score" in page.inner_text("#error-likert_3")
+    assert page.input_value("#rank_2") == "3"  # input kept
+    page.check("input[name=likert_3][value='3']")
+    page.click("#submit")
+    page.wait_for_load_state()
+    assert "Nothing to do" in page.inner_text("h1")
+    page.click("button:has-text('Sign out')")
+
+    # admin: progress and export
+    _sign_in(page, base, "root")
+    page.goto(project_url)
+    assert "2 / 2" in page.inner_text("#progress")
+    files = {}
+    for name in ("demonstrations", "comparisons", "ratings"):
+        with page.expect_download() as info:
+            page.click(f"a[href$='/export/{name}.jsonl']")
+        files[name] = tmp_path / "feedback" / f"{name}.jsonl"
+        info.value.save_as(files[name])
+
+    demos = R.read_records(files["demonstrations"], "demonstration")
+    assert [d.response for d in demos] == ["Zero is the answer.", "One is the answer."]
+    comparisons = R.read_records(files["comparisons"], "comparison")
+    assert [c.ranking for c in comparisons] == [[1, [0, 2], 3], [0, 1, 2, 3]]
+    ratings = R.read_records(files["ratings"], "rating")
+    assert [r.likert for r in ratings] == [6, 7, 5, 2, 4, 4, 4, 3]
+    assert [r.flags["hallucination"] for r in ratings[:4]] == [False, False, False, True]
+
+    from instructrl.config import RMConfig, load_config
+    from instructrl.stages import reward
+
+    out = reward.run(
+        load_config(
+            RMConfig,
+            [
+                f"model={tiny_model_dir}",
+                f"data={files['comparisons']}",
+                f"demos={files['demonstrations']}",
+                f"out={tmp_path / 'rm'}",
+                "max_steps=1",
+                "val_fraction=0",
+            ],
+        )
+    )
+    rows = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    losses = [r["rm/loss"] for r in rows if "rm/loss" in r]
+    assert losses and all(0 < x < 10 for x in losses)
+    assert (out / "reward_head.safetensors").is_file()
