@@ -15,6 +15,8 @@ answer is stored exactly once.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import json
 import socket
 import statistics
 import subprocess
@@ -156,10 +158,8 @@ def main() -> int:
         ]
         for t in threads:
             t.start()
-        try:
+        with contextlib.suppress(threading.BrokenBarrierError):
             start.wait()
-        except threading.BrokenBarrierError:
-            pass
         t0 = time.perf_counter()
         for t in threads:
             t.join()
@@ -190,6 +190,18 @@ def main() -> int:
     )
     ok = check["exactly_once"] and check["stored"] == n and not check["assignments_answered_twice"]
     print("PASS" if ok else "FAIL")
+    figures = {
+        "db": kind,
+        "labelers": args.labelers,
+        "submissions": n,
+        "submit_p50_ms": round(1000 * statistics.median(out["submit_s"]), 1),
+        "submit_p95_ms": round(1000 * _percentile(out["submit_s"], 0.95), 1),
+        "next_p50_ms": round(1000 * statistics.median(out["next_s"]), 1),
+        "next_p95_ms": round(1000 * _percentile(out["next_s"], 0.95), 1),
+        "submissions_per_s": round(n / wall, 1),
+        **check,
+    }
+    print(json.dumps(figures))
     return 0 if ok else 1
 
 
