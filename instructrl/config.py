@@ -516,14 +516,14 @@ def build(cls: type[T], values: dict[str, Any]) -> T:
         raise ConfigError(f"config: {cls.__name__}: {str(e).splitlines()[0]}") from None
 
 
+DB_URL_HELP = "database URL: sqlite:///FILE, or postgresql+psycopg://USER:PASSWORD@HOST/DB"
+
+
 @dataclass
 class ServeConfig:
     """`instructrl serve`: the feedback web app (FastAPI under uvicorn)."""
 
-    db: str = _f(
-        "sqlite:///feedback.db",
-        "database URL: sqlite:///FILE, or postgresql+psycopg://USER:PASSWORD@HOST/DB",
-    )
+    db: str = _f("sqlite:///feedback.db", DB_URL_HELP)
     host: str = _f("127.0.0.1", "address to listen on (0.0.0.0: every interface)")
     port: int = _f(8000, "port to listen on")
     secret_key: str | None = _f(
@@ -543,10 +543,7 @@ class ServeConfig:
 class DBConfig:
     """`instructrl db upgrade|export`, `instructrl users add`: the feedback database."""
 
-    db: str = _f(
-        "sqlite:///feedback.db",
-        "database URL: sqlite:///FILE, or postgresql+psycopg://USER:PASSWORD@HOST/DB",
-    )
+    db: str = _f("sqlite:///feedback.db", DB_URL_HELP)
     project: str | None = _f(None, "db export: the project's name")
     out: str | None = _f(
         None,

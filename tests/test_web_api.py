@@ -12,6 +12,7 @@ from webutil import (
     PASSWORD,
     add_task,
     add_user,
+    admin_and_labeler,
     app_for,
     jsonl,
     next_assignment,
@@ -124,12 +125,7 @@ def test_label_flow_export_and_records(db_url):
 
 def test_retry_with_same_client_id_is_stored_once(db_url):
     with app_for(db_url) as (app, _client):
-        add_user(app, "root", is_admin=True)
-        add_user(app, "ann")
-        admin = sign_in(app, "root")
-        pid = project_with_outputs(admin, n=1)
-        add_task(admin, pid, "demonstration")
-        ann = sign_in(app, "ann")
+        _admin, ann, _pid = admin_and_labeler(app)
         a = ann.get("/api/next").json()["id"]
         body = {"client_id": "retry-0001", "payload": {"response": "Hi."}}
         url = f"/api/assignments/{a}/submission"
@@ -327,12 +323,7 @@ def test_invite_link_sets_a_password_once(db_url):
 def test_cli_db_export_feeds_the_pipeline_files(tmp_path):
     url = f"sqlite:///{tmp_path / 'f.db'}"
     with app_for(url) as (app, _client):
-        add_user(app, "root", is_admin=True)
-        add_user(app, "ann")
-        admin = sign_in(app, "root")
-        pid = project_with_outputs(admin, n=1)
-        add_task(admin, pid, "demonstration")
-        ann = sign_in(app, "ann")
+        _admin, ann, _pid = admin_and_labeler(app)
         post(ann, f"/work/{next_assignment(ann)}", {"response": "Yes.", "client_id": "cli-exp-1"})
     out = tmp_path / "feedback"
     cmd = [
@@ -494,3 +485,13 @@ def test_written_prompts_get_demonstrations_and_rate_tasks_export_ratings(db_url
     assert written.prompt == "List 3 uses of a brick." and written.category == "brainstorming"
     assert [r.likert for r in ratings] == [2, 3, 4, 5]
     assert [r.flags["expresses_opinion"] for r in ratings] == [True, False, False, False]
+
+
+def test_jobs_interrupted_by_a_restart_are_marked_failed(tmp_path):
+    url = f"sqlite:///{tmp_path / 'f.db'}"
+    with app_for(url) as (app, _client), db.transaction(app.state.sessions) as s:
+        project = crud.create_project(s, name="p")
+        crud.create_job(s, project=project, kind="generate", params={}, total=4)
+    with app_for(url) as (app, _client), app.state.sessions() as s:
+        (job,) = s.query(crud.Job).all()
+        assert job.status == "failed" and "interrupted" in job.message

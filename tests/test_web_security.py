@@ -11,6 +11,7 @@ from fastapi.routing import APIRoute
 from webutil import (
     add_task,
     add_user,
+    admin_and_labeler,
     app_for,
     jsonl,
     next_assignment,
@@ -90,13 +91,9 @@ def test_post_without_csrf_token_is_refused(tmp_path):
 
 def test_a_labeler_cannot_see_or_answer_anothers_assignment(db_url):
     with app_for(db_url) as (app, _client):
-        add_user(app, "root", is_admin=True)
-        add_user(app, "ann")
+        admin, ann, pid = admin_and_labeler(app, n=2)
         add_user(app, "bob")
-        admin = sign_in(app, "root")
-        pid = project_with_outputs(admin, n=2)
-        add_task(admin, pid, "demonstration")
-        ann, bob = sign_in(app, "ann"), sign_in(app, "bob")
+        bob = sign_in(app, "bob")
         mine = next_assignment(ann)
         assert bob.get(f"/work/{mine}").status_code == 403
         r = post(bob, f"/work/{mine}", {"response": "stolen", "client_id": "bob-steal-1"})

@@ -107,3 +107,14 @@ def next_assignment(client: TestClient) -> int | None:
     if r.status_code != 303:
         return None
     return int(r.headers["location"].rsplit("/", 1)[1])
+
+
+def admin_and_labeler(app, *, n: int = 1, kind: str = "demonstration", labeler: str = "ann"):
+    """An admin, a labeler, a project of n prompts with 4 outputs each and one task of `kind`:
+    (admin client, labeler client, project id)."""
+    add_user(app, "root", is_admin=True)
+    add_user(app, labeler)
+    admin = sign_in(app, "root")
+    project_id = project_with_outputs(admin, n=n)
+    add_task(admin, project_id, kind)
+    return admin, sign_in(app, labeler), project_id

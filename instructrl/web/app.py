@@ -15,7 +15,7 @@ from fastapi.templating import Jinja2Templates
 from starlette.middleware.sessions import SessionMiddleware
 
 from instructrl.errors import UserError
-from instructrl.web import db
+from instructrl.web import crud, db
 from instructrl.web.deps import LoginRequired, csrf_token
 
 HERE = Path(__file__).parent
@@ -54,6 +54,8 @@ def create_app(settings: Settings) -> FastAPI:
     async def lifespan(_app: FastAPI):
         if settings.check_schema:
             db.check_schema(engine)
+        with db.transaction(app.state.sessions) as s:
+            crud.fail_interrupted_jobs(s)
         yield
         engine.dispose()
 

@@ -462,6 +462,15 @@ def create_job(
     return job
 
 
+def fail_interrupted_jobs(s: Session) -> int:
+    """Jobs left queued or running by a server that stopped: their subprocess is gone."""
+    stale = list(s.scalars(select(Job).where(Job.status.in_(("queued", "running")))))
+    for job in stale:
+        job.status, job.finished_at = "failed", now()
+        job.message = "interrupted: the server stopped while this job ran; start it again"
+    return len(stale)
+
+
 # ----------------------------------------------------------------------------- reading out
 def _done(s: Session, project: Project, *, screening: bool = False):
     """(submission, assignment, task, user) rows of a project, oldest first."""
