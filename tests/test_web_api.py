@@ -263,8 +263,11 @@ def test_dashboard_agreement_and_time_by_hand(db_url):
     assert per["ann"]["agreement"] == pytest.approx(10 / 11)
     assert per["bob"]["agreement"] == pytest.approx(9 / 11)
     assert per["cat"]["agreement"] == pytest.approx(9 / 10)
+    page = admin.get(f"/admin/projects/{pid}").text
+    assert "<td>rank task</td><td>rank</td><td>training</td><td>3</td><td>1</td>" in page
+    assert "Overall 87.5 %" in page
     (row,) = board["progress"]
-    assert (row["items"], row["needed"], row["done"]) == (1, 3, 3)
+    assert (row["n_items"], row["needed"], row["done"]) == (1, 3, 3)
     assert row["median_s"] >= 0
 
 

@@ -589,7 +589,7 @@ def dashboard(s: Session, *, project: Project) -> dict[str, Any]:
         progress.append(
             {
                 "task": task,
-                "items": items,
+                "n_items": items,
                 "needed": needed,
                 "done": done,
                 "share": done / needed if needed else 0.0,
