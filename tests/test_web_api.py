@@ -238,35 +238,42 @@ def test_last_slot_goes_to_one_labeler(db_url):
 def test_dashboard_agreement_and_time_by_hand(db_url):
     with app_for(db_url) as (app, _client):
         add_user(app, "root", is_admin=True)
-        add_user(app, "ann")
-        add_user(app, "bob")
-        add_user(app, "cat")
+        for name in ("ann", "bob", "cat"):
+            add_user(app, name)
+        for name in ("hal", "ida"):
+            add_user(app, name, group="heldout")
         admin = sign_in(app, "root")
         pid = project_with_outputs(admin, n=1, k=4)
         add_task(admin, pid, "rank", per_item=3)
-        answers = {"ann": [1, 2, 3, 4], "bob": [1, 2, 4, 3], "cat": [1, 1, 3, 4]}
+        add_task(admin, pid, "rank", per_item=2, group="heldout")
+        answers = {
+            "ann": [1, 2, 3, 4],
+            "bob": [1, 2, 4, 3],
+            "cat": [1, 1, 3, 4],
+            "hal": [1, 2, 3, 4],
+            "ida": [4, 3, 2, 1],
+        }
         for name, ranks in answers.items():
             c = sign_in(app, name)
-            a = next_assignment(c)
-            assert (
-                post(
-                    c, f"/work/{a}", {**rank_form(4, ranks), "client_id": f"{name}-rank-1"}
-                ).status_code
-                == 303
-            )
+            form = {**rank_form(4, ranks), "client_id": f"{name}-rank-1"}
+            assert post(c, f"/work/{next_assignment(c)}", form).status_code == 303
         with app.state.sessions() as s:
-            project = s.get(crud.Project, pid)
-            board = crud.dashboard(s, project=project)
-    # by hand: ann-bob agree on 5 of 6 pairs; ann-cat 5 of 5 untied; bob-cat 4 of 5
-    assert board["agreement"]["agreement"] == pytest.approx(14 / 16, abs=1e-4)
+            board = crud.dashboard(s, project=s.get(crud.Project, pid))
+        page = admin.get(f"/admin/projects/{pid}").text
+    # by hand: ann-bob agree on 5 of 6 pairs; ann-cat 5 of 5 untied; bob-cat 4 of 5;
+    # hal-ida 0 of 6 (reversed). Labelers of different groups are never compared.
+    by_group = board["agreement_by_group"]
+    assert by_group["training"]["agreement"] == pytest.approx(14 / 16, abs=1e-4)
+    assert by_group["heldout"]["agreement"] == 0.0
+    assert board["agreement"]["agreement"] == pytest.approx(14 / 22, abs=1e-4)
     per = {x["username"]: x for x in board["labelers"]}
     assert per["ann"]["agreement"] == pytest.approx(10 / 11)
     assert per["bob"]["agreement"] == pytest.approx(9 / 11)
     assert per["cat"]["agreement"] == pytest.approx(9 / 10)
-    page = admin.get(f"/admin/projects/{pid}").text
+    assert per["hal"]["agreement"] == 0.0 and per["hal"]["group"] == "heldout"
     assert "<td>rank task</td><td>rank</td><td>training</td><td>3</td><td>1</td>" in page
-    assert "Overall 87.5 %" in page
-    (row,) = board["progress"]
+    assert "Overall 63.6 %" in page and "training labelers: 87.5 %" in page
+    row = board["progress"][0]
     assert (row["n_items"], row["needed"], row["done"]) == (1, 3, 3)
     assert row["median_s"] >= 0
 
