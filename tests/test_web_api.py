@@ -505,3 +505,42 @@ def test_jobs_interrupted_by_a_restart_are_marked_failed(tmp_path):
     with app_for(url) as (app, _client), app.state.sessions() as s:
         (job,) = s.query(crud.Job).all()
         assert job.status == "failed" and "interrupted" in job.message
+
+
+def test_downgrade_removes_the_schema_and_upgrade_restores_it(db_url):
+    from sqlalchemy import inspect
+
+    engine = db.make_engine(db_url)
+    db.upgrade(engine)
+    tables = set(inspect(engine).get_table_names())
+    assert {
+        "users",
+        "projects",
+        "prompts",
+        "outputs",
+        "tasks",
+        "assignments",
+        "submissions",
+    } <= tables
+    from alembic import command
+
+    command.downgrade(db._alembic_config(engine), "base")
+    assert set(inspect(engine).get_table_names()) <= {"alembic_version"}
+    db.upgrade(engine)
+    assert set(inspect(engine).get_table_names()) == tables
+    engine.dispose()
+
+
+def test_sign_in_never_redirects_off_site(tmp_path):
+    with app_for(f"sqlite:///{tmp_path / 'f.db'}") as (app, client):
+        add_user(app, "ann")
+        token = page_csrf(client, "/login?next=//evil.example/x")
+        form = {
+            "username": "ann",
+            "password": PASSWORD,
+            "csrf_token": token,
+            "next": "//evil.example/x",
+        }
+        assert client.post("/login", data=form).headers["location"] == "/"
+        anon = client.__class__(app, follow_redirects=False)
+        assert anon.get("/work/3").headers["location"] == "/login?next=/work/3"
