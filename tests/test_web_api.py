@@ -544,3 +544,18 @@ def test_sign_in_never_redirects_off_site(tmp_path):
         assert client.post("/login", data=form).headers["location"] == "/"
         anon = client.__class__(app, follow_redirects=False)
         assert anon.get("/work/3").headers["location"] == "/login?next=/work/3"
+
+
+def test_repeated_wrong_passwords_lock_the_name(tmp_path):
+    with app_for(f"sqlite:///{tmp_path / 'f.db'}") as (app, client):
+        add_user(app, "ann")
+        add_user(app, "bob")
+        token = page_csrf(client)
+
+        def attempt(name, password):
+            form = {"username": name, "password": password, "csrf_token": token}
+            return client.post("/login", data=form).status_code
+
+        assert [attempt("ann", f"guess-{i}") for i in range(10)] == [401] * 10
+        assert attempt("ann", PASSWORD) == 429  # even the right password, for a while
+        assert attempt("bob", PASSWORD) == 303  # other names are not affected

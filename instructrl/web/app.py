@@ -70,7 +70,7 @@ def create_app(settings: Settings) -> FastAPI:
     app.state.engine = engine
     app.state.sessions = db.session_factory(engine)
     app.state.templates = templates()
-    app.state.jobs = {}
+    app.state.failed_sign_ins = auth.FailedSignIns()
     app.add_middleware(
         SessionMiddleware,
         secret_key=settings.secret_key,

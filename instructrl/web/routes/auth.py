@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import threading
+import time
+from collections import defaultdict, deque
+
 from fastapi import APIRouter, Request
 from fastapi.responses import RedirectResponse, Response
 
@@ -31,23 +35,58 @@ def login_page(request: Request, next: str = "/") -> Response:
     return render(request, "login.html", {"next": _safe_next(next), "errors": {}, "values": {}})
 
 
+class FailedSignIns:
+    """Failed sign-ins per user name in a sliding window: past `limit`, the name is locked for
+    the rest of the window (slows password guessing; per process, forgotten on restart)."""
+
+    def __init__(self, limit: int = 10, window_s: float = 900.0):
+        self.limit, self.window_s = limit, window_s
+        self._times: dict[str, deque[float]] = defaultdict(deque)
+        self._lock = threading.Lock()
+
+    def _recent(self, name: str, now: float) -> deque[float]:
+        times = self._times[name]
+        while times and times[0] < now - self.window_s:
+            times.popleft()
+        return times
+
+    def locked(self, name: str) -> bool:
+        with self._lock:
+            return len(self._recent(name, time.monotonic())) >= self.limit
+
+    def failed(self, name: str) -> None:
+        with self._lock:
+            now = time.monotonic()
+            self._recent(name, now).append(now)
+
+    def clear(self, name: str) -> None:
+        with self._lock:
+            self._times.pop(name, None)
+
+
+def _login_error(request: Request, form: dict, username: str, message: str, status: int):
+    context = {
+        "next": _safe_next(str(form.get("next", "/"))),
+        "errors": {"password": message},
+        "values": {"username": username},
+    }
+    return render(request, "login.html", context, status_code=status)
+
+
 @router.post("/login", dependencies=[Csrf])
 def login(request: Request, form: Form) -> Response:
     username, password = str(form.get("username", "")), str(form.get("password", ""))
+    failures: FailedSignIns = request.app.state.failed_sign_ins
+    if failures.locked(username):
+        message = "too many failed attempts for this name: try again in 15 minutes"
+        return _login_error(request, form, username, message, 429)
     with transaction(request) as s:
         user = crud.authenticate(s, username=username, password=password)
         user_id = user.id if user else None
     if user_id is None:
-        return render(
-            request,
-            "login.html",
-            {
-                "next": _safe_next(str(form.get("next", "/"))),
-                "errors": {"password": "wrong user name or password"},
-                "values": {"username": username},
-            },
-            status_code=401,
-        )
+        failures.failed(username)
+        return _login_error(request, form, username, "wrong user name or password", 401)
+    failures.clear(username)
     _start_session(request, user_id)
     return RedirectResponse(_safe_next(str(form.get("next", "/"))), status_code=303)
 
