@@ -275,9 +275,13 @@ def task_items(s: Session, *, task: Task) -> list[int]:
     return list(s.scalars(_prompt_items(task)))
 
 
-def _open_items(s: Session, task: Task, user: User, limit: int) -> list[int]:
+def _open_items(
+    s: Session, task: Task, user: User, limit: int, *, skip_locked: bool = False
+) -> list[int]:
     """Items of the task that still need a labeler and that this user has not had (in SQL, so
-    a project of many prompts costs one indexed query, not a scan in Python)."""
+    a project of many prompts costs one indexed query, not a scan in Python). `skip_locked`
+    locks the prompt rows returned and skips those other claims hold (PostgreSQL's queue idiom
+    FOR NO KEY UPDATE SKIP LOCKED; SQLite, whose writers run one at a time, ignores it)."""
     full = (
         select(Assignment.item)
         .where(Assignment.task_id == task.id)
@@ -290,8 +294,12 @@ def _open_items(s: Session, task: Task, user: User, limit: int) -> list[int]:
     if task.kind == "write_prompt":
         blocked = set(s.scalars(full.union(mine)))
         return [i for i in range(task.count) if i not in blocked][:limit]
-    query = _prompt_items(task).where(Prompt.id.not_in(full), Prompt.id.not_in(mine))
-    return list(s.scalars(query.limit(limit)))
+    query = _prompt_items(task).where(Prompt.id.not_in(full), Prompt.id.not_in(mine)).limit(limit)
+    if skip_locked:
+        # NO KEY UPDATE: other claims skip the row, yet the foreign-key checks of their own
+        # inserts (KEY SHARE) do not wait on it
+        query = query.with_for_update(skip_locked=True, key_share=True, of=Prompt)
+    return list(s.scalars(query))
 
 
 def _eligible_tasks(s: Session, user: User) -> list[Task]:
@@ -325,12 +333,15 @@ def next_assignment(s: Session, *, user: User) -> Assignment | None:
 
 
 def _claim(s: Session, task: Task, user: User) -> Assignment | None:
-    """Insert an assignment to an open item of the task, the oldest first. Labelers racing for
-    one slot: the unique constraint on (task, item, slot) refuses all inserts but one; a loser
-    asks again for open items and tries them in random order, so a crowd spreads out. Every
-    refusal means another labeler's claim committed, so the loop ends."""
+    """Insert an assignment to an open item of the task, the oldest first. First the oldest
+    item no concurrent claim holds (one locked row); failing that, labelers racing for one
+    slot: the unique constraint on (task, item, slot) refuses all inserts but one; a loser asks
+    again for open items and tries them in random order, so a crowd spreads out. Every refusal
+    means another labeler's claim committed, so the loop ends."""
     rng, first_round = random.Random(), True
-    while items := _open_items(s, task, user, limit=32):
+    free = _open_items(s, task, user, limit=1, skip_locked=True)
+    while items := free or _open_items(s, task, user, limit=32):
+        free = []
         if not first_round:
             rng.shuffle(items)
         first_round = False
