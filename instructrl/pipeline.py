@@ -435,8 +435,11 @@ def _reward_round(
             raise UserError(
                 f"run: feedback={cfg.feedback}: expected comparisons.jsonl there (the web app's export)"
             )
-        val = heldout = None
-        rank_key = file_key(comparisons)
+        val = None
+        # the web app exports held-out labelers' rankings apart: accuracy only, never training
+        heldout = Path(cfg.feedback) / "heldout" / "comparisons.jsonl"
+        heldout = heldout if heldout.is_file() else None
+        rank_key = file_key(comparisons) + (f"+{file_key(heldout)}" if heldout else "")
     base = init or policy_stage
     rm_values = {
         "model": str(base.path),
@@ -446,7 +449,9 @@ def _reward_round(
         **cfg.rm,
     }
     if val is not None:
-        rm_values.update(val_data=str(val), heldout_data=str(heldout))
+        rm_values["val_data"] = str(val)
+    if heldout is not None:
+        rm_values["heldout_data"] = str(heldout)
 
     def do_rm(out: Path) -> dict[str, Any]:
         reward.run(build(RMConfig, {**rm_values, "out": str(out), "resume": True}))

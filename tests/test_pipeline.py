@@ -156,11 +156,17 @@ def test_second_round_and_web_app_feedback(first_run, tmp_path):
     export.mkdir()
     (export / "demonstrations.jsonl").write_text((run_dir / "demos" / "train.jsonl").read_text())
     (export / "comparisons.jsonl").write_text((run_dir / "rankings" / "train.jsonl").read_text())
+    (export / "heldout").mkdir()
+    (export / "heldout" / "comparisons.jsonl").write_text(
+        (run_dir / "rankings" / "heldout.jsonl").read_text()
+    )
     log = run_cli("run", str(CONFIG), f"model={tiny}", f"root={tmp_path}", f"feedback={export}")
     got = statuses(log)
     assert (
         "demos" not in got and "rankings" not in got and got["rm"] == "run" and got["eval"] == "run"
     )
+    (metrics,) = tmp_path.glob("*/rm/metrics.jsonl")  # held-out labelers: accuracy only
+    assert any("rm/heldout_accuracy" in json.loads(x) for x in metrics.read_text().splitlines())
 
 
 def test_partition_is_disjoint_and_the_eval_subset_spans_categories():

@@ -559,3 +559,27 @@ def test_repeated_wrong_passwords_lock_the_name(tmp_path):
         assert [attempt("ann", f"guess-{i}") for i in range(10)] == [401] * 10
         assert attempt("ann", PASSWORD) == 429  # even the right password, for a while
         assert attempt("bob", PASSWORD) == 303  # other names are not affected
+
+
+def test_heldout_labelers_are_exported_apart(tmp_path):
+    url = f"sqlite:///{tmp_path / 'f.db'}"
+    with app_for(url) as (app, _client):
+        admin, ann, pid = admin_and_labeler(app, kind="rank")
+        add_user(app, "hal", group="heldout")
+        add_task(admin, pid, "rank", group="heldout")
+        hal = sign_in(app, "hal")
+        for client, ranks in ((ann, [1, 2, 3, 4]), (hal, [4, 3, 2, 1])):
+            form = {**rank_form(4, ranks), "client_id": f"{ranks[0]}-heldout-test"}
+            assert post(client, f"/work/{next_assignment(client)}", form).status_code == 303
+        url_of = f"/admin/projects/{pid}/export/comparisons.jsonl"
+        training = [json.loads(x) for x in admin.get(url_of).text.splitlines()]
+        heldout = [json.loads(x) for x in admin.get(f"{url_of}?group=heldout").text.splitlines()]
+        assert admin.get(f"{url_of}?group=screening").status_code == 422
+    assert [(c["labeler"], c["ranking"]) for c in training] == [("ann", [0, 1, 2, 3])]
+    assert [(c["labeler"], c["labeler_group"]) for c in heldout] == [("hal", "heldout")]
+    out = tmp_path / "feedback"
+    cmd = [sys.executable, "-m", "instructrl.cli", "-q", "db", "export", f"db={url}"]
+    subprocess.run([*cmd, "project=demo", f"out={out}"], check=True, capture_output=True)
+    assert [c.labeler for c in R.read_records(out / "comparisons.jsonl")] == ["ann"]
+    assert [c.labeler for c in R.read_records(out / "heldout" / "comparisons.jsonl")] == ["hal"]
+    assert not (out / "heldout" / "demonstrations.jsonl").exists()

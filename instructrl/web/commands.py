@@ -60,13 +60,18 @@ def export(cfg: DBConfig) -> Path:
         if project is None:
             names = ", ".join(s.scalars(select(Project.name))) or "none"
             raise UserError(f"db export: no project {cfg.project!r} (projects: {names})")
-        files = crud.export(s, project=project)
+        training = crud.export(s, project=project, group="training")
+        heldout = crud.export(s, project=project, group="heldout")
     engine.dispose()
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
-    for name, records in files.items():
+    for name, records in training.items():
         write_records(out / f"{name}.jsonl", records)
         log.info("%s.jsonl: %d records", name, len(records))
+    for name, records in heldout.items():
+        if records:  # held-out labelers' answers: the RM's held-out accuracy, never training
+            write_records(out / "heldout" / f"{name}.jsonl", records)
+            log.info("heldout/%s.jsonl: %d records", name, len(records))
     return out
 
 

@@ -483,37 +483,37 @@ def fail_interrupted_jobs(s: Session) -> int:
 
 
 # ----------------------------------------------------------------------------- reading out
-def _done(s: Session, project: Project, *, screening: bool = False):
-    """(submission, assignment, task, user) rows of a project, oldest first."""
+def _done(s: Session, project: Project, *, groups: tuple[str, ...] = USER_GROUPS):
+    """(submission, assignment, task, user) rows of the project's tasks of these labeler
+    groups, oldest first (screening answers only when asked for)."""
     query = (
         select(Submission, Assignment, Task, User)
         .join(Assignment, Submission.assignment_id == Assignment.id)
         .join(Task, Assignment.task_id == Task.id)
         .join(User, Submission.user_id == User.id)
-        .where(Task.project_id == project.id)
+        .where(Task.project_id == project.id, Task.group.in_(groups))
         .order_by(Submission.id)
-    )
-    query = (
-        query.where(Task.group == "screening")
-        if screening
-        else query.where(Task.group != "screening")
     )
     return s.execute(query).all()
 
 
-def export(s: Session, *, project: Project) -> dict[str, list[Any]]:
-    """The project's answers as instructrl records: the files the simulated panel writes.
+def export(s: Session, *, project: Project, group: str = "training") -> dict[str, list[Any]]:
+    """The answers of one labeler group's tasks as instructrl records: the files the
+    simulated panel writes.
 
     demonstrations.jsonl, comparisons.jsonl (ranking best first, ties nested), ratings.jsonl
-    (one per output, from rate and rank tasks) and prompts.jsonl (prompts labelers wrote).
-    Screening answers stay out. Each record carries the labeler's group and the task id."""
+    (one per output, from rate and rank tasks) and, for the training group, prompts.jsonl
+    (prompts labelers wrote). Held-out labelers' answers are exported apart: they judge, they
+    do not train (paper, 3.6). Each record carries the labeler's group and the task id."""
+    if group not in USER_GROUPS:
+        raise Invalid({"group": f"one of {', '.join(USER_GROUPS)}"})
     out: dict[str, list[Any]] = {
         "demonstrations": [],
         "comparisons": [],
         "ratings": [],
         "prompts": [],
     }
-    for sub, assignment, task, user in _done(s, project):
+    for sub, assignment, task, user in _done(s, project, groups=(group,)):
         extra = {
             "labeler_group": task.group,
             "task": task.id,
@@ -558,12 +558,13 @@ def export(s: Session, *, project: Project) -> dict[str, list[Any]]:
                     extra=extra,
                 )
             )
-    written = s.scalars(
-        select(Prompt)
-        .where(Prompt.project_id == project.id, Prompt.source == "labeler")
-        .order_by(Prompt.id)
-    )
-    out["prompts"] = [R.Prompt.from_dict(p.record) for p in written]
+    if group == "training":
+        written = s.scalars(
+            select(Prompt)
+            .where(Prompt.project_id == project.id, Prompt.source == "labeler")
+            .order_by(Prompt.id)
+        )
+        out["prompts"] = [R.Prompt.from_dict(p.record) for p in written]
     return out
 
 
@@ -588,7 +589,7 @@ def dashboard(s: Session, *, project: Project) -> dict[str, Any]:
     from instructrl.labelers import agreement
 
     tasks = list(s.scalars(select(Task).where(Task.project_id == project.id).order_by(Task.id)))
-    rows = _done(s, project) + _done(s, project, screening=True)
+    rows = _done(s, project, groups=GROUPS)
     seconds: dict[int, list[float]] = defaultdict(list)
     for sub, _a, task, _u in rows:
         seconds[task.id].append(sub.seconds)
@@ -664,7 +665,7 @@ def screening_scores(s: Session, *, project: Project) -> list[dict[str, Any]]:
     ranking orders them, and metadata flags equal to the gold flags."""
     gold = {(g.task_id, g.prompt_id): g.payload for g in s.scalars(select(Gold))}
     scores: dict[int, dict[str, Any]] = {}
-    for sub, assignment, task, user in _done(s, project, screening=True):
+    for sub, assignment, task, user in _done(s, project, groups=("screening",)):
         st = scores.setdefault(
             user.id,
             {

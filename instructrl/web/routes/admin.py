@@ -330,16 +330,23 @@ def create_task(request: Request, project_id: int, user: AdminUser, form: Form) 
 
 
 @router.get("/projects/{project_id}/export/{name}.jsonl")
-def export(request: Request, project_id: int, name: str, user: AdminUser) -> Response:
+def export(
+    request: Request, project_id: int, name: str, user: AdminUser, group: str = "training"
+) -> Response:
     if name not in EXPORTS:
         raise HTTPException(404, f"expected one of {', '.join(EXPORTS)}")
-    with transaction(request) as s:
-        records = crud.export(s, project=_project(s, project_id))[name]
+    try:
+        with transaction(request) as s:
+            records = crud.export(s, project=_project(s, project_id), group=group)[name]
+    except crud.Invalid as e:
+        raise HTTPException(422, str(e)) from None
     body = "".join(json.dumps(r.to_dict(), ensure_ascii=False) + "\n" for r in records)
     return Response(
         body,
         media_type="application/jsonl",
-        headers={"Content-Disposition": f'attachment; filename="{name}.jsonl"'},
+        headers={
+            "Content-Disposition": f'attachment; filename="{"heldout_" if group == "heldout" else ""}{name}.jsonl"'
+        },
     )
 
 
