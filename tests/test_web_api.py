@@ -273,6 +273,7 @@ def test_dashboard_agreement_and_time_by_hand(db_url):
     assert per["hal"]["agreement"] == 0.0 and per["hal"]["group"] == "heldout"
     assert "<td>rank task</td><td>rank</td><td>training</td><td>3</td><td>1</td>" in page
     assert "Overall 63.6 %" in page and "training labelers: 87.5 %" in page
+    assert "Likert 5, 5, 5, 5; ranking A=B &gt; C &gt; D" in page  # cat's answer, for review
     row = board["progress"][0]
     assert (row["n_items"], row["needed"], row["done"]) == (1, 3, 3)
     assert row["median_s"] >= 0

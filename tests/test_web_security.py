@@ -115,6 +115,8 @@ def test_a_labeler_cannot_see_or_answer_anothers_assignment(db_url):
             headers={"X-CSRF-Token": bob.csrf},
         )
         assert r.status_code == 409  # someone else's client id is not a way in
+        review = admin.get(f"/admin/projects/{pid}").text  # the answers, shown for review
+        assert "<script>alert" not in review and "&lt;script&gt;alert" in review
         demos = admin.get(f"/admin/projects/{pid}/export/demonstrations.jsonl").text
         assert '"mine"' in demos and "stolen" not in demos and "replay" not in demos
 
@@ -145,6 +147,8 @@ def test_html_is_escaped_and_sql_like_text_stored_verbatim(db_url):
         post(ann, f"/work/{first}", {"response": sqlish, "client_id": "ann-sql-1"})
         second = next_assignment(ann)
         post(ann, f"/work/{second}", {"response": evil, "client_id": "ann-sql-2"})
+        review = admin.get(f"/admin/projects/{pid}").text  # the answers, shown for review
+        assert "<script>alert" not in review and "&lt;script&gt;alert" in review
         demos = admin.get(f"/admin/projects/{pid}/export/demonstrations.jsonl")
         import json
 

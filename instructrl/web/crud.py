@@ -712,3 +712,35 @@ def screening_scores(s: Session, *, project: Project) -> list[dict[str, Any]]:
             }
         )
     return sorted(out, key=lambda r: r["user"].username)
+
+
+def recent_submissions(s: Session, *, project: Project, limit: int = 50) -> list[dict[str, Any]]:
+    """The newest answers of a project, for admins to review: who, which task, what, how long."""
+    rows = _done(s, project, groups=GROUPS)[-limit:]
+    out = []
+    for sub, assignment, task, user in reversed(rows):
+        payload = sub.payload
+        if task.kind == "write_prompt":
+            summary = payload["prompt"]
+        elif task.kind == "demonstration":
+            summary = payload["response"]
+        else:
+            likert = ", ".join(str(r["likert"]) for r in payload["ratings"])
+            summary = f"Likert {likert}"
+            if task.kind == "rank":
+                letters = "ABCDEFGHI"
+                order = " > ".join(
+                    "=".join(letters[i] for i in item) if isinstance(item, list) else letters[item]
+                    for item in payload["ranking"]
+                )
+                summary += f"; ranking {order}"
+        out.append(
+            {
+                "submission": sub,
+                "task": task,
+                "user": user,
+                "prompt": assignment.prompt.key if assignment.prompt else "",
+                "summary": summary,
+            }
+        )
+    return out

@@ -158,6 +158,7 @@ def project_page(
         )
         board = crud.dashboard(s, project=project)
         screening = crud.screening_scores(s, project=project)
+        recent = crud.recent_submissions(s, project=project)
         screening_tasks = [
             (
                 t,
@@ -182,6 +183,7 @@ def project_page(
         "with_outputs": with_outputs,
         "board": board,
         "screening": screening,
+        "recent": recent,
         "screening_tasks": screening_tasks,
         "jobs": job_rows,
         "kinds": TASK_KINDS,
