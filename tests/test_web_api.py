@@ -267,10 +267,11 @@ def test_dashboard_agreement_and_time_by_hand(db_url):
     assert by_group["heldout"]["agreement"] == 0.0
     assert board["agreement"]["agreement"] == pytest.approx(14 / 22, abs=1e-4)
     per = {x["username"]: x for x in board["labelers"]}
-    assert per["ann"]["agreement"] == pytest.approx(10 / 11)
-    assert per["bob"]["agreement"] == pytest.approx(9 / 11)
-    assert per["cat"]["agreement"] == pytest.approx(9 / 10)
+    assert per["ann"]["agreement"] == pytest.approx(10 / 11, abs=1e-4)
+    assert per["bob"]["agreement"] == pytest.approx(9 / 11, abs=1e-4)
+    assert per["cat"]["agreement"] == pytest.approx(9 / 10, abs=1e-4)
     assert per["hal"]["agreement"] == 0.0 and per["hal"]["group"] == "heldout"
+    assert per["ann"]["compared"] == 11 and per["ann"]["ci95"] == pytest.approx([10 / 11] * 2, abs=1e-4)  # 1 prompt
     assert "<td>rank task</td><td>rank</td><td>training</td><td>3</td><td>1</td>" in page
     assert "Overall 63.6 %" in page and "training labelers: 87.5 %" in page
     assert "Likert 5, 5, 5, 5; ranking A=B &gt; C &gt; D" in page  # cat's answer, for review
