@@ -104,6 +104,8 @@ def test_label_flow_export_and_records(db_url):
         del form["likert_1"]
         r = post(ann, f"/work/{third}", {**form, "client_id": "c-rank-0000"})
         assert r.status_code == 422 and 'id="error-likert_1"' in r.text
+        assert r.text.count('<details class="flags" open>') == 4  # ticked flags stay in view
+        assert r.text.count('_hallucination" checked>') == 4
         assert 'name="rank_2" id="rank_2">' in r.text and '<option value="2" selected>' in r.text
         form["likert_1"] = "6"
         assert post(ann, f"/work/{third}", {**form, "client_id": "c-rank-0000"}).status_code == 303
@@ -271,7 +273,9 @@ def test_dashboard_agreement_and_time_by_hand(db_url):
     assert per["bob"]["agreement"] == pytest.approx(9 / 11, abs=1e-4)
     assert per["cat"]["agreement"] == pytest.approx(9 / 10, abs=1e-4)
     assert per["hal"]["agreement"] == 0.0 and per["hal"]["group"] == "heldout"
-    assert per["ann"]["compared"] == 11 and per["ann"]["ci95"] == pytest.approx([10 / 11] * 2, abs=1e-4)  # 1 prompt
+    assert per["ann"]["compared"] == 11 and per["ann"]["ci95"] == pytest.approx(
+        [10 / 11] * 2, abs=1e-4
+    )  # 1 prompt
     assert "<td>rank task</td><td>rank</td><td>training</td><td>3</td><td>1</td>" in page
     assert "Overall 63.6 %" in page and "training labelers: 87.5 %" in page
     assert "Likert 5, 5, 5, 5; ranking A=B &gt; C &gt; D" in page  # cat's answer, for review

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import secrets
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from fastapi import FastAPI, HTTPException, Request
@@ -29,7 +29,6 @@ class Settings:
     jobs_dir: str = "runs/web-jobs"  # generation jobs write their files here
     python: str = ""  # interpreter for generation jobs (default: this one)
     check_schema: bool = True
-    extra: dict = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if len(self.secret_key) < 32:

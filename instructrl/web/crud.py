@@ -602,7 +602,6 @@ def dashboard(s: Session, *, project: Project) -> dict[str, Any]:
                 "n_items": items,
                 "needed": needed,
                 "done": done,
-                "share": done / needed if needed else 0.0,
                 "median_s": statistics.median(seconds[task.id]) if seconds[task.id] else None,
             }
         )

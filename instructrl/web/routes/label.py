@@ -51,6 +51,8 @@ def task_context(
         "flags": [(f, FLAG_LABELS.get(f, f.replace("_", " "))) for f in FLAGS],
         "likert": list(range(LIKERT_MIN, LIKERT_MAX + 1)),
         "values": values or {},
+        # metadata of an output stays unfolded when a kept form has a flag ticked there
+        "open_flags": {key.split("_")[1] for key in values or {} if key.startswith("flag_")},
         "errors": errors or {},
         "client_id": client_id or secrets.token_urlsafe(16),
     }
@@ -112,7 +114,9 @@ def submit(request: Request, assignment_id: int, user: CurrentUser, form: Form) 
             payload=payload,
         )
     except crud.Invalid as e:
-        context.update(values=form, errors=e.errors, client_id=client_id)
+        context = task_context(
+            assignment.task, assignment.prompt, values=form, errors=e.errors, client_id=client_id
+        )
         return render(
             request, "task.html", {**context, "user": user, "action": request.url.path}, 422
         )
