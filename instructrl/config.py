@@ -383,6 +383,11 @@ class EvalConfig:
     limit: int = _f(0, "use only the first N prompts (0 = all)")
     adversarial_limit: int = _f(0, "use only the first N adversarial prompts (0 = all 129)")
     reward: str | None = _f(None, "reward model directory: adds the mean RM score per policy")
+    human: str | None = _f(
+        None,
+        "comparisons ranked by people (the web app's heldout/comparisons.jsonl, after ranking "
+        "these generations): adds their win rates against the baseline as panel 'human'",
+    )
     runs: str = _f(
         "", "NAME:DIR pairs of stage directories whose metrics.jsonl curves go into the report"
     )

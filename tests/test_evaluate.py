@@ -13,7 +13,7 @@ import torch
 
 from instructrl import models, stats
 from instructrl.config import EvalConfig, load_config
-from instructrl.records import Prompt, Sample
+from instructrl.records import Prompt, Sample, read_records
 from instructrl.report import claims, render
 from instructrl.stages import evaluate
 
@@ -47,6 +47,25 @@ def test_likert_and_flag_aggregation_by_hand():
     assert flags["rate"] == pytest.approx(0.4) and flags["ci95"] == pytest.approx(
         list(stats.wilson(2, 5))
     )
+
+
+def test_human_outcomes_by_hand():
+    from instructrl.records import Comparison
+
+    def c(ranking, models):
+        return Comparison.from_dict(
+            {"prompt": "q", "responses": ["a", "b", "c"], "ranking": ranking, "models": models}
+        )
+
+    comparisons = [
+        c([0, 1, 2], ["ppo", "sft", "base"]),  # ppo above sft: 1
+        c([2, [0, 1]], ["ppo", "sft", "base"]),  # tied: 0.5
+        c([1, 2, 0], ["sft", "ppo", "x"]),  # sft (index 0) last, ppo second: 1
+        c([0, 1, 2], ["sft", "base", "x"]),  # no ppo: left out
+        Comparison.from_dict({"prompt": "q", "responses": ["a", "b"], "ranking": [0, 1]}),
+    ]
+    assert evaluate.human_outcomes(comparisons, "ppo", "sft") == [1.0, 0.5, 1.0]
+    assert evaluate.human_outcomes(comparisons, "sft", "ppo") == [0.0, 0.5, 0.0]
 
 
 def test_truth_outcomes_and_constraints_by_hand():
@@ -215,6 +234,24 @@ def test_eval_end_to_end_on_tiny_models(tiny_model_dir, tmp_path):
         v > 1 for v in summary["perplexity"].values()
     )
     cached = sorted((out / "generations").iterdir())
+    # people ranked the two policies' generations in the web app (exported with `models`):
+    # base first on 4 prompts, sft first on 1, a tie on 1 -> (4 + 0.5) / 6
+    gens = {f.name.split("-")[0]: read_records(f, "sample") for f in cached}
+    rankings = [[0, 1]] * 4 + [[1, 0], [[0, 1]]]
+    human = [
+        {
+            "prompt": a.prompt,
+            "responses": [a.response, b.response],
+            "ranking": ranking,
+            "models": ["base", "sft"],
+        }
+        for a, b, ranking in zip(gens["base"][:6], gens["sft"][:6], rankings, strict=True)
+    ]
+    (tmp_path / "human.jsonl").write_text("".join(json.dumps(h) + "\n" for h in human))
+    cfg.human = str(tmp_path / "human.jsonl")
     evaluate.run(cfg)  # a second run reuses every generation
     assert sorted((out / "generations").iterdir()) == cached
-    assert (out / "report.html").is_file()
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["win_rates"]["base"]["human"]["win_rate"] == pytest.approx(4.5 / 6)
+    assert summary["win_rates"]["base"]["human"]["n"] == 6
+    assert "<td>human</td>" in (out / "report.html").read_text()

@@ -120,6 +120,7 @@ def test_label_flow_export_and_records(db_url):
     (comparison,) = [R.Comparison.from_dict(c) for c in rows["comparisons"]]
     assert comparison.ranking == [1, [0, 2], 3]  # ranks 2,1,2,3: a tie between A and C
     assert comparison.responses == [f"Answer {j} to p0." for j in range(4)]
+    assert comparison.extra["models"] == ["tiny"] * 4  # which policy wrote each response
     ratings = [R.Rating.from_dict(x) for x in rows["ratings"]]
     assert [x.likert for x in ratings] == [5, 6, 5, 5]
     assert all(x.flags["hallucination"] and not x.flags["sexual_content"] for x in ratings)
@@ -589,3 +590,30 @@ def test_heldout_labelers_are_exported_apart(tmp_path):
     assert [c.labeler for c in R.read_records(out / "comparisons.jsonl")] == ["ann"]
     assert [c.labeler for c in R.read_records(out / "heldout" / "comparisons.jsonl")] == ["hal"]
     assert not (out / "heldout" / "demonstrations.jsonl").exists()
+
+
+def test_policies_generations_become_outputs_for_human_evaluation(tmp_path):
+    """One upload per policy (eval's cached generations): each prompt gets one output per
+    policy, even where two policies wrote the same text, and the export names them."""
+    with app_for(f"sqlite:///{tmp_path / 'f.db'}") as (app, _client):
+        add_user(app, "root", is_admin=True)
+        add_user(app, "hal", group="heldout")
+        admin = sign_in(app, "root")
+        pid = int(
+            post(admin, "/admin/projects", {"name": "eval"}).headers["location"].rsplit("/", 1)[1]
+        )
+        for policy, text in (("sft", "Same."), ("ppo", "Same."), ("base", "Other.")):
+            row = {"prompt_id": "t1", "prompt": "Q?", "response": text, "model": policy}
+            files = {"samples_file": (f"{policy}.jsonl", jsonl([{**row, "finish_reason": "eos"}]))}
+            assert post(admin, f"/admin/projects/{pid}/samples", files=files).status_code == 303
+        add_task(admin, pid, "rank", group="heldout")
+        hal = sign_in(app, "hal")
+        form = {**rank_form(3, [2, 2, 1]), "client_id": "hal-eval-1"}
+        assert post(hal, f"/work/{next_assignment(hal)}", form).status_code == 303
+        text = admin.get(f"/admin/projects/{pid}/export/comparisons.jsonl?group=heldout").text
+    (c,) = [R.Comparison.from_dict(json.loads(x)) for x in text.splitlines()]
+    assert c.extra["models"] == ["sft", "ppo", "base"] and c.ranking == [2, [0, 1]]
+    from instructrl.stages.evaluate import human_outcomes
+
+    assert human_outcomes([c], "ppo", "sft") == [0.5]
+    assert human_outcomes([c], "base", "sft") == [1.0]

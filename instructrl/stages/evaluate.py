@@ -28,7 +28,14 @@ from instructrl import constraints as C
 from instructrl import data, models, rollout, stats
 from instructrl.config import EvalConfig, save_config
 from instructrl.labelers import Item, Judge, Panel
-from instructrl.records import Prompt, Sample, prompt_as_text, read_records, write_records
+from instructrl.records import (
+    Comparison,
+    Prompt,
+    Sample,
+    prompt_as_text,
+    read_records,
+    write_records,
+)
 
 log = logging.getLogger(__name__)
 FIGURE4_FLAGS = (
@@ -125,6 +132,20 @@ def win_outcomes(
     for c in panel.rank(items):
         r = c.ranks()
         outcomes.append(0.5 if r[0] == r[1] else float(r[0] < r[1]))
+    return outcomes
+
+
+def human_outcomes(comparisons: list[Comparison], ours: str, base: str) -> list[float]:
+    """Per comparison that holds both policies' responses (its `models` key names the policy of
+    each response, as the web app exports it): 1 if people ranked ours above the baseline's,
+    0 if below, 0.5 for a tie."""
+    outcomes = []
+    for c in comparisons:
+        names = c.extra.get("models") or []
+        if ours in names and base in names:
+            r = c.ranks()
+            i, j = names.index(ours), names.index(base)
+            outcomes.append(0.5 if r[i] == r[j] else float(r[i] < r[j]))
     return outcomes
 
 
@@ -241,6 +262,7 @@ def run(cfg: EvalConfig) -> Path:
         generations[name] = (samples[: len(prompts)], samples[len(prompts) :])
     judge = Judge()
     baseline = cfg.baseline_name
+    human = read_records(cfg.human, "comparison") if cfg.human else []
     summary: dict[str, Any] = {
         "baseline": baseline,
         "policies": dict(cfg.policy_pairs),
@@ -275,6 +297,18 @@ def run(cfg: EvalConfig) -> Path:
                 }
                 for panel in ("heldout", "train")
             }
+            if human:
+                outcomes = human_outcomes(human, name, baseline)
+                if outcomes:
+                    summary["win_rates"][name]["human"] = {
+                        "baseline": baseline,
+                        "panel": "human",
+                        **stats.win_rate(outcomes, seed=cfg.seed),
+                    }
+                else:
+                    log.warning(
+                        "human=%s: no comparison ranks %s against %s", cfg.human, name, baseline
+                    )
         figures = policy_figures(cfg, prompts, adversarial, ours, adv, judge)
         for key in (
             "likert",

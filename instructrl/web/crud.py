@@ -197,7 +197,7 @@ def import_samples(s: Session, *, project: Project, samples: list[R.Sample]) -> 
             s.add(prompt)
             s.flush()
             prompts[record.id] = prompt
-        if any(o.response == sample.response for o in prompt.outputs):
+        if any(o.response == sample.response and o.model == sample.model for o in prompt.outputs):
             continue
         if len(prompt.outputs) >= R.K_MAX:
             raise Invalid(
@@ -548,6 +548,8 @@ def export(s: Session, *, project: Project, group: str = "training") -> dict[str
                 )
             )
         if task.kind == "rank":
+            # which model wrote each response: `instructrl eval human=...` scores policies by it
+            models = [o.model for o in prompt.outputs]
             out["comparisons"].append(
                 R.Comparison(
                     prompt=record["prompt"],
@@ -555,7 +557,7 @@ def export(s: Session, *, project: Project, group: str = "training") -> dict[str
                     ranking=sub.payload["ranking"],
                     prompt_id=prompt.key,
                     labeler=user.username,
-                    extra=extra,
+                    extra={**extra, "models": models},
                 )
             )
     if group == "training":
