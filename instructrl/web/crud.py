@@ -19,6 +19,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from instructrl import records as R
+from instructrl.labelers import agreement, rank_agreement
 from instructrl.web.models import (
     GROUPS,
     TASK_KINDS,
@@ -570,22 +571,6 @@ def export(s: Session, *, project: Project, group: str = "training") -> dict[str
     return out
 
 
-def _ranks(ranking: list[int | list[int]], k: int) -> list[int]:
-    return R.Comparison(prompt="-", responses=["-"] * k, ranking=ranking).ranks()
-
-
-def _pair_agreement(a: list[int], b: list[int]) -> tuple[int, int]:
-    """(agreeing, compared) over the response pairs that neither ranking ties."""
-    agree = compared = 0
-    for i in range(len(a)):
-        for j in range(i + 1, len(a)):
-            da, db = a[i] - a[j], b[i] - b[j]
-            if da and db:
-                compared += 1
-                agree += (da > 0) == (db > 0)
-    return agree, compared
-
-
 def dashboard(s: Session, *, project: Project) -> dict[str, Any]:
     """Progress per task, time per task, inter-labeler agreement per labeler and overall."""
     tasks = list(s.scalars(select(Task).where(Task.project_id == project.id).order_by(Task.id)))
@@ -641,14 +626,12 @@ def _agreements(rows) -> tuple[dict | None, dict[str, dict], dict[str, dict]]:
     """Agreement between labelers who ranked the same prompt of a task: overall, per labeler
     group (the paper reports training and held-out labelers apart: 72.6 % and 77.3 %) and per
     labeler (with everyone it shared a prompt with), each with a bootstrap 95 % CI over prompts."""
-    from instructrl.labelers import agreement
-
     by_prompt: dict[tuple[str, int, int], list[tuple[str, list[int]]]] = defaultdict(list)
     for sub, assignment, task, user in rows:
         if task.kind == "rank":
             k = len(assignment.prompt.outputs)
             by_prompt[(task.group, task.id, assignment.item)].append(
-                (user.username, _ranks(sub.payload["ranking"], k))
+                (user.username, R.ranks_of(sub.payload["ranking"], k))
             )
     per_group: dict[str, list[tuple[int, int]]] = defaultdict(list)
     per_user: dict[str, list[tuple[int, int]]] = defaultdict(list)
@@ -658,7 +641,7 @@ def _agreements(rows) -> tuple[dict | None, dict[str, dict], dict[str, dict]]:
         for x in range(len(rankings)):
             for y in range(x + 1, len(rankings)):
                 (ua, ra), (ub, rb) = rankings[x], rankings[y]
-                agree, compared = _pair_agreement(ra, rb)
+                agree, compared = rank_agreement(ra, rb)
                 for counts in (total, mine[ua], mine[ub]):
                     counts[0] += agree
                     counts[1] += compared
@@ -700,8 +683,8 @@ def screening_scores(s: Session, *, project: Project) -> list[dict[str, Any]]:
         st["graded"] += 1
         if task.kind == "rank":
             k = len(assignment.prompt.outputs)
-            agree, compared = _pair_agreement(
-                _ranks(sub.payload["ranking"], k), _ranks(answer["ranking"], k)
+            agree, compared = rank_agreement(
+                R.ranks_of(sub.payload["ranking"], k), R.ranks_of(answer["ranking"], k)
             )
             st["agree"] += agree
             st["compared"] += compared

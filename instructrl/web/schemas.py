@@ -9,7 +9,7 @@ from typing import Any
 
 from pydantic import BaseModel, Field
 
-from instructrl.records import FLAGS, LIKERT_MAX, LIKERT_MIN
+from instructrl.records import FLAGS, LIKERT_MAX, LIKERT_MIN, ranks_of
 
 MAX_TEXT = 20_000
 
@@ -144,8 +144,4 @@ def ranking_from_ranks(ranks: list[int]) -> list[int | list[int]]:
 
 def ranks_from_ranking(ranking: list[int | list[int]], k: int) -> list[int]:
     """Inverse of `ranking_from_ranks` with ranks numbered from 1."""
-    ranks = [0] * k
-    for position, item in enumerate(ranking):
-        for i in item if isinstance(item, list) else [item]:
-            ranks[i] = position + 1
-    return ranks
+    return [r + 1 for r in ranks_of(ranking, k)]
