@@ -109,6 +109,15 @@ def create_app(settings: Settings) -> FastAPI:
             status_code=exc.status_code,
         )
 
+    # crud's refusals mean the same on every route: not yours (403), not now (409)
+    @app.exception_handler(crud.Forbidden)
+    async def forbidden(request: Request, exc: crud.Forbidden) -> Response:
+        return await http_error(request, HTTPException(403, str(exc)))
+
+    @app.exception_handler(crud.Conflict)
+    async def conflict(request: Request, exc: crud.Conflict) -> Response:
+        return await http_error(request, HTTPException(409, str(exc)))
+
     app.mount("/static", StaticFiles(directory=str(HERE / "static")), name="static")
     for router in (auth.router, label.router, api.router, admin.router):
         app.include_router(router)

@@ -4,7 +4,7 @@ POST requests carry the session's CSRF token in the X-CSRF-Token header (GET /ap
 
 from __future__ import annotations
 
-from fastapi import APIRouter, HTTPException, Request
+from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
 
 from instructrl.web import crud
@@ -55,10 +55,6 @@ def submit(request: Request, assignment_id: int, body: SubmissionIn, user: Curre
         )
     except crud.Invalid as e:
         return JSONResponse({"detail": "invalid", "errors": e.errors}, status_code=422)
-    except crud.Conflict as e:
-        raise HTTPException(409, str(e)) from None
-    except crud.Forbidden as e:
-        raise HTTPException(403, str(e)) from None
     out = SubmissionOut(
         id=sub_id, assignment_id=assignment_id, client_id=body.client_id, created=created
     )

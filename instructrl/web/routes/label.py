@@ -5,7 +5,7 @@ from __future__ import annotations
 import secrets
 from typing import Any
 
-from fastapi import APIRouter, HTTPException, Request
+from fastapi import APIRouter, Request
 from fastapi.responses import RedirectResponse, Response
 
 from instructrl.records import FLAGS, LIKERT_MAX, LIKERT_MIN
@@ -85,10 +85,7 @@ def work(request: Request, user: CurrentUser) -> Response:
 
 def _load(request: Request, assignment_id: int, user) -> tuple[Assignment, dict[str, Any]]:
     with transaction(request) as s:
-        try:
-            assignment = crud.get_assignment(s, assignment_id=assignment_id, user=user)
-        except crud.Forbidden as e:
-            raise HTTPException(403, str(e)) from None
+        assignment = crud.get_assignment(s, assignment_id=assignment_id, user=user)
         return assignment, task_context(assignment.task, assignment.prompt)
 
 
@@ -120,8 +117,4 @@ def submit(request: Request, assignment_id: int, user: CurrentUser, form: Form) 
         return render(
             request, "task.html", {**context, "user": user, "action": request.url.path}, 422
         )
-    except crud.Conflict as e:
-        raise HTTPException(409, str(e)) from None
-    except crud.Forbidden as e:
-        raise HTTPException(403, str(e)) from None
     return RedirectResponse("/work", status_code=303)
