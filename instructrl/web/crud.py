@@ -159,6 +159,17 @@ def create_project(s: Session, *, name: str, instructions: str = "") -> Project:
     return project
 
 
+def _prompt_row(project_id: int, record: R.Prompt, **fields: Any) -> Prompt:
+    """A prompts-table row holding the record verbatim and the text a labeler reads."""
+    return Prompt(
+        project_id=project_id,
+        key=record.id,
+        text=R.prompt_as_text(record.prompt),
+        record=record.to_dict(),
+        **fields,
+    )
+
+
 def import_prompts(s: Session, *, project: Project, prompts: list[R.Prompt]) -> tuple[int, int]:
     """(added, already there): prompts are keyed by their record id within the project."""
     existing = set(s.scalars(select(Prompt.key).where(Prompt.project_id == project.id)))
@@ -166,14 +177,7 @@ def import_prompts(s: Session, *, project: Project, prompts: list[R.Prompt]) -> 
     for p in prompts:
         if p.id in existing:
             continue
-        s.add(
-            Prompt(
-                project_id=project.id,
-                key=p.id,
-                text=R.prompt_as_text(p.prompt),
-                record=p.to_dict(),
-            )
-        )
+        s.add(_prompt_row(project.id, p))
         existing.add(p.id)
         added += 1
     s.flush()
@@ -188,16 +192,10 @@ def import_samples(s: Session, *, project: Project, samples: list[R.Sample]) -> 
     for sample in samples:
         prompt = prompts.get(sample.prompt_id)
         if prompt is None:
-            record = R.Prompt(id=sample.prompt_id, prompt=sample.prompt)
-            prompt = Prompt(
-                project_id=project.id,
-                key=record.id,
-                text=R.prompt_as_text(record.prompt),
-                record=record.to_dict(),
-            )
+            prompt = _prompt_row(project.id, R.Prompt(id=sample.prompt_id, prompt=sample.prompt))
             s.add(prompt)
             s.flush()
-            prompts[record.id] = prompt
+            prompts[prompt.key] = prompt
         if any(o.response == sample.response and o.model == sample.model for o in prompt.outputs):
             continue
         if len(prompt.outputs) >= R.K_MAX:
@@ -414,16 +412,7 @@ def submit(
     if task.kind == "write_prompt":
         key = f"{task.project.name}-written-{task.id}-{assignment.item}-{user.username}"
         record = R.Prompt(id=key, prompt=clean["prompt"], category=clean["category"])
-        s.add(
-            Prompt(
-                project_id=task.project_id,
-                key=key,
-                text=clean["prompt"],
-                record=record.to_dict(),
-                source="labeler",
-                author_id=user.id,
-            )
-        )
+        s.add(_prompt_row(task.project_id, record, source="labeler", author_id=user.id))
     s.flush()
     return submission, True
 
@@ -593,7 +582,7 @@ def dashboard(s: Session, *, project: Project) -> dict[str, Any]:
             }
         )
     per_user: dict[str, dict[str, Any]] = defaultdict(lambda: {"done": 0, "seconds": []})
-    rows = _done(s, project)
+    rows = [row for row in rows if row.Task.group in USER_GROUPS]  # labelers, not candidates
     for sub, _assignment, _task, user in rows:
         stats = per_user[user.username]
         stats["done"] += 1
