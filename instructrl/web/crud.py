@@ -24,6 +24,7 @@ from instructrl.web.models import (
     GROUPS,
     TASK_KINDS,
     USER_GROUPS,
+    USER_STATUSES,
     Assignment,
     Gold,
     Job,
@@ -85,10 +86,7 @@ def create_user(
         errors["username"] = f"{username!r} is taken"
     if password is not None and len(password) < MIN_PASSWORD:
         errors["password"] = f"at least {MIN_PASSWORD} characters"
-    if group not in USER_GROUPS:
-        errors["group"] = f"one of {', '.join(USER_GROUPS)}"
-    if status not in ("active", "candidate"):
-        errors["status"] = "active or candidate"
+    errors.update(_user_field_errors(group=group, status=status))
     if errors:
         raise Invalid(errors)
     user = User(
@@ -135,15 +133,21 @@ def set_user(
     user = s.get(User, user_id)
     if user is None:
         raise Invalid({"user": f"no user {user_id}"})
-    if group is not None:
-        if group not in USER_GROUPS:
-            raise Invalid({"group": f"one of {', '.join(USER_GROUPS)}"})
-        user.group = group
-    if status is not None:
-        if status not in ("active", "candidate"):
-            raise Invalid({"status": "active or candidate"})
-        user.status = status
+    errors = _user_field_errors(group=group, status=status)
+    if errors:
+        raise Invalid(errors)
+    user.group = group or user.group
+    user.status = status or user.status
     return user
+
+
+def _user_field_errors(*, group: str | None, status: str | None) -> dict[str, str]:
+    errors = {}
+    if group is not None and group not in USER_GROUPS:
+        errors["group"] = f"one of {', '.join(USER_GROUPS)}"
+    if status is not None and status not in USER_STATUSES:
+        errors["status"] = f"one of {', '.join(USER_STATUSES)}"
+    return errors
 
 
 # ----------------------------------------------------------------------------- projects, data
@@ -438,13 +442,17 @@ def submit_once(
     raise AssertionError("unreachable")
 
 
+def get_gold(s: Session, *, task_id: int, prompt_id: int) -> Gold | None:
+    return s.scalar(select(Gold).where(Gold.task_id == task_id, Gold.prompt_id == prompt_id))
+
+
 def set_gold(s: Session, *, task: Task, prompt: Prompt, payload: Any) -> Gold:
     if task.group != "screening":
         raise Invalid({"task": "gold answers belong to screening tasks"})
     clean, errors = validate_payload(task.kind, payload, k=len(prompt.outputs))
     if errors:
         raise Invalid(errors)
-    gold = s.scalar(select(Gold).where(Gold.task_id == task.id, Gold.prompt_id == prompt.id))
+    gold = get_gold(s, task_id=task.id, prompt_id=prompt.id)
     if gold is None:
         gold = Gold(task_id=task.id, prompt_id=prompt.id, payload=clean)
         s.add(gold)

@@ -22,6 +22,7 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 TASK_KINDS = ("write_prompt", "demonstration", "rate", "rank")
 GROUPS = ("training", "heldout", "screening")
 USER_GROUPS = ("training", "heldout")
+USER_STATUSES = ("active", "candidate")  # a candidate sees only screening tasks
 
 
 def now() -> datetime:

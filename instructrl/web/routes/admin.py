@@ -365,17 +365,7 @@ def _gold_target(s, task_id: int, prompt_id: int) -> tuple[Task, Prompt]:
 def gold_page(request: Request, task_id: int, prompt_id: int, user: AdminUser) -> Response:
     with transaction(request) as s:
         task, prompt = _gold_target(s, task_id, prompt_id)
-        gold = next(
-            (
-                g
-                for g in s.scalars(
-                    select(crud.Gold).where(
-                        crud.Gold.task_id == task_id, crud.Gold.prompt_id == prompt_id
-                    )
-                )
-            ),
-            None,
-        )
+        gold = crud.get_gold(s, task_id=task_id, prompt_id=prompt_id)
         values = values_from_payload(gold.payload, len(prompt.outputs)) if gold else {}
         context = task_context(task, prompt, values=values)
     return render(
