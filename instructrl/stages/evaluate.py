@@ -128,11 +128,12 @@ def win_outcomes(
         Item(p, [a.response, b.response], [a.finish_reason, b.finish_reason])
         for p, a, b in zip(prompts, ours, base, strict=True)
     ]
-    outcomes = []
-    for c in panel.rank(items):
-        r = c.ranks()
-        outcomes.append(0.5 if r[0] == r[1] else float(r[0] < r[1]))
-    return outcomes
+    return [_outcome(c.ranks(), 0, 1) for c in panel.rank(items)]
+
+
+def _outcome(ranks: list[int], ours: int, base: int) -> float:
+    """1 when response `ours` ranks above `base`, 0 below, 0.5 for a tie."""
+    return 0.5 if ranks[ours] == ranks[base] else float(ranks[ours] < ranks[base])
 
 
 def human_outcomes(comparisons: list[Comparison], ours: str, base: str) -> list[float]:
@@ -143,9 +144,7 @@ def human_outcomes(comparisons: list[Comparison], ours: str, base: str) -> list[
     for c in comparisons:
         names = c.extra.get("models") or []
         if ours in names and base in names:
-            r = c.ranks()
-            i, j = names.index(ours), names.index(base)
-            outcomes.append(0.5 if r[i] == r[j] else float(r[i] < r[j]))
+            outcomes.append(_outcome(c.ranks(), names.index(ours), names.index(base)))
     return outcomes
 
 
