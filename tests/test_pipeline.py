@@ -95,13 +95,17 @@ def test_sigkilled_stage_resumes(tiny_model_dir, tmp_path):
     proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env)
     checkpoint = tmp_path / "tiny" / "sft" / "checkpoints"
     deadline = time.time() + 120
-    while time.time() < deadline and not any(checkpoint.glob("step-2")):
-        time.sleep(0.02)
+
+    def saved_steps() -> list[int]:  # keep_last=1: a step-N lives only until step N+1 is saved
+        return [int(p.name.split("-")[1]) for p in checkpoint.glob("step-*")]
+
+    while time.time() < deadline and proc.poll() is None and max(saved_steps(), default=0) < 2:
+        time.sleep(0.01)
     proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    assert any(checkpoint.glob("step-*")), "no checkpoint appeared before the kill"
+    _, err = proc.communicate()
+    assert saved_steps(), f"no checkpoint appeared before the kill: {err.decode()[-2000:]}"
     assert not json.loads((tmp_path / "tiny" / "sft" / "manifest.json").read_text())["complete"]
-    saved = max(int(p.name.split("-")[1]) for p in checkpoint.glob("step-*"))
+    saved = max(saved_steps())
     metrics = tmp_path / "tiny" / "sft" / "metrics.jsonl"
     before = [
         line for line in metrics.read_text().splitlines() if json.loads(line)["step"] <= saved
