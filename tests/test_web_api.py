@@ -450,12 +450,13 @@ def test_cli_users_add_and_serve(tmp_path):
     server = subprocess.Popen([*cli, "serve", f"db={url}", f"port={port}"], stderr=subprocess.PIPE)
     try:
         base = f"http://127.0.0.1:{port}"
-        for _ in range(100):
+        page, deadline = None, time.monotonic() + 60
+        while page is None and server.poll() is None and time.monotonic() < deadline:
             try:
                 page = httpx.get(f"{base}/login")
-                break
             except httpx.ConnectError:
                 time.sleep(0.1)
+        assert page is not None, f"serve did not answer: exit {server.poll()}"
         assert page.status_code == 200 and "Sign in" in page.text
         secret = tmp_path / "served.secret"
         assert secret.stat().st_mode & 0o777 == 0o600 and len(secret.read_text().strip()) >= 32
