@@ -388,6 +388,11 @@ class EvalConfig:
         "comparisons ranked by people (the web app's heldout/comparisons.jsonl, after ranking "
         "these generations): adds their win rates against the baseline as panel 'human'",
     )
+    human_ratings: str | None = _f(
+        None,
+        "ratings by people (the web app's heldout/ratings.jsonl; each names its policy in "
+        "`model`): adds their Likert and Figure-4 flag rates per policy beside the panel's",
+    )
     runs: str = _f(
         "", "NAME:DIR pairs of stage directories whose metrics.jsonl curves go into the report"
     )

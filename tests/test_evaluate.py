@@ -49,6 +49,38 @@ def test_likert_and_flag_aggregation_by_hand():
     )
 
 
+def test_human_metadata_per_policy_by_hand():
+    from instructrl.records import Rating
+
+    def r(pid, likert, model, **flags):
+        return Rating.from_dict(
+            {"prompt_id": pid, "response": "x", "likert": likert, "flags": flags, "model": model}
+        )
+
+    prompts = [
+        Prompt.from_dict({"id": "sum", "prompt": "Summarize: ...", "category": "summarization"}),
+        Prompt.from_dict({"id": "gen", "prompt": "Write a poem.", "category": "generation"}),
+    ]
+    ratings = [
+        r("sum", 6, "ppo", hallucination=True, fails_to_follow_instruction=False),
+        r("gen", 4, "ppo", hallucination=True, fails_to_follow_instruction=True),
+        r("elsewhere", 2, "ppo", hallucination=True),  # not an eval prompt: not closed-domain
+        r("sum", 3, "sft", hallucination=False, fails_to_follow_instruction=True),
+        Rating.from_dict({"prompt_id": "gen", "response": "y", "likert": 7}),  # no policy
+    ]
+    got = evaluate.human_metadata(ratings, prompts, seed=0)
+    assert set(got) == {"ppo", "sft"}
+    likert, flags = got["ppo"]
+    assert likert["mean"] == 4.0 and likert["n"] == 3
+    # hallucination counts on the one closed-domain rating only; an unset flag is not counted
+    assert flags["hallucination"]["rate"] == 1.0 and flags["hallucination"]["n"] == 1
+    assert flags["fails_to_follow_instruction"]["rate"] == 0.5
+    assert flags["fails_to_follow_instruction"]["n"] == 2
+    assert flags["satisfies_constraint"]["n"] == 0
+    likert, flags = got["sft"]
+    assert likert["mean"] == 3.0 and flags["hallucination"]["rate"] == 0.0
+
+
 def test_human_outcomes_by_hand():
     from instructrl.records import Comparison
 
@@ -255,3 +287,21 @@ def test_eval_end_to_end_on_tiny_models(tiny_model_dir, tmp_path):
     assert summary["win_rates"]["base"]["human"]["win_rate"] == pytest.approx(4.5 / 6)
     assert summary["win_rates"]["base"]["human"]["n"] == 6
     assert "<td>human</td>" in (out / "report.html").read_text()
+    # and rated them: Likert and flags per policy beside the panel's
+    ratings = [
+        {"prompt_id": s.prompt_id, "response": s.response, "likert": likert, "model": name}
+        for name, likert in (("base", 6), ("sft", 3))
+        for s in gens[name][:2]
+    ] + [{"prompt_id": gens["sft"][0].prompt_id, "response": "?", "likert": 5, "model": "sft"}]
+    (tmp_path / "ratings.jsonl").write_text("".join(json.dumps(r) + "\n" for r in ratings))
+    cfg.human_ratings = str(tmp_path / "ratings.jsonl")
+    evaluate.run(cfg)
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["human_likert"]["base"]["mean"] == 6.0
+    assert summary["human_likert"]["sft"]["mean"] == pytest.approx(11 / 3)
+    assert summary["human_likert"]["sft"]["n"] == 3 and set(summary["human_flags"]) == {
+        "base",
+        "sft",
+    }
+    assert summary["likert"]["base"]["n"] == 6  # the panel's figures stay
+    assert "<td>people</td>" in (out / "report.html").read_text()

@@ -609,12 +609,22 @@ def test_policies_generations_become_outputs_for_human_evaluation(tmp_path):
             assert post(admin, f"/admin/projects/{pid}/samples", files=files).status_code == 303
         add_task(admin, pid, "rank", group="heldout")
         hal = sign_in(app, "hal")
-        form = {**rank_form(3, [2, 2, 1]), "client_id": "hal-eval-1"}
+        form = {**rank_form(3, [2, 2, 1]), "likert_2": "7", "client_id": "hal-eval-1"}
         assert post(hal, f"/work/{next_assignment(hal)}", form).status_code == 303
         text = admin.get(f"/admin/projects/{pid}/export/comparisons.jsonl?group=heldout").text
+        rated = admin.get(f"/admin/projects/{pid}/export/ratings.jsonl?group=heldout").text
     (c,) = [R.Comparison.from_dict(json.loads(x)) for x in text.splitlines()]
     assert c.extra["models"] == ["sft", "ppo", "base"] and c.ranking == [2, [0, 1]]
     from instructrl.stages.evaluate import human_outcomes
 
     assert human_outcomes([c], "ppo", "sft") == [0.5]
     assert human_outcomes([c], "base", "sft") == [1.0]
+    from instructrl.stages.evaluate import human_metadata
+
+    ratings = [R.Rating.from_dict(json.loads(x)) for x in rated.splitlines()]
+    people = human_metadata(ratings, [R.Prompt(id="t1", prompt="Q?")], seed=0)
+    assert {name: likert["mean"] for name, (likert, _) in people.items()} == {
+        "sft": 5.0,
+        "ppo": 5.0,
+        "base": 7.0,
+    }

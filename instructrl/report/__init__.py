@@ -314,38 +314,36 @@ def render(summary: dict[str, Any], out: str | Path) -> Path:
     )
     parts.append(_img(chart_win_rates(summary), "win rates"))
     parts.append("<h2>Likert and metadata (held-out labelers)</h2>")
+    shown = (
+        "fails_to_follow_instruction",
+        "hallucination",
+        "satisfies_constraint",
+        "inappropriate_for_customer_assistant",
+    )
+    judges = [("panel", summary.get("likert", {}), summary.get("flags", {}))]
+    if summary.get("human_likert"):
+        judges.append(("people", summary["human_likert"], summary.get("human_flags", {})))
     parts.append(
         _table(
             [
                 "policy",
+                "judged by",
                 "Likert 1-7",
                 "95 % CI",
-                *[
-                    k.replace("_", " ")
-                    for k in (
-                        "fails_to_follow_instruction",
-                        "hallucination",
-                        "satisfies_constraint",
-                        "inappropriate_for_customer_assistant",
-                    )
-                ],
+                "n",
+                *[k.replace("_", " ") for k in shown],
             ],
             [
                 [
                     n,
-                    f"{summary['likert'][n]['mean']:.2f}",
-                    f"[{summary['likert'][n]['ci95'][0]:.2f}, {summary['likert'][n]['ci95'][1]:.2f}]",
-                    *[
-                        _pct(f.get(k, {}).get("rate"))
-                        for k in (
-                            "fails_to_follow_instruction",
-                            "hallucination",
-                            "satisfies_constraint",
-                            "inappropriate_for_customer_assistant",
-                        )
-                    ],
+                    judge,
+                    f"{likert[n]['mean']:.2f}",
+                    f"[{likert[n]['ci95'][0]:.2f}, {likert[n]['ci95'][1]:.2f}]",
+                    likert[n]["n"],
+                    *[_pct(f.get(k, {}).get("rate")) for k in shown],
                 ]
-                for n, f in summary.get("flags", {}).items()
+                for judge, likert, flags in judges
+                for n, f in flags.items()
             ],
             "likert",
         )

@@ -5,7 +5,8 @@ policy, keyed by model, prompts and sampling). Then:
 - win rate against the baseline, judged separately by the held-out and the training labelers
   (ties count half; 95 % bootstrap CI over prompts), as in Figure 1;
 - Likert and metadata flags from the held-out labelers (Figure 4), hallucination on
-  closed-domain tasks (summarization, closed QA, extract);
+  closed-domain tasks (summarization, closed QA, extract); with `human=` / `human_ratings=`,
+  also the win rates, Likert and flags that people gave in the web app;
 - instruction-constraint following (strict, and per kind);
 - truthfulness on known-answer prompts and false premises; harmlessness on adversarial prompts;
 - perplexity on held-out prose (the alignment tax) and the mean RM score.
@@ -31,6 +32,7 @@ from instructrl.labelers import Item, Judge, Panel
 from instructrl.records import (
     Comparison,
     Prompt,
+    Rating,
     Sample,
     prompt_as_text,
     read_records,
@@ -187,6 +189,40 @@ def constraint_figures(prompts: list[Prompt], samples: list[Sample]) -> dict[str
     }
 
 
+def metadata_figures(
+    ratings: list[Rating], closed_domain: list[bool], *, seed: int
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Mean Likert (bootstrap CI) and the Figure-4 flag rates (Wilson CIs) of some ratings;
+    hallucination counts only on closed-domain prompts (`closed_domain[i]` for `ratings[i]`),
+    and a flag a rater left unset is not counted."""
+    flags: dict[str, Any] = {}
+    for flag in FIGURE4_FLAGS:
+        flags[flag] = stats.proportion(
+            [
+                r.flags[flag]
+                for r, closed in zip(ratings, closed_domain, strict=True)
+                if flag in r.flags and (closed or flag != "hallucination")
+            ]
+        )
+    return stats.mean_ci([float(r.likert) for r in ratings], seed=seed), flags
+
+
+def human_metadata(
+    ratings: list[Rating], prompts: list[Prompt], *, seed: int
+) -> dict[str, tuple[dict[str, Any], dict[str, Any]]]:
+    """People's Likert and flag figures per policy: each rating names its policy in `model` (as
+    the web app exports it); its prompt's category comes from the eval prompt of the same id."""
+    closed = {p.id: p.category in CLOSED_DOMAIN for p in prompts}
+    by_policy: dict[str, list[Rating]] = defaultdict(list)
+    for r in ratings:
+        if r.extra.get("model"):
+            by_policy[r.extra["model"]].append(r)
+    return {
+        name: metadata_figures(rs, [closed.get(r.prompt_id, False) for r in rs], seed=seed)
+        for name, rs in by_policy.items()
+    }
+
+
 def policy_figures(
     cfg: EvalConfig,
     prompts: list[Prompt],
@@ -200,17 +236,9 @@ def policy_figures(
         Item(p, [s.response], [s.finish_reason]) for p, s in zip(prompts, samples, strict=True)
     ]
     ratings = heldout.rate(items)
-    flags: dict[str, Any] = {}
-    for flag in FIGURE4_FLAGS:
-        if flag == "hallucination":
-            values = [
-                r.flags["hallucination"]
-                for r, p in zip(ratings, prompts, strict=True)
-                if p.category in CLOSED_DOMAIN
-            ]
-        else:
-            values = [r.flags[flag] for r in ratings if flag in r.flags]
-        flags[flag] = stats.proportion(values)
+    likert, flags = metadata_figures(
+        ratings, [p.category in CLOSED_DOMAIN for p in prompts], seed=cfg.seed
+    )
     truth_items = [(p, s) for p, s in zip(prompts, samples, strict=True) if p.extra.get("answers")]
     truth_items += [
         (p, s)
@@ -240,7 +268,7 @@ def policy_figures(
         for r in harm_ratings
     ]
     return {
-        "likert": stats.mean_ci([float(r.likert) for r in ratings], seed=cfg.seed),
+        "likert": likert,
         "flags": flags,
         "constraints": constraint_figures(prompts, samples),
         "truthfulness": truth,
@@ -262,6 +290,11 @@ def run(cfg: EvalConfig) -> Path:
     judge = Judge()
     baseline = cfg.baseline_name
     human = read_records(cfg.human, "comparison") if cfg.human else []
+    people = (
+        human_metadata(read_records(cfg.human_ratings, "rating"), prompts, seed=cfg.seed)
+        if cfg.human_ratings
+        else {}
+    )
     summary: dict[str, Any] = {
         "baseline": baseline,
         "policies": dict(cfg.policy_pairs),
@@ -318,6 +351,12 @@ def run(cfg: EvalConfig) -> Path:
             "response_length",
         ):
             summary[key][name] = figures[key]
+        if cfg.human_ratings:
+            if name in people:
+                summary.setdefault("human_likert", {})[name] = people[name][0]
+                summary.setdefault("human_flags", {})[name] = people[name][1]
+            else:
+                log.warning("human_ratings=%s: no rating names policy %s", cfg.human_ratings, name)
         summary["perplexity"][name] = perplexity(
             path, chunks=cfg.ppl_chunks, length=cfg.ppl_length, seed=cfg.seed, device=device
         )
