@@ -569,6 +569,30 @@ def test_repeated_wrong_passwords_lock_the_name(tmp_path):
         assert attempt("bob", PASSWORD) == 303  # other names are not affected
 
 
+def test_sign_in_lock_expires_and_forgets_names():
+    from instructrl.web.routes.auth import FailedSignIns
+
+    now = [0.0]
+    failures = FailedSignIns(limit=3, window_s=10.0, clock=lambda: now[0])
+    for t in (0.0, 4.0, 8.0):
+        now[0] = t
+        assert not failures.locked("ann")
+        failures.failed("ann")
+    assert failures.locked("ann") and not failures.locked("bob")
+    now[0] = 10.0  # the failure at 0 s leaves the window: 2 of 3
+    assert not failures.locked("ann")
+    failures.failed("ann")
+    assert failures.locked("ann")
+    failures.clear("ann")  # a successful sign-in
+    assert not failures.locked("ann")
+    for i in range(FailedSignIns.SWEEP_AT):  # guessing many names
+        failures.failed(f"name-{i}")
+    assert len(failures._times) == FailedSignIns.SWEEP_AT
+    now[0] = 30.0
+    failures.failed("last")  # sweeps the expired names
+    assert list(failures._times) == ["last"]
+
+
 def test_heldout_labelers_are_exported_apart(tmp_path):
     url = f"sqlite:///{tmp_path / 'f.db'}"
     with app_for(url) as (app, _client):

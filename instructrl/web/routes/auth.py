@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections import defaultdict, deque
+from collections import deque
 
 from fastapi import APIRouter, Request
 from fastapi.responses import RedirectResponse, Response
@@ -37,27 +37,35 @@ def login_page(request: Request, next: str = "/") -> Response:
 
 class FailedSignIns:
     """Failed sign-ins per user name in a sliding window: past `limit`, the name is locked for
-    the rest of the window (slows password guessing; per process, forgotten on restart)."""
+    the rest of the window (slows password guessing; per process, forgotten on restart). Names
+    whose failures have all expired are dropped, so guessing many names costs no lasting memory."""
 
-    def __init__(self, limit: int = 10, window_s: float = 900.0):
-        self.limit, self.window_s = limit, window_s
-        self._times: dict[str, deque[float]] = defaultdict(deque)
+    SWEEP_AT = 1024  # names held before expired ones are swept
+
+    def __init__(self, limit: int = 10, window_s: float = 900.0, clock=time.monotonic):
+        self.limit, self.window_s, self.clock = limit, window_s, clock
+        self._times: dict[str, deque[float]] = {}
         self._lock = threading.Lock()
 
-    def _recent(self, name: str, now: float) -> deque[float]:
-        times = self._times[name]
-        while times and times[0] < now - self.window_s:
+    def _recent(self, name: str, now: float) -> int:
+        times = self._times.get(name)
+        while times and times[0] <= now - self.window_s:
             times.popleft()
-        return times
+        if times is not None and not times:
+            del self._times[name]
+        return len(times or ())
 
     def locked(self, name: str) -> bool:
         with self._lock:
-            return len(self._recent(name, time.monotonic())) >= self.limit
+            return self._recent(name, self.clock()) >= self.limit
 
     def failed(self, name: str) -> None:
         with self._lock:
-            now = time.monotonic()
-            self._recent(name, now).append(now)
+            now = self.clock()
+            if len(self._times) >= self.SWEEP_AT:
+                for other in list(self._times):
+                    self._recent(other, now)
+            self._times.setdefault(name, deque()).append(now)
 
     def clear(self, name: str) -> None:
         with self._lock:
