@@ -304,4 +304,7 @@ def test_eval_end_to_end_on_tiny_models(tiny_model_dir, tmp_path):
         "sft",
     }
     assert summary["likert"]["base"]["n"] == 6  # the panel's figures stay
-    assert "<td>people</td>" in (out / "report.html").read_text()
+    html = (out / "report.html").read_text()
+    assert "<td>people</td>" in html
+    (chart,) = re.findall(r'alt="metadata from people" src="data:image/png;base64,([^"]+)"', html)
+    assert base64.b64decode(chart).startswith(b"\x89PNG")

@@ -174,8 +174,9 @@ def chart_win_rates(summary: dict[str, Any]) -> str | None:
     return _png(fig)
 
 
-def chart_flags(summary: dict[str, Any]) -> str | None:
-    flags = summary.get("flags", {})
+def chart_flags(
+    flags: dict[str, Any], title: str = "Metadata from held-out labelers (paper Figure 4)"
+) -> str | None:
     if not flags:
         return None
     plt = _plt()
@@ -204,7 +205,7 @@ def chart_flags(summary: dict[str, Any]) -> str | None:
         ax.bar(names, rates, yerr=[lo, hi], capsize=3, color="#55a868")
         ax.set_ylim(0, 1)
         ax.set_title(key.replace("_", " "), fontsize=9)
-    fig.suptitle("Metadata from held-out labelers (paper Figure 4)")
+    fig.suptitle(title, y=1.04)  # above the panel titles
     return _png(fig)
 
 
@@ -348,7 +349,13 @@ def render(summary: dict[str, Any], out: str | Path) -> Path:
             "likert",
         )
     )
-    parts.append(_img(chart_flags(summary), "metadata"))
+    parts.append(_img(chart_flags(summary.get("flags", {})), "metadata"))
+    parts.append(
+        _img(
+            chart_flags(summary.get("human_flags", {}), "Metadata from people (held-out group)"),
+            "metadata from people",
+        )
+    )
     parts.append("<h2>Instruction constraints, truthfulness, harmlessness</h2>")
     parts.append(
         _table(
