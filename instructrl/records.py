@@ -40,6 +40,13 @@ FLAGS = (
     "expresses_opinion",
     "expresses_moral_judgment",
 )
+# The four of them that the paper's Figure 4 plots (the evaluation and its report).
+FIGURE4_FLAGS = (
+    "fails_to_follow_instruction",
+    "hallucination",
+    "satisfies_constraint",
+    "inappropriate_for_customer_assistant",
+)
 
 Messages = list[dict[str, str]]
 PromptText = Union[str, Messages]  # noqa: UP007 (readable alias)

@@ -13,6 +13,8 @@ import json
 from pathlib import Path
 from typing import Any
 
+from instructrl.records import FIGURE4_FLAGS
+
 PAPER = {
     "agreement_train": "72.6 ± 1.5 %",
     "agreement_heldout": "77.3 ± 1.3 %",
@@ -181,16 +183,7 @@ def chart_flags(
         return None
     plt = _plt()
     names = list(flags)
-    keys = [
-        k
-        for k in (
-            "fails_to_follow_instruction",
-            "hallucination",
-            "satisfies_constraint",
-            "inappropriate_for_customer_assistant",
-        )
-        if any(k in flags[n] for n in names)
-    ]
+    keys = [k for k in FIGURE4_FLAGS if any(k in flags[n] for n in names)]
     fig, axes = plt.subplots(1, len(keys), figsize=(3.2 * len(keys), 3.2), squeeze=False)
     for ax, key in zip(axes[0], keys, strict=True):
         rates = [flags[n].get(key, {}).get("rate", 0.0) for n in names]
@@ -315,12 +308,6 @@ def render(summary: dict[str, Any], out: str | Path) -> Path:
     )
     parts.append(_img(chart_win_rates(summary), "win rates"))
     parts.append("<h2>Likert and metadata (held-out labelers)</h2>")
-    shown = (
-        "fails_to_follow_instruction",
-        "hallucination",
-        "satisfies_constraint",
-        "inappropriate_for_customer_assistant",
-    )
     judges = [("panel", summary.get("likert", {}), summary.get("flags", {}))]
     if summary.get("human_likert"):
         judges.append(("people", summary["human_likert"], summary.get("human_flags", {})))
@@ -332,7 +319,7 @@ def render(summary: dict[str, Any], out: str | Path) -> Path:
                 "Likert 1-7",
                 "95 % CI",
                 "n",
-                *[k.replace("_", " ") for k in shown],
+                *[k.replace("_", " ") for k in FIGURE4_FLAGS],
             ],
             [
                 [
@@ -341,7 +328,7 @@ def render(summary: dict[str, Any], out: str | Path) -> Path:
                     f"{likert[n]['mean']:.2f}",
                     f"[{likert[n]['ci95'][0]:.2f}, {likert[n]['ci95'][1]:.2f}]",
                     likert[n]["n"],
-                    *[_pct(f.get(k, {}).get("rate")) for k in shown],
+                    *[_pct(f.get(k, {}).get("rate")) for k in FIGURE4_FLAGS],
                 ]
                 for judge, likert, flags in judges
                 for n, f in flags.items()

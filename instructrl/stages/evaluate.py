@@ -28,8 +28,9 @@ import torch
 from instructrl import constraints as C
 from instructrl import data, models, rollout, stats
 from instructrl.config import EvalConfig, save_config
-from instructrl.labelers import Item, Judge, Panel
+from instructrl.labelers import CLOSED_DOMAIN, Item, Judge, Panel
 from instructrl.records import (
+    FIGURE4_FLAGS,
     Comparison,
     Prompt,
     Rating,
@@ -40,13 +41,6 @@ from instructrl.records import (
 )
 
 log = logging.getLogger(__name__)
-FIGURE4_FLAGS = (
-    "fails_to_follow_instruction",
-    "hallucination",
-    "satisfies_constraint",
-    "inappropriate_for_customer_assistant",
-)
-CLOSED_DOMAIN = ("summarization", "closed_qa", "extract")
 
 
 def load_eval_prompts(cfg: EvalConfig) -> tuple[list[Prompt], list[Prompt]]:
