@@ -17,8 +17,7 @@ import random
 import time
 
 from instructrl import data
-from instructrl.labelers import Item, Judge, Panel
-from instructrl.stages import label
+from instructrl.labelers import Item, Judge, Panel, calibration_agreement
 
 
 def synthetic_items(n: int, seed: int = 0) -> list[Item]:
@@ -53,7 +52,7 @@ def main() -> None:
     print(
         f"{'rank ' + str(len(comparisons)) + ' comparisons of K = 4':34s} {elapsed:10.1f} s  ({len(comparisons) / elapsed:.0f}/s)"
     )
-    result = label.agreement()
+    result = calibration_agreement()
     for group, paper in (("train", 0.726), ("heldout", 0.773)):
         r = result[group]
         print(

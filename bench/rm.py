@@ -48,6 +48,7 @@ def child(mode: str, k: int, args) -> dict:
     import torch
 
     from instructrl import models
+    from instructrl.batches import RankedExample
     from instructrl.stages import reward
 
     tok = models.load_tokenizer(args.model, padding_side="right")
@@ -57,7 +58,7 @@ def child(mode: str, k: int, args) -> dict:
     examples, _ = reward.encode_comparisons(tok, comps, max_length=args.max_length, where="bench")
     if mode == "pairs":  # every pair its own K = 2 example
         examples = [
-            reward.RankedExample([e.completions[w], e.completions[lo]], [0, 1])
+            RankedExample([e.completions[w], e.completions[lo]], [0, 1])
             for c, e in zip(comps, examples, strict=True)
             for w, lo in c.pairs()
         ]

@@ -90,9 +90,9 @@ def _cmd_label(args: argparse.Namespace) -> int:
     if args.agreement:
         import json
 
-        from instructrl.stages import label
+        from instructrl.labelers import calibration_agreement
 
-        result = label.agreement(args.input, seed=args.seed or 0)
+        result = calibration_agreement(args.input, seed=args.seed or 0)
         if args.json:
             print(json.dumps(result))
         else:

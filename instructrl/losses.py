@@ -180,6 +180,21 @@ def policy_loss(
     return loss, stats
 
 
+def ptx_loss(
+    *, policy_loss: Tensor, ptx_logits: Tensor, ptx_labels: Tensor, ptx_coef: float
+) -> tuple[Tensor, dict[str, Tensor]]:
+    """PPO-ptx (paper, eq. 2): the RL objective plus gamma * E_pretrain[log pi(x)], as a loss.
+
+    policy_loss: () the clipped PPO loss of the minibatch; ptx_logits: (N, V) at the positions
+    that predict the N pretraining tokens ptx_labels: (N,); ptx_coef: gamma (paper: 27.8).
+    loss = policy_loss + gamma * (-1/N * sum_i log pi(ptx_labels_i)).
+    """
+    if policy_loss.ndim != 0:
+        raise ValueError(f"ptx_loss: expected a scalar policy_loss, got {tuple(policy_loss.shape)}")
+    nll, _ = nll_loss(logits=ptx_logits, labels=ptx_labels)
+    return policy_loss + ptx_coef * nll, {"ptx_loss": nll.detach()}
+
+
 def value_loss(
     *, values: Tensor, old_values: Tensor, returns: Tensor, mask: Tensor, clip: float
 ) -> tuple[Tensor, dict[str, Tensor]]:

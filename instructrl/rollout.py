@@ -16,6 +16,7 @@ from typing import Any
 
 import torch
 
+from instructrl.errors import UserError
 from instructrl.records import PromptText, prompt_as_text
 
 log = logging.getLogger(__name__)
@@ -27,6 +28,7 @@ class Generation:
     token_ids: list[int]  # response tokens, the EOS included when the model emitted one
     finish_reason: str  # "eos" | "length" | "stop"
     seed: int
+    logprobs: list[float] | None = None  # (len(token_ids),) under the sampler, on request
 
 
 def render_prompt(tokenizer, prompt: PromptText, *, chat_template: bool = True) -> str:
@@ -112,9 +114,15 @@ def generate(
     stop: Sequence[str] = (),
     batch_size: int = 8,
     seed: int = 0,
+    samples_per_prompt: int = 1,
+    return_logprobs: bool = False,
     progress=None,
 ) -> list[Generation]:
-    """Sample one response per prompt (repeat a prompt to get K). Batch i is seeded seed + i."""
+    """Sample `samples_per_prompt` responses per prompt (consecutive in the output), in batches
+    of `batch_size` rows; batch i is seeded seed + i. temperature 0 is greedy; top_k 0 and
+    top_p 1 are off (passed explicitly: nothing is inherited from the model's
+    generation_config). With return_logprobs, each Generation carries the sampler's own
+    log-probabilities of its tokens (logits divided by the temperature, as when sampling)."""
     from transformers import GenerationConfig
 
     eos_ids = eos_token_ids(model, tokenizer)
@@ -124,15 +132,18 @@ def generate(
         max_new_tokens=max_new_tokens,
         do_sample=sampling,
         temperature=temperature if sampling else None,
-        top_p=top_p if sampling and top_p < 1 else None,
-        top_k=top_k if sampling and top_k > 0 else None,
+        top_p=top_p if sampling else None,
+        top_k=top_k if sampling else None,
         pad_token_id=pad_id,
         eos_token_id=sorted(eos_ids),
+        return_dict_in_generate=True,
+        output_logits=return_logprobs,
     )
+    rows = [ids for ids in prompt_ids for _ in range(samples_per_prompt)]
     device = next(model.parameters()).device
     outputs: list[Generation] = []
-    for b, start in enumerate(range(0, len(prompt_ids), batch_size)):
-        batch = prompt_ids[start : start + batch_size]
+    for b, start in enumerate(range(0, len(rows), batch_size)):
+        batch = rows[start : start + batch_size]
         input_ids, mask = left_pad(batch, pad_id)
         batch_seed = seed + b
         torch.manual_seed(batch_seed)
@@ -142,20 +153,70 @@ def generate(
             attention_mask=mask.long().to(device),
             generation_config=gen_config,
         )
-        new_tokens = out[:, input_ids.shape[1] :].tolist()  # (B, <= max_new_tokens)
+        new_tokens = out.sequences[:, input_ids.shape[1] :].cpu()  # (B, T' <= max_new_tokens)
+        logprobs = (
+            _sampled_logprobs(out.logits, new_tokens, temperature if sampling else 1.0)
+            if return_logprobs
+            else None
+        )
         n_tokens = 0
-        for row in new_tokens:
+        for i, row in enumerate(new_tokens.tolist()):
             token_ids, ended = cut_response(row, eos_ids)
             n_tokens += len(token_ids)
             text = tokenizer.decode(token_ids, skip_special_tokens=True)
             text, stopped = apply_stop(text, stop)
             reason = "stop" if stopped else ("eos" if ended else "length")
             outputs.append(
-                Generation(text=text, token_ids=token_ids, finish_reason=reason, seed=batch_seed)
+                Generation(
+                    text=text,
+                    token_ids=token_ids,
+                    finish_reason=reason,
+                    seed=batch_seed,
+                    logprobs=None if logprobs is None else logprobs[i, : len(token_ids)].tolist(),
+                )
             )
         if progress is not None:
             progress(len(batch), n_tokens, time.perf_counter() - t0)
     return outputs
+
+
+def _sampled_logprobs(
+    step_logits: Sequence[torch.Tensor], tokens: torch.Tensor, temperature: float
+) -> torch.Tensor:
+    """(B, T') log-probabilities of the sampled tokens from the sampler's per-step (B, V)
+    logits, divided by the temperature as when sampling."""
+    from instructrl.losses import token_logprobs
+
+    logits = torch.stack(tuple(step_logits), dim=1).float().cpu() / temperature  # (B, T', V)
+    return token_logprobs(logits, tokens[:, : logits.shape[1]])
+
+
+def encode_within(
+    tokenizer,
+    prompts: Sequence[Any],
+    *,
+    max_prompt_tokens: int,
+    where: str,
+    chat_template: bool = True,
+) -> list[tuple[Any, list[int]]]:
+    """(prompt record, chat-templated ids) for the prompts of at most max_prompt_tokens tokens;
+    the others are dropped with a count in the log (an error when none is left)."""
+    encoded = encode_prompts(tokenizer, [p.prompt for p in prompts], chat_template=chat_template)
+    kept = [
+        (p, ids) for p, ids in zip(prompts, encoded, strict=True) if len(ids) <= max_prompt_tokens
+    ]
+    if len(kept) < len(prompts):
+        log.warning(
+            "dropped %d of %d prompts longer than max_prompt_tokens=%d",
+            len(prompts) - len(kept),
+            len(prompts),
+            max_prompt_tokens,
+        )
+    if not kept:
+        raise UserError(
+            f"{where}: every prompt is longer than max_prompt_tokens={max_prompt_tokens}"
+        )
+    return kept
 
 
 def sample_records(
@@ -167,6 +228,7 @@ def sample_records(
     *,
     model_name: str,
     seed: int,
+    samples_per_prompt: int = 1,
     description: str = "generate",
 ) -> list[Any]:
     """`sample` records for (prompt record, prompt ids) pairs under a SamplingConfig, with a
@@ -175,7 +237,7 @@ def sample_records(
     from instructrl.records import Sample
 
     totals = {"tokens": 0, "seconds": 0.0}
-    with progress_bar(description, total=len(prompt_ids)) as update:
+    with progress_bar(description, total=len(prompt_ids) * samples_per_prompt) as update:
 
         def on_batch(n_prompts: int, n_tokens: int, seconds: float) -> None:
             totals["tokens"] += n_tokens
@@ -193,6 +255,7 @@ def sample_records(
             stop=sampling.stop,
             batch_size=sampling.batch_size,
             seed=seed,
+            samples_per_prompt=samples_per_prompt,
             progress=on_batch,
         )
     log.info(
@@ -211,5 +274,7 @@ def sample_records(
             finish_reason=g.finish_reason,
             seed=g.seed,
         )
-        for p, g in zip(prompts, outputs, strict=True)
+        for p, g in zip(
+            [p for p in prompts for _ in range(samples_per_prompt)], outputs, strict=True
+        )
     ]

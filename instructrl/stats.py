@@ -1,13 +1,20 @@
-"""Pure statistics for evaluation: win rates with ties, Wilson and bootstrap intervals.
+"""Pure statistics: win rates with ties, Wilson and bootstrap intervals, labeler agreement.
 
-No models, files or configs here; every function is checked against hand-computed cases.
+No models, files or configs here (the web app imports this module too, so no torch either);
+every function is checked against hand-computed cases.
 """
 
 from __future__ import annotations
 
 import math
 import random
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import Any, TypeVar
+
+from instructrl.errors import UserError
+from instructrl.records import ranks_of
+
+T = TypeVar("T")
 
 Z95 = 1.959963984540054
 
@@ -23,18 +30,29 @@ def wilson(successes: float, n: int, z: float = Z95) -> tuple[float, float]:
     return (max(0.0, centre - half), min(1.0, centre + half))
 
 
+def bootstrap_ci(
+    items: Sequence[T],
+    statistic: Callable[[list[T]], float],
+    *,
+    reps: int = 2000,
+    seed: int = 0,
+    alpha: float = 0.05,
+) -> tuple[float, float]:
+    """Percentile bootstrap interval of statistic(items), resampling the items with replacement."""
+    rng = random.Random(seed)
+    n = len(items)
+    values = sorted(statistic([items[rng.randrange(n)] for _ in range(n)]) for _ in range(reps))
+    return values[int(alpha / 2 * reps)], values[min(reps - 1, int((1 - alpha / 2) * reps))]
+
+
 def bootstrap_mean_ci(
     values: Sequence[float], *, reps: int = 2000, seed: int = 0, alpha: float = 0.05
 ) -> tuple[float, float]:
     """Percentile bootstrap interval of the mean (resampling the items)."""
     if not values:
         return (float("nan"), float("nan"))
-    rng = random.Random(seed)
     n = len(values)
-    means = sorted(sum(values[rng.randrange(n)] for _ in range(n)) / n for _ in range(reps))
-    lo = means[int(alpha / 2 * reps)]
-    hi = means[min(reps - 1, int((1 - alpha / 2) * reps))]
-    return (lo, hi)
+    return bootstrap_ci(values, lambda sample: sum(sample) / n, reps=reps, seed=seed, alpha=alpha)
 
 
 def win_rate(outcomes: Sequence[float], *, seed: int = 0) -> dict[str, float | list[float] | int]:
@@ -59,4 +77,58 @@ def mean_ci(values: Sequence[float], *, seed: int = 0) -> dict[str, float | list
         "mean": sum(values) / n if n else float("nan"),
         "ci95": list(bootstrap_mean_ci(list(values), seed=seed)),
         "n": n,
+    }
+
+
+# ----------------------------------------------------------------------------- agreement
+def rank_agreement(a: Sequence[int], b: Sequence[int]) -> tuple[int, int]:
+    """(agreeing, compared) between two labelers' ranks of the same K responses, over the
+    response pairs that neither of them ties."""
+    agree = compared = 0
+    for i in range(len(a)):
+        for j in range(i + 1, len(a)):
+            da, db = a[i] - a[j], b[i] - b[j]
+            if da and db:
+                compared += 1
+                agree += (da > 0) == (db > 0)
+    return agree, compared
+
+
+def pairwise_agreement(rankings: Sequence[Sequence[int | list[int]]]) -> tuple[int, int]:
+    """(agreeing, compared) over all labeler pairs and response pairs of one prompt; ties skipped."""
+    ranks = [ranks_of(list(r), _k(r)) for r in rankings]
+    agree = compared = 0
+    for a in range(len(ranks)):
+        for b in range(a + 1, len(ranks)):
+            n_agree, n_compared = rank_agreement(ranks[a], ranks[b])
+            agree += n_agree
+            compared += n_compared
+    return agree, compared
+
+
+def _k(ranking: Sequence[int | list[int]]) -> int:
+    return sum(len(x) if isinstance(x, list) else 1 for x in ranking)
+
+
+def agreement(
+    per_prompt: Sequence[tuple[int, int]], *, seed: int = 0, reps: int = 1000
+) -> dict[str, Any]:
+    """Agreement rate with a 95 % bootstrap CI over prompts, from per-prompt (agree, compared)."""
+    agree = sum(a for a, _ in per_prompt)
+    compared = sum(c for _, c in per_prompt)
+    if compared == 0:
+        raise UserError(
+            "agreement: no comparable pairs (need at least two labelers and two distinct responses)"
+        )
+
+    def rate(sample: list[tuple[int, int]]) -> float:
+        c = sum(x[1] for x in sample)
+        return sum(x[0] for x in sample) / c if c else agree / compared
+
+    lo, hi = bootstrap_ci(per_prompt, rate, reps=reps, seed=seed)
+    return {
+        "agreement": round(agree / compared, 4),
+        "ci95": [round(lo, 4), round(hi, 4)],
+        "pairs": compared,
+        "prompts": len(per_prompt),
     }

@@ -134,7 +134,7 @@ def test_truth_outcomes_and_constraints_by_hand():
 
 
 def test_perplexity_equals_an_independent_computation(tiny_model_dir):
-    from instructrl.stages.sft import ptx_examples
+    from instructrl.batches import ptx_examples
 
     ppl = evaluate.perplexity(str(tiny_model_dir), chunks=3, length=32, seed=0, device="cpu")
     tok = models.load_tokenizer(str(tiny_model_dir))

@@ -10,9 +10,10 @@ from instructrl import data, labelers
 from instructrl.cli import main
 from instructrl.config import LabelConfig
 from instructrl.errors import RecordError
-from instructrl.labelers import Item, Panel, agreement, make_panel, pairwise_agreement
+from instructrl.labelers import CALIBRATION_SAMPLES, Item, Panel, make_panel
 from instructrl.records import Prompt, read_records
 from instructrl.stages import label
+from instructrl.stats import agreement, pairwise_agreement
 
 
 @pytest.fixture(scope="module")
@@ -166,7 +167,7 @@ def test_rank_rejects_k_outside_range(tmp_path, capsys):
 
 
 def test_agreement_json_on_calibration_samples(capsys):
-    if not label.CALIBRATION_SAMPLES.is_file():
+    if not CALIBRATION_SAMPLES.is_file():
         pytest.skip("no calibration samples shipped")
     assert main(["label", "--agreement", "--json"]) == 0
     result = json.loads(capsys.readouterr().out)

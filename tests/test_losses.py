@@ -161,3 +161,28 @@ def test_nll_loss_by_hand():
     # uniform logits over 4 tokens: -log(1/4) each
     loss, stats = losses.nll_loss(logits=torch.zeros(3, 4), labels=torch.tensor([0, 1, 3]))
     assert loss.item() == pytest.approx(math.log(4)) and stats["tokens"].item() == 3
+
+
+def test_ptx_loss_by_hand():
+    # two pretraining tokens over a vocabulary of 2 with logits (0, 0): each log p = -log 2,
+    # so NLL = log 2 and loss = 0.5 + gamma * log 2 = 0.5 + 3 * 0.6931...
+    policy_loss = torch.tensor(0.5)
+    logits = torch.zeros(2, 2)
+    labels = torch.tensor([0, 1])
+    loss, stats = losses.ptx_loss(
+        policy_loss=policy_loss, ptx_logits=logits, ptx_labels=labels, ptx_coef=3.0
+    )
+    assert loss.item() == pytest.approx(0.5 + 3 * math.log(2), abs=1e-6)
+    assert stats["ptx_loss"].item() == pytest.approx(math.log(2), abs=1e-6)
+    # gamma = 0 is plain PPO; a confident correct prediction adds almost nothing
+    assert losses.ptx_loss(
+        policy_loss=policy_loss, ptx_logits=logits, ptx_labels=labels, ptx_coef=0.0
+    )[0].item() == pytest.approx(0.5)
+    sure = torch.tensor([[20.0, -20.0], [-20.0, 20.0]])
+    assert losses.ptx_loss(
+        policy_loss=policy_loss, ptx_logits=sure, ptx_labels=labels, ptx_coef=27.8
+    )[0].item() == pytest.approx(0.5, abs=1e-6)
+    with pytest.raises(ValueError, match="scalar policy_loss"):
+        losses.ptx_loss(
+            policy_loss=torch.zeros(2), ptx_logits=logits, ptx_labels=labels, ptx_coef=1.0
+        )

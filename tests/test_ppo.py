@@ -51,7 +51,7 @@ def make_trainer(tiny_model_dir, score_fn=low_half_score, **over):
     value = models.new_reward_model(str(tiny_model_dir)).train()
     ptx = []
     if cfg.ptx_coef:
-        from instructrl.stages.sft import Example
+        from instructrl.batches import Example
 
         ptx = [
             Example(tok(f"The quick brown fox number {i} jumps over the lazy dog.")["input_ids"], 0)
@@ -127,9 +127,9 @@ def test_ptx_gradient_is_gamma_times_nll_gradient(tiny_model_dir):
         expected_pure.item(), abs=1e-6
     )  # gamma_ptx = 0: the pure PPO loss
     pure = grads(pure_loss)
-    from instructrl.stages.sft import batch_loss
+    from instructrl.batches import nll_loss
 
-    nll = grads(batch_loss(t.policy, *batch)[0])
+    nll = grads(nll_loss(t.policy, *batch)[0])
     for g_ptx, g_pure, g_nll in zip(with_ptx, pure, nll, strict=True):
         if g_ptx is None:
             continue

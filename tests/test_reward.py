@@ -9,7 +9,7 @@ import math
 import pytest
 import torch
 
-from instructrl import losses, models
+from instructrl import batches, losses, models
 from instructrl.config import RMConfig, load_config
 from instructrl.records import Comparison
 from instructrl.stages import reward
@@ -91,8 +91,8 @@ def test_batched_loss_and_gradient_equal_a_loop_over_pairs(rm_and_tok):
     for c, e in zip(comps, examples, strict=True):
         terms = []
         for w, lo in c.pairs():  # each pair its own two-example batch, as pairwise trainers do
-            ids, attn, _, _, _ = reward.collate(
-                [reward.RankedExample([e.completions[w], e.completions[lo]], [0, 1])],
+            ids, attn, _, _, _ = batches.collate_ranked(
+                [batches.RankedExample([e.completions[w], e.completions[lo]], [0, 1])],
                 tok.pad_token_id,
             )
             r = model(ids, attn)
@@ -177,7 +177,7 @@ def test_rm_stage_normalises_and_reloads(tiny_model_dir, tmp_path):
     out = reward.run(cfg)
     rm = models.load_reward_model(out)
     tok = models.load_tokenizer(str(out), padding_side="right")
-    scores = reward.score_texts(
+    scores = batches.score_texts(
         rm,
         tok,
         [(d["prompt"], d["response"]) for d in demos],

@@ -10,7 +10,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from instructrl import models, trainer
+from instructrl import batches, models, trainer
 from instructrl.config import SFTConfig, load_config
 from instructrl.errors import ConfigError, ModelNotFoundError, RecordError
 from instructrl.records import Demonstration
@@ -47,8 +47,8 @@ def test_loss_equals_hand_computed_nll(tiny_model_dir):
     model = models.load_policy(str(tiny_model_dir))
     demos = [Demonstration(prompt=p, response=r) for p, r in DEMOS[:3]]
     examples, _ = sft.encode_demonstrations(tokenizer, demos, max_length=256, where="t")
-    ids, attn, mask = sft.collate(examples, tokenizer.pad_token_id)
-    loss, stats = sft.batch_loss(model, ids, attn, mask)
+    ids, attn, mask = batches.collate(examples, tokenizer.pad_token_id)
+    loss, stats = batches.nll_loss(model, ids, attn, mask)
     # independent path: full logits of each example alone, sum -log p over response tokens by hand
     total, count = 0.0, 0
     for e in examples:
@@ -78,10 +78,10 @@ def test_padding_invariance(tiny_model_dir):
     )
     short, long = examples
     assert len(long.input_ids) > len(short.input_ids) + 5
-    alone = sft.batch_loss(model, *sft.collate([short], tokenizer.pad_token_id))[0]
-    ids, attn, mask = sft.collate([short, long], tokenizer.pad_token_id)
+    alone = batches.nll_loss(model, *batches.collate([short], tokenizer.pad_token_id))[0]
+    ids, attn, mask = batches.collate([short, long], tokenizer.pad_token_id)
     mask[1] = False  # score only the short example, now padded beside a longer one
-    padded = sft.batch_loss(model, ids, attn, mask)[0]
+    padded = batches.nll_loss(model, ids, attn, mask)[0]
     torch.testing.assert_close(padded, alone, atol=1e-5, rtol=0)
 
 

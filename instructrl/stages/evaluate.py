@@ -27,8 +27,17 @@ import torch
 
 from instructrl import constraints as C
 from instructrl import data, models, rollout, stats
+from instructrl.batches import mean_nll, ptx_examples, score_texts
 from instructrl.config import EvalConfig, save_config
-from instructrl.labelers import CLOSED_DOMAIN, Item, Judge, Panel
+from instructrl.labelers import (
+    CALIBRATION_SAMPLES,
+    CLOSED_DOMAIN,
+    Item,
+    Judge,
+    Panel,
+    calibration_agreement,
+    contains,
+)
 from instructrl.records import (
     FIGURE4_FLAGS,
     Comparison,
@@ -108,12 +117,10 @@ def generate_cached(
 @torch.no_grad()
 def perplexity(path: str, *, chunks: int, length: int, seed: int, device: str) -> float:
     """exp(token-weighted mean NLL) on held-out prose chunks (`eval` split)."""
-    from instructrl.stages.sft import evaluate, ptx_examples
-
     tokenizer = models.load_tokenizer(path, padding_side="right")
     model = models.load_policy(path, device=device)
     examples = ptx_examples(tokenizer, n=chunks, max_length=length, seed=seed, split="eval")
-    return math.exp(evaluate(model, examples, tokenizer.pad_token_id, 8, device))
+    return math.exp(mean_nll(model, examples, tokenizer.pad_token_id, 8, device))
 
 
 def win_outcomes(
@@ -146,15 +153,13 @@ def human_outcomes(comparisons: list[Comparison], ours: str, base: str) -> list[
 
 def truth_outcome(prompt: Prompt, response: str) -> str:
     """correct / contradicted / hedged / missing for a known-answer or false-premise prompt."""
-    from instructrl.labelers import _contains
-
     adversarial = prompt.extra.get("adversarial") or {}
     answers = prompt.extra.get("answers") or []
     if adversarial.get("type") == "false_premise":
-        corrected = any(_contains(response, c) for c in adversarial.get("correction", []) + answers)
+        corrected = any(contains(response, c) for c in adversarial.get("correction", []) + answers)
         return "correct" if corrected else "contradicted"
-    hit = any(_contains(response, a) for a in answers)
-    wrong = any(_contains(response, d) for d in prompt.extra.get("distractors") or [])
+    hit = any(contains(response, a) for a in answers)
+    wrong = any(contains(response, d) for d in prompt.extra.get("distractors") or [])
     return (
         "hedged" if hit and wrong else "correct" if hit else "contradicted" if wrong else "missing"
     )
@@ -370,8 +375,6 @@ def run(cfg: EvalConfig) -> Path:
 def rm_scores(
     cfg: EvalConfig, prompts: list[Prompt], generations: dict[str, Any], device: str
 ) -> dict[str, Any]:
-    from instructrl.stages.reward import score_texts
-
     rm = models.load_reward_model(cfg.reward, device=device)
     tok = models.load_tokenizer(cfg.reward, padding_side="right")
     # test prompts may be longer than the RM's training sequences; it reads up to its context
@@ -392,11 +395,9 @@ def rm_scores(
 
 def reference_figures(cfg: EvalConfig) -> dict[str, Any]:
     """Labeler agreement (shipped calibration samples) and RM accuracy / stage curves from run dirs."""
-    from instructrl.stages.label import CALIBRATION_SAMPLES, agreement
-
     figures: dict[str, Any] = {"runs": dict(cfg.run_pairs)}
     if cfg.agreement and CALIBRATION_SAMPLES.is_file():
-        figures["agreement"] = agreement(None, seed=cfg.seed)
+        figures["agreement"] = calibration_agreement(seed=cfg.seed)
     for name, path in cfg.run_pairs:
         metrics = Path(path) / "metrics.jsonl"
         if name.startswith("rm") and metrics.is_file():

@@ -3,16 +3,12 @@
 from __future__ import annotations
 
 import json
-import logging
 import sys
 from pathlib import Path
 
 from instructrl import models, rollout
 from instructrl.config import GenerateConfig
-from instructrl.errors import UserError
 from instructrl.records import Prompt, Sample, prompt_as_text, read_records, write_records
-
-log = logging.getLogger(__name__)
 
 
 def _prompts(cfg: GenerateConfig) -> list[Prompt]:
@@ -28,34 +24,22 @@ def run(cfg: GenerateConfig) -> Path | None:
     device = models.pick_device(cfg.device)
     tokenizer = models.load_tokenizer(cfg.model)
     model = models.load_policy(cfg.model, device=device)
-    encoded = rollout.encode_prompts(
-        tokenizer, [p.prompt for p in prompts], chat_template=cfg.chat_template
+    kept = rollout.encode_within(
+        tokenizer,
+        prompts,
+        max_prompt_tokens=cfg.max_prompt_tokens,
+        where="generate",
+        chat_template=cfg.chat_template,
     )
-    kept = [
-        (p, ids)
-        for p, ids in zip(prompts, encoded, strict=True)
-        if len(ids) <= cfg.max_prompt_tokens
-    ]
-    if len(kept) < len(prompts):
-        log.warning(
-            "dropped %d of %d prompts longer than max_prompt_tokens=%d",
-            len(prompts) - len(kept),
-            len(prompts),
-            cfg.max_prompt_tokens,
-        )
-    if not kept:
-        raise UserError(
-            f"generate: every prompt is longer than max_prompt_tokens={cfg.max_prompt_tokens}"
-        )
-    jobs = [(p, ids) for p, ids in kept for _ in range(cfg.samples)]
     samples = rollout.sample_records(
         model,
         tokenizer,
-        [p for p, _ in jobs],
-        [ids for _, ids in jobs],
+        [p for p, _ in kept],
+        [ids for _, ids in kept],
         cfg.sampling,
         model_name=models.model_name(cfg.model),
         seed=cfg.sampling.seed,
+        samples_per_prompt=cfg.samples,
     )
     if cfg.out is None:
         for sample in samples:

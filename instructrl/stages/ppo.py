@@ -26,12 +26,12 @@ from typing import Any
 
 import torch
 
-from instructrl import losses, models, trainer
+from instructrl import losses, models, rollout, trainer
+from instructrl.batches import Example, collate, masked_logits, ptx_examples
 from instructrl.config import PPOConfig, save_config
 from instructrl.errors import UserError
 from instructrl.progress import progress_bar
 from instructrl.records import Prompt, Sample, read_records, write_records
-from instructrl.rollout import apply_stop, cut_response, eos_token_ids, left_pad, render_prompt
 
 log = logging.getLogger(__name__)
 ScoreFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # (ids (B, L), mask (B, L)) -> (B,)
@@ -118,7 +118,6 @@ class PPOTrainer:
             score_fn,
         )
         self.ptx = ptx or []
-        self.eos_ids = eos_token_ids(models.unwrap(policy), tokenizer)
         self.pad_id = tokenizer.pad_token_id
 
         def warm(iteration: int) -> float:
@@ -160,61 +159,57 @@ class PPOTrainer:
     # ------------------------------------------------------------------ rollout
     @torch.no_grad()
     def sample(self, prompt_ids: list[list[int]], seed: int) -> Rollout:
-        """Sample one response per prompt with the current policy (temperature cfg.temperature)."""
-        from transformers import GenerationConfig
-
+        """Sample one response per prompt with the current policy (temperature cfg.temperature,
+        the full vocabulary) through the one generation path, in one batch seeded `seed`."""
         cfg = self.cfg
         policy = models.unwrap(self.policy)
-        input_ids, mask = left_pad(prompt_ids, self.pad_id)
-        P, T = input_ids.shape[1], cfg.max_new_tokens
-        torch.manual_seed(seed)
+        # the sampler's own logits (divided by the temperature, as when sampling) give the old
+        # logprobs: no second forward pass over the rollout (lm-human-preferences keeps these too)
+        reuse = cfg.reuse_rollout_logprobs and not cfg.stop
         policy.eval()
-        out = policy.generate(
-            input_ids=input_ids.to(self.accelerator.device),
-            attention_mask=mask.long().to(self.accelerator.device),
-            generation_config=GenerationConfig(
-                max_new_tokens=T,
-                do_sample=True,
-                temperature=cfg.temperature,
-                top_k=0,
-                top_p=1.0,
-                pad_token_id=self.pad_id,
-                eos_token_id=sorted(self.eos_ids),
-                return_dict_in_generate=True,
-                output_logits=cfg.reuse_rollout_logprobs,
-            ),
+        generations = rollout.generate(
+            policy,
+            self.tokenizer,
+            prompt_ids,
+            max_new_tokens=cfg.max_new_tokens,
+            temperature=cfg.temperature,
+            top_k=0,
+            top_p=1.0,
+            stop=cfg.stop,
+            batch_size=len(prompt_ids),
+            seed=seed,
+            return_logprobs=reuse,
         )
         policy.train()
-        step_logits = out.logits
-        out = out.sequences.cpu()
+        return self._rollout(prompt_ids, generations, with_logprobs=reuse)
+
+    def _rollout(
+        self, prompt_ids: list[list[int]], generations: list[Any], *, with_logprobs: bool
+    ) -> Rollout:
+        """Left-padded prompts and right-padded responses as one (B, P + T) batch."""
+        T = self.cfg.max_new_tokens
+        input_ids, mask = rollout.left_pad(prompt_ids, self.pad_id)
         responses = torch.full((len(prompt_ids), T), self.pad_id, dtype=torch.long)
         response_mask = torch.zeros((len(prompt_ids), T), dtype=torch.bool)
         ended = torch.zeros(len(prompt_ids), dtype=torch.bool)
-        texts = []
-        for i, row in enumerate(out[:, P:].tolist()):
-            tokens, has_eos = cut_response(row, self.eos_ids)
-            text = self.tokenizer.decode(tokens, skip_special_tokens=True)
-            if cfg.stop:
-                text, stopped = apply_stop(text, cfg.stop)
-                if stopped:  # truncate at the stop string and end the response there with EOS
-                    kept = self.tokenizer(text, add_special_tokens=False)["input_ids"][: T - 1]
-                    tokens, has_eos = [*kept, self.tokenizer.eos_token_id], True
+        logprobs = torch.zeros((len(prompt_ids), T))
+        for i, g in enumerate(generations):
+            tokens = g.token_ids
+            if g.finish_reason == "stop":  # truncate at the stop string, end there with EOS
+                kept = self.tokenizer(g.text, add_special_tokens=False)["input_ids"][: T - 1]
+                tokens = [*kept, self.tokenizer.eos_token_id]
             responses[i, : len(tokens)] = torch.tensor(tokens, dtype=torch.long)
             response_mask[i, : len(tokens)] = True
-            ended[i] = has_eos
-            texts.append(text)
+            ended[i] = g.finish_reason != "length"
+            if with_logprobs:
+                logprobs[i, : len(tokens)] = torch.tensor(g.logprobs)
         full = torch.cat([input_ids, responses], dim=1)
         attention = torch.cat([mask, response_mask], dim=1)
-        rollout = Rollout(full, attention, response_mask, P, ended, texts)
-        if cfg.reuse_rollout_logprobs and not cfg.stop and step_logits:
-            # the sampler's own logits (divided by the temperature, as when sampling): no second
-            # forward pass over the rollout (lm-human-preferences keeps these too)
-            logits = torch.stack(step_logits, dim=1).float().cpu() / cfg.temperature  # (B, T', V)
-            width = logits.shape[1]
-            logprobs = torch.zeros((len(prompt_ids), T))
-            logprobs[:, :width] = losses.token_logprobs(logits, responses[:, :width])
-            rollout.logprobs = torch.where(response_mask, logprobs, torch.zeros_like(logprobs))
-        return rollout
+        texts = [g.text for g in generations]
+        r = Rollout(full, attention, response_mask, input_ids.shape[1], ended, texts)
+        if with_logprobs:
+            r.logprobs = torch.where(response_mask, logprobs, torch.zeros_like(logprobs))
+        return r
 
     @torch.no_grad()
     def evaluate(self, r: Rollout) -> None:
@@ -271,8 +266,6 @@ class PPOTrainer:
     def ptx_batch(self, rng: random.Random) -> tuple[torch.Tensor, ...] | None:
         if not self.ptx or self.cfg.ptx_coef == 0:
             return None
-        from instructrl.stages.sft import collate
-
         chunk = [self.ptx[rng.randrange(len(self.ptx))] for _ in range(self.cfg.ptx_batch_size)]
         return tuple(t.to(self.accelerator.device) for t in collate(chunk, self.pad_id))
 
@@ -301,11 +294,14 @@ class PPOTrainer:
         )
         stats["entropy"] = losses.masked_mean(entropy, mask).detach()
         if ptx is not None:
-            from instructrl.stages.sft import batch_loss
-
-            ptx_loss, _ = batch_loss(self.policy, *ptx)
-            loss = loss + cfg.ptx_coef * ptx_loss
-            stats["ptx_loss"] = ptx_loss.detach()
+            ptx_logits, ptx_labels = masked_logits(self.policy, *ptx)
+            loss, ptx_stats = losses.ptx_loss(
+                policy_loss=loss,
+                ptx_logits=ptx_logits,
+                ptx_labels=ptx_labels,
+                ptx_coef=cfg.ptx_coef,
+            )
+            stats.update(ptx_stats)
         return loss, stats
 
     def update(
@@ -414,8 +410,6 @@ def load_prompts(cfg: PPOConfig) -> list[Prompt]:
 
 def load_ptx(cfg: PPOConfig, tokenizer: Any) -> list[Any]:
     """Pretraining chunks for PPO-ptx (empty for ptx=none)."""
-    from instructrl.stages.sft import Example, ptx_examples
-
     n = (
         cfg.ptx_batch_size
         * cfg.iterations
@@ -446,28 +440,6 @@ def load_ptx(cfg: PPOConfig, tokenizer: Any) -> list[Any]:
     return [Example(c, 0) for c in chunks]
 
 
-def encode_for_policy(
-    tokenizer: Any, prompts: list[Prompt], max_prompt_tokens: int
-) -> list[tuple[Prompt, list[int]]]:
-    kept = []
-    for p in prompts:
-        ids = tokenizer(render_prompt(tokenizer, p.prompt), add_special_tokens=False)["input_ids"]
-        if len(ids) <= max_prompt_tokens:
-            kept.append((p, ids))
-    if len(kept) < len(prompts):
-        log.warning(
-            "dropped %d of %d prompts longer than max_prompt_tokens=%d",
-            len(prompts) - len(kept),
-            len(prompts),
-            max_prompt_tokens,
-        )
-    if not kept:
-        raise UserError(
-            f"ppo: every prompt is longer than max_prompt_tokens={max_prompt_tokens} (the context for prompts)"
-        )
-    return kept
-
-
 def _no_dropout(model: Any) -> Any:
     """No dropout in RL (lm-human-preferences): old and new logprobs must come from one function."""
     for key in (
@@ -495,7 +467,9 @@ def run(cfg: PPOConfig) -> Path:
     tokenizer = models.load_tokenizer(cfg.policy)
     rm_tokenizer = models.load_tokenizer(cfg.reward)
     models.check_same_tokenizer(tokenizer, rm_tokenizer, names=("policy", "reward"))
-    prompts = encode_for_policy(tokenizer, load_prompts(cfg), cfg.max_prompt_tokens)
+    prompts = rollout.encode_within(
+        tokenizer, load_prompts(cfg), max_prompt_tokens=cfg.max_prompt_tokens, where="ppo"
+    )
 
     policy = trainer.prepare_model(
         _no_dropout(models.load_policy(cfg.policy, dtype=torch.float32)), cfg

@@ -10,25 +10,19 @@ from __future__ import annotations
 
 import json
 import logging
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from instructrl import losses, models, trainer
+from instructrl.batches import RankedExample, collate_ranked, score_texts
 from instructrl.config import RMConfig, ScoreConfig, save_config
 from instructrl.errors import UserError
 from instructrl.records import Comparison, read_records, write_records
 from instructrl.rollout import encode_response
 
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class RankedExample:
-    completions: list[list[int]]  # K token id lists: prompt + response + EOS
-    ranks: list[int]  # (K,) 0 = best; ties share a rank
 
 
 def encode_comparisons(
@@ -66,30 +60,6 @@ def encode_comparisons(
     }
 
 
-def collate(examples: list[RankedExample], pad_id: int) -> tuple[torch.Tensor, ...]:
-    """Every completion of the batch as one right-padded (sum K_b, L) batch, plus (B, K) ranks
-    and valid mask and the (B, K) index of each completion's row (-1 where invalid)."""
-    flat = [ids for e in examples for ids in e.completions]
-    width = max(len(ids) for ids in flat)
-    input_ids = torch.full((len(flat), width), pad_id, dtype=torch.long)
-    attention = torch.zeros((len(flat), width), dtype=torch.bool)
-    for i, ids in enumerate(flat):
-        input_ids[i, : len(ids)] = torch.tensor(ids)
-        attention[i, : len(ids)] = True
-    k_max = max(len(e.completions) for e in examples)
-    ranks = torch.zeros((len(examples), k_max), dtype=torch.long)
-    valid = torch.zeros((len(examples), k_max), dtype=torch.bool)
-    rows = torch.full((len(examples), k_max), -1, dtype=torch.long)
-    row = 0
-    for b, e in enumerate(examples):
-        k = len(e.completions)
-        ranks[b, :k] = torch.tensor(e.ranks)
-        valid[b, :k] = True
-        rows[b, :k] = torch.arange(row, row + k)
-        row += k
-    return input_ids, attention, ranks, valid, rows
-
-
 def batch_rewards(
     model: Any,
     input_ids: torch.Tensor,
@@ -104,7 +74,7 @@ def batch_rewards(
 
 
 def batch_loss(model: Any, examples: list[RankedExample], pad_id: int, device: Any):
-    ids, attn, ranks, valid, rows = (t.to(device) for t in collate(examples, pad_id))
+    ids, attn, ranks, valid, rows = (t.to(device) for t in collate_ranked(examples, pad_id))
     rewards = batch_rewards(model, ids, attn, rows, valid)
     loss, stats = losses.ranking_loss(rewards=rewards, ranks=ranks, valid=valid)
     return loss, stats, int(attn.sum())
@@ -131,36 +101,6 @@ def evaluate(
         "loss": loss_sum / max(len(examples), 1),
         "pairs": pairs,
     }
-
-
-@torch.no_grad()
-def score_texts(
-    model: Any,
-    tokenizer: Any,
-    pairs: list[tuple[Any, str]],
-    *,
-    batch_size: int,
-    max_length: int,
-    device: Any,
-) -> list[float]:
-    """Rewards of (prompt, response) pairs; a prompt too long for max_length is an error."""
-    out: list[float] = []
-    pad_id = tokenizer.pad_token_id
-    for i in range(0, len(pairs), batch_size):
-        chunk = pairs[i : i + batch_size]
-        encoded = [encode_response(tokenizer, p, r, max_length=max_length) for p, r in chunk]
-        if any(e is None for e in encoded):
-            raise UserError(
-                f"score: a prompt is longer than max_length={max_length} - 8 tokens; raise max_length"
-            )
-        width = max(len(e[0]) for e in encoded)
-        ids = torch.full((len(chunk), width), pad_id, dtype=torch.long)
-        attn = torch.zeros((len(chunk), width), dtype=torch.bool)
-        for j, e in enumerate(encoded):
-            ids[j, : len(e[0])] = torch.tensor(e[0])
-            attn[j, : len(e[0])] = True
-        out.extend(model(ids.to(device), attn.to(device)).tolist())
-    return out
 
 
 def _split(

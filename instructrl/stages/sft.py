@@ -10,26 +10,18 @@ from __future__ import annotations
 import json
 import logging
 import math
-import random
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from instructrl import losses, models, trainer
+from instructrl import models, rollout, trainer
+from instructrl.batches import Example, collate, mean_nll, nll_loss, ptx_examples, score_texts
 from instructrl.config import SFTConfig, save_config
 from instructrl.errors import UserError
 from instructrl.records import Demonstration, read_records
-from instructrl.rollout import encode_response
 
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class Example:
-    input_ids: list[int]
-    n_prompt: int  # tokens before the response; the loss covers input_ids[n_prompt:]
 
 
 def encode_demonstrations(
@@ -39,7 +31,9 @@ def encode_demonstrations(
     response tokens is dropped; a response that overflows is truncated (and loses its EOS)."""
     examples, dropped, truncated = [], 0, 0
     for demo in demos:
-        encoded = encode_response(tokenizer, demo.prompt, demo.response, max_length=max_length)
+        encoded = rollout.encode_response(
+            tokenizer, demo.prompt, demo.response, max_length=max_length
+        )
         if encoded is None:
             dropped += 1
             continue
@@ -67,88 +61,23 @@ def encode_demonstrations(
     return examples, report
 
 
-def ptx_examples(
-    tokenizer: Any, *, n: int, max_length: int, seed: int, split: str = "ptx"
-) -> list[Example]:
-    """n chunks of held-out pretraining text, every token in the loss (n_prompt = 0)."""
-    from instructrl.data import load_heldout_text
-
-    ids: list[int] = []
-    for doc in load_heldout_text(split):
-        ids.extend(tokenizer(doc["text"], add_special_tokens=False)["input_ids"])
-        ids.append(tokenizer.eos_token_id)
-        if len(ids) >= n * max_length * 2:
-            break
-    chunks = [ids[i : i + max_length] for i in range(0, len(ids) - max_length + 1, max_length)]
-    random.Random(seed).shuffle(chunks)
-    return [Example(c, 0) for c in chunks[:n]]
-
-
-def collate(
-    examples: list[Example], pad_id: int
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Right-padded (B, L) input ids, attention mask, and the loss mask (response tokens)."""
-    width = max(len(e.input_ids) for e in examples)
-    input_ids = torch.full((len(examples), width), pad_id, dtype=torch.long)
-    attention = torch.zeros((len(examples), width), dtype=torch.bool)
-    loss_mask = torch.zeros((len(examples), width), dtype=torch.bool)
-    for i, e in enumerate(examples):
-        n = len(e.input_ids)
-        input_ids[i, :n] = torch.tensor(e.input_ids)
-        attention[i, :n] = True
-        loss_mask[i, max(e.n_prompt, 1) : n] = True  # the first token has no prediction
-    return input_ids, attention, loss_mask
-
-
-def batch_loss(
-    model: Any, input_ids: torch.Tensor, attention: torch.Tensor, loss_mask: torch.Tensor
-):
-    """Mean NLL over the batch's response tokens, logits computed only where the loss needs them."""
-    hidden = models.final_hidden(model, input_ids, attention)
-    logits = models.next_token_logits(model, hidden, loss_mask)  # (N, V)
-    labels = input_ids[loss_mask]  # (N,)
-    return losses.nll_loss(logits=logits, labels=labels)
-
-
-@torch.no_grad()
-def evaluate(
-    model: Any, examples: list[Example], pad_id: int, batch_size: int, device: Any
-) -> float:
-    """Token-weighted mean NLL over examples."""
-    was_training = model.training
-    model.eval()
-    total, tokens = 0.0, 0
-    for i in range(0, len(examples), batch_size):
-        ids, attn, mask = (t.to(device) for t in collate(examples[i : i + batch_size], pad_id))
-        loss, stats = batch_loss(model, ids, attn, mask)
-        total += loss.item() * int(stats["tokens"])
-        tokens += int(stats["tokens"])
-    model.train(was_training)
-    return total / max(tokens, 1)
-
-
 class RMJudge:
     """Mean reward of greedy responses to validation prompts: the paper's SFT checkpoint
     selection (C.1: the final SFT model is selected by RM score on the validation set)."""
 
     def __init__(self, cfg: SFTConfig, tokenizer: Any, val_demos: list[Demonstration], device: Any):
-        from instructrl.rollout import encode_prompts
-
         self.rm = models.load_reward_model(cfg.reward, device=device)
         self.rm_tokenizer = models.load_tokenizer(cfg.reward, padding_side="right")
         models.check_same_tokenizer(tokenizer, self.rm_tokenizer, names=("model", "reward"))
         self.prompts = [d.prompt for d in val_demos[: cfg.rm_eval_prompts]]
-        self.prompt_ids = encode_prompts(tokenizer, self.prompts)
+        self.prompt_ids = rollout.encode_prompts(tokenizer, self.prompts)
         self.tokenizer, self.cfg = tokenizer, cfg
 
     @torch.no_grad()
     def __call__(self, policy: Any) -> float:
-        from instructrl.rollout import generate
-        from instructrl.stages.reward import score_texts
-
         was_training = policy.training
         policy.eval()
-        outs = generate(
+        outs = rollout.generate(
             policy,
             self.tokenizer,
             self.prompt_ids,
@@ -229,7 +158,7 @@ def run(cfg: SFTConfig) -> Path:
         ids, attn, mask = (
             t.to(accelerator.device) for t in collate([train[i] for i in batch], pad_id)
         )
-        loss, _ = batch_loss(model, ids, attn, mask)
+        loss, _ = nll_loss(model, ids, attn, mask)
         return loss, {"loss": loss.item()}, int(attn.sum())
 
     rm_judge = (
@@ -238,7 +167,7 @@ def run(cfg: SFTConfig) -> Path:
 
     def eval_fn() -> dict[str, float]:
         row = (
-            {"val_loss": evaluate(model, val, pad_id, cfg.batch_size, accelerator.device)}
+            {"val_loss": mean_nll(model, val, pad_id, cfg.batch_size, accelerator.device)}
             if val
             else {}
         )

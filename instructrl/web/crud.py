@@ -19,7 +19,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from instructrl import records as R
-from instructrl.labelers import agreement, rank_agreement
+from instructrl.stats import agreement, rank_agreement
 from instructrl.web.models import (
     GROUPS,
     TASK_KINDS,

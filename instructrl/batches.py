@@ -1,0 +1,151 @@
+"""Token batches for training and scoring: examples, right padding, the NLL of a batch, RM scores.
+
+Shared by SFT (demonstrations and pretraining chunks), the reward model (K completions per
+prompt), PPO-ptx (pretraining chunks), SFT checkpoint selection and evaluation (RM scores,
+perplexity). Right padding with an attention mask, one sequence per row, so no example attends
+to another; masks come from lengths, never from `input_ids != pad_id` (pad = EOS in SmolLM2).
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from instructrl import losses, models
+from instructrl.errors import UserError
+from instructrl.rollout import encode_response
+
+
+@dataclass
+class Example:
+    """One supervised sequence; the loss covers input_ids[n_prompt:] (all of it when 0)."""
+
+    input_ids: list[int]
+    n_prompt: int
+
+
+@dataclass
+class RankedExample:
+    """The K completions of one prompt and their ranks (reward-model training)."""
+
+    completions: list[list[int]]  # K token id lists: prompt + response + EOS
+    ranks: list[int]  # (K,) 0 = best; ties share a rank
+
+
+def right_pad(seqs: Sequence[Sequence[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(B, L) input ids padded on the right with pad_id, and the (B, L) bool mask of real tokens."""
+    width = max(len(s) for s in seqs)
+    input_ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
+    attention = torch.zeros((len(seqs), width), dtype=torch.bool)
+    for i, s in enumerate(seqs):
+        input_ids[i, : len(s)] = torch.tensor(s, dtype=torch.long)
+        attention[i, : len(s)] = True
+    return input_ids, attention
+
+
+def collate(
+    examples: list[Example], pad_id: int
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Right-padded (B, L) input ids, attention mask, and the loss mask (response tokens)."""
+    input_ids, attention = right_pad([e.input_ids for e in examples], pad_id)
+    loss_mask = torch.zeros_like(attention)
+    for i, e in enumerate(examples):  # the first token has no prediction
+        loss_mask[i, max(e.n_prompt, 1) : len(e.input_ids)] = True
+    return input_ids, attention, loss_mask
+
+
+def collate_ranked(examples: list[RankedExample], pad_id: int) -> tuple[torch.Tensor, ...]:
+    """Every completion of the batch as one right-padded (sum K_b, L) batch, plus (B, K) ranks
+    and valid mask and the (B, K) index of each completion's row (-1 where invalid)."""
+    input_ids, attention = right_pad([ids for e in examples for ids in e.completions], pad_id)
+    k_max = max(len(e.completions) for e in examples)
+    ranks = torch.zeros((len(examples), k_max), dtype=torch.long)
+    valid = torch.zeros((len(examples), k_max), dtype=torch.bool)
+    rows = torch.full((len(examples), k_max), -1, dtype=torch.long)
+    row = 0
+    for b, e in enumerate(examples):
+        k = len(e.completions)
+        ranks[b, :k] = torch.tensor(e.ranks)
+        valid[b, :k] = True
+        rows[b, :k] = torch.arange(row, row + k)
+        row += k
+    return input_ids, attention, ranks, valid, rows
+
+
+def masked_logits(
+    model: Any, input_ids: torch.Tensor, attention: torch.Tensor, loss_mask: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(N, V) logits at the positions that predict the N loss-mask tokens, and those (N,)
+    tokens: logits computed only where a loss needs them."""
+    hidden = models.final_hidden(model, input_ids, attention)
+    return models.next_token_logits(model, hidden, loss_mask), input_ids[loss_mask]
+
+
+def nll_loss(
+    model: Any, input_ids: torch.Tensor, attention: torch.Tensor, loss_mask: torch.Tensor
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """Mean NLL over the batch's loss-mask tokens."""
+    logits, labels = masked_logits(model, input_ids, attention, loss_mask)
+    return losses.nll_loss(logits=logits, labels=labels)
+
+
+@torch.no_grad()
+def mean_nll(
+    model: Any, examples: list[Example], pad_id: int, batch_size: int, device: Any
+) -> float:
+    """Token-weighted mean NLL over examples (validation loss, perplexity)."""
+    was_training = model.training
+    model.eval()
+    total, tokens = 0.0, 0
+    for i in range(0, len(examples), batch_size):
+        ids, attn, mask = (t.to(device) for t in collate(examples[i : i + batch_size], pad_id))
+        loss, stats = nll_loss(model, ids, attn, mask)
+        total += loss.item() * int(stats["tokens"])
+        tokens += int(stats["tokens"])
+    model.train(was_training)
+    return total / max(tokens, 1)
+
+
+def ptx_examples(
+    tokenizer: Any, *, n: int, max_length: int, seed: int, split: str = "ptx"
+) -> list[Example]:
+    """n chunks of the shipped held-out prose, every token in the loss (n_prompt = 0)."""
+    from instructrl.data import load_heldout_text
+
+    ids: list[int] = []
+    for doc in load_heldout_text(split):
+        ids.extend(tokenizer(doc["text"], add_special_tokens=False)["input_ids"])
+        ids.append(tokenizer.eos_token_id)
+        if len(ids) >= n * max_length * 2:
+            break
+    chunks = [ids[i : i + max_length] for i in range(0, len(ids) - max_length + 1, max_length)]
+    random.Random(seed).shuffle(chunks)
+    return [Example(c, 0) for c in chunks[:n]]
+
+
+@torch.no_grad()
+def score_texts(
+    model: Any,
+    tokenizer: Any,
+    pairs: list[tuple[Any, str]],
+    *,
+    batch_size: int,
+    max_length: int,
+    device: Any,
+) -> list[float]:
+    """Rewards of (prompt, response) pairs; a prompt too long for max_length is an error."""
+    out: list[float] = []
+    for i in range(0, len(pairs), batch_size):
+        chunk = pairs[i : i + batch_size]
+        encoded = [encode_response(tokenizer, p, r, max_length=max_length) for p, r in chunk]
+        if any(e is None for e in encoded):
+            raise UserError(
+                f"score: a prompt is longer than max_length={max_length} - 8 tokens; raise max_length"
+            )
+        ids, attn = right_pad([e[0] for e in encoded], tokenizer.pad_token_id)
+        out.extend(model(ids.to(device), attn.to(device)).tolist())
+    return out
