@@ -72,8 +72,8 @@ def side_ours(args) -> dict:
 
     from instructrl import models
     from instructrl.config import PPOConfig, load_config
+    from instructrl.rundir import read_metrics
     from instructrl.stages import ppo
-    from instructrl.trainer import read_metrics
 
     tmp = Path(args.tmp)
     torch.manual_seed(0)

@@ -33,8 +33,8 @@ def make_demos(path: Path, n: int) -> None:
 
 def side_ours(args, demos: Path, out: Path) -> dict:
     from instructrl.config import SFTConfig, load_config
+    from instructrl.rundir import read_metrics
     from instructrl.stages import sft
-    from instructrl.trainer import read_metrics
 
     cfg = load_config(
         SFTConfig,

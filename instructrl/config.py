@@ -12,7 +12,7 @@ import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, ClassVar, TypeVar
 
 from omegaconf import OmegaConf
 from omegaconf.errors import ConfigKeyError, OmegaConfBaseException, ValidationError
@@ -178,23 +178,6 @@ class TrainConfig:
     resume: bool = _f(False, "continue from the last checkpoint in out/checkpoints")
     log_every: int = _f(1, "optimizer steps between metrics rows")
 
-    def _check_data(self, records: str) -> None:
-        """The checks of the stages that train on a records file (SFT, RM): data, epochs /
-        max_steps and val_fraction fields."""
-        data, epochs, max_steps, val_fraction = (
-            getattr(self, k) for k in ("data", "epochs", "max_steps", "val_fraction")
-        )
-        if data is None:
-            raise ConfigError(
-                f"config: data: expected a {records} JSONL file (data=FILE), got nothing"
-            )
-        if epochs < 1 and max_steps < 1:
-            raise ConfigError(
-                f"config: epochs and max_steps: one must be >= 1, got epochs={epochs}, max_steps={max_steps}"
-            )
-        if not 0 <= val_fraction < 1:
-            raise ConfigError(f"config: val_fraction: expected 0 <= x < 1, got {val_fraction}")
-
     def _check_train(self, stage: str) -> None:
         if self.lr <= 0:
             raise ConfigError(f"config: lr: expected > 0, got {self.lr}")
@@ -209,8 +192,43 @@ class TrainConfig:
 
 
 @dataclass
-class SFTConfig(TrainConfig):
+class SupervisedConfig(TrainConfig):
+    """What SFT and the RM share: a records file, its validation split, epochs of micro-batches
+    (trainer.setup and trainer.fit read these)."""
+
+    RECORDS: ClassVar[str] = "records"
+
+    model: str = _f("default", "initial model: 'default', an HF directory, or a cached hub id")
+    data: str | None = _f(None, "training records JSONL (required)")
+    val_data: str | None = _f(None, "validation records; default: val_fraction of data")
+    val_fraction: float = _f(0.1, "share held out for validation when val_data is not given")
+    out: str = _f("runs/out", "output directory")
+    epochs: int = _f(1, "passes over the data")
+    max_steps: int = _f(0, "stop after this many optimizer steps (0 = epochs decide)")
+    batch_size: int = _f(8, "examples per micro-batch")
+    max_length: int = _f(256, "prompt + response tokens (paper: 1k prompt + 1k response)")
+    eval_every: int = _f(0, "optimizer steps between validations (0 = once per epoch)")
+
+    def __post_init__(self) -> None:
+        self._check_train("train")
+        if self.data is None:
+            raise ConfigError(
+                f"config: data: expected a {self.RECORDS} JSONL file (data=FILE), got nothing"
+            )
+        if self.epochs < 1 and self.max_steps < 1:
+            raise ConfigError(
+                f"config: epochs and max_steps: one must be >= 1, got epochs={self.epochs}, "
+                f"max_steps={self.max_steps}"
+            )
+        if not 0 <= self.val_fraction < 1:
+            raise ConfigError(f"config: val_fraction: expected 0 <= x < 1, got {self.val_fraction}")
+
+
+@dataclass
+class SFTConfig(SupervisedConfig):
     """`instructrl sft`: supervised fine-tuning on demonstrations (paper, appendix C.1)."""
+
+    RECORDS: ClassVar[str] = "demonstrations"
 
     model: str = _f("default", "base model: 'default', an HF directory, or a cached hub id")
     data: str | None = _f(None, "demonstration records JSONL (required)")
@@ -220,9 +238,7 @@ class SFTConfig(TrainConfig):
     )
     out: str = _f("runs/sft", "output directory (HF model, metrics.jsonl, loss.png, checkpoints/)")
     epochs: int = _f(2, "passes over the data (paper: 16)")
-    max_steps: int = _f(0, "stop after this many optimizer steps (0 = epochs decide)")
     batch_size: int = _f(8, "examples per micro-batch (paper: 32)")
-    max_length: int = _f(256, "prompt + response tokens (paper: 1k prompt + 1k response)")
     lr: float = _f(2e-5, "peak learning rate (paper: 9.65e-6 at batch 32 for 1.3B / 6B)")
     dropout: float = _f(
         0.0, "attention dropout while training (paper: residual dropout 0.2; Llama has none)"
@@ -230,7 +246,6 @@ class SFTConfig(TrainConfig):
     ptx_fraction: float = _f(
         0.0, "mix in pretraining text, as a share of demonstrations (paper's PPO init: 0.1)"
     )
-    eval_every: int = _f(0, "optimizer steps between validations (0 = once per epoch)")
     reward: str | None = _f(
         None, "reward model: select the checkpoint by its mean score on validation prompts (paper)"
     )
@@ -240,15 +255,16 @@ class SFTConfig(TrainConfig):
     rm_eval_tokens: int = _f(64, "with reward=DIR: new tokens per generated validation response")
 
     def __post_init__(self) -> None:
-        self._check_train("sft")
-        self._check_data("demonstrations")
+        super().__post_init__()
         if self.max_length < 16:
             raise ConfigError(f"config: max_length: expected >= 16, got {self.max_length}")
 
 
 @dataclass
-class RMConfig(TrainConfig):
+class RMConfig(SupervisedConfig):
     """`instructrl rm`: reward model on K-way rankings (paper, section 3.5 and C.2)."""
+
+    RECORDS: ClassVar[str] = "comparisons"
 
     model: str = _f("default", "initial backbone, usually the SFT model (paper: 6B SFT model)")
     data: str | None = _f(None, "comparison records JSONL from training labelers (required)")
@@ -262,17 +278,11 @@ class RMConfig(TrainConfig):
     )
     out: str = _f("runs/rm", "output directory (reward model, metrics.jsonl, accuracy.png)")
     epochs: int = _f(1, "passes over the comparisons (paper: 1; more overfits)")
-    max_steps: int = _f(0, "stop after this many optimizer steps (0 = epochs decide)")
     batch_size: int = _f(
         4, "prompts per micro-batch, all K completions of each (paper: 64 prompts)"
     )
     max_length: int = _f(256, "prompt + response tokens per completion")
     lr: float = _f(2e-5, "peak learning rate (paper: 9e-6, cosine to 10 %)")
-    eval_every: int = _f(0, "optimizer steps between validations (0 = once per epoch)")
-
-    def __post_init__(self) -> None:
-        self._check_train("rm")
-        self._check_data("comparisons")
 
 
 @dataclass

@@ -36,6 +36,7 @@ from instructrl.config import (
 )
 from instructrl.errors import UserError
 from instructrl.records import Prompt, read_records, write_records
+from instructrl.rundir import read_metrics
 
 log = logging.getLogger(__name__)
 MANIFEST = "manifest.json"
@@ -188,7 +189,7 @@ def _write_prompts(path: Path, prompts: list[Prompt]) -> str:
 
 
 def _last(metrics: Path, key: str) -> float | None:
-    rows = [r for r in trainer.read_metrics(metrics) if key in r]
+    rows = [r for r in read_metrics(metrics) if key in r]
     return rows[-1][key] if rows else None
 
 
@@ -266,7 +267,7 @@ def run(cfg: RunConfig, console: Any = None) -> Path:
     def ppo_fn(values: dict[str, Any]) -> Callable[[Path], dict[str, Any]]:
         def do(out: Path) -> dict[str, Any]:
             ppo.run(build(PPOConfig, {**values, "out": str(out), "resume": True}))
-            rows = trainer.read_metrics(out / "metrics.jsonl")
+            rows = read_metrics(out / "metrics.jsonl")
             return {
                 "score_first": rows[0]["ppo/score"],
                 "score_last": rows[-1]["ppo/score"],

@@ -9,7 +9,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from instructrl import models, trainer
+from instructrl import models, rundir, trainer
 from instructrl.config import PPOConfig, load_config
 from instructrl.errors import ModelNotFoundError, UserError
 from instructrl.rollout import encode_prompts
@@ -211,7 +211,7 @@ def test_stage_resume_matches_straight_run_and_reloads(
     a, b = load_file(straight / "model.safetensors"), load_file(resumed / "model.safetensors")
     diff = max((a[k] - b[k]).abs().max().item() for k in a)
     assert diff < 1e-6, f"resumed vs straight: max abs weight diff {diff:.3g}"
-    rows = trainer.read_metrics(resumed / "metrics.jsonl")
+    rows = rundir.read_metrics(resumed / "metrics.jsonl")
     assert [r["step"] for r in rows] == [1, 2, 3, 4] and all("ppo/ptx_loss" in r for r in rows)
     from transformers import AutoModelForCausalLM
 
@@ -229,7 +229,7 @@ def test_lora_reference_is_the_adapter_disabled_base(tiny_model_dir, rm_dir, tmp
             **{"lora.r": 4, "iterations": 2, "ptx": "none"},
         )
     )
-    rows = trainer.read_metrics(out / "metrics.jsonl")
+    rows = rundir.read_metrics(out / "metrics.jsonl")
     assert (
         abs(rows[0]["ppo/kl"]) < 1e-4
     )  # first rollout: policy == base, so KL to the reference is 0

@@ -10,7 +10,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from instructrl import batches, models, trainer
+from instructrl import batches, models, rundir, trainer
 from instructrl.config import SFTConfig, load_config
 from instructrl.errors import ConfigError, ModelNotFoundError, RecordError
 from instructrl.records import Demonstration
@@ -123,7 +123,7 @@ def test_resume_after_kill_matches_straight_run(tiny_model_dir, demos_file, tmp_
     assert diff < 1e-6, f"resumed vs straight: max abs weight diff {diff:.3g}"
     first = load_file(tiny_model_dir / "model.safetensors")
     assert max((a[k] - first[k]).abs().max().item() for k in a) > 1e-4  # it did train
-    steps = [r["step"] for r in trainer.read_metrics(resumed / "metrics.jsonl") if "sft/loss" in r]
+    steps = [r["step"] for r in rundir.read_metrics(resumed / "metrics.jsonl") if "sft/loss" in r]
     assert steps == [1, 2, 3, 4, 5, 6]  # rows past the checkpoint were replaced, not duplicated
 
 
@@ -133,7 +133,7 @@ def test_saved_model_reloads_with_plain_transformers(
 ):
     captured = {}
     fixed = torch.tensor([[1, 5, 9, 20, 33, 2]])
-    original = trainer.save_hf_model
+    original = rundir.save_hf_model
 
     def capture(accelerator, model, tokenizer, out, **kw):
         inner = accelerator.unwrap_model(model).eval()
@@ -141,7 +141,7 @@ def test_saved_model_reloads_with_plain_transformers(
             captured["logits"] = inner(fixed).logits.clone()
         return original(accelerator, model, tokenizer, out, **kw)
 
-    monkeypatch.setattr(trainer, "save_hf_model", capture)
+    monkeypatch.setattr(rundir, "save_hf_model", capture)
     out = sft.run(
         _cfg(tiny_model_dir, demos_file, tmp_path / "m", max_steps=2, **{"lora.r": lora_r})
     )
@@ -186,7 +186,7 @@ def test_long_prompts_are_counted_not_silent(tiny_model_dir, tmp_path):
     ]
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
     out = sft.run(_cfg(tiny_model_dir, path, tmp_path / "o", max_steps=1, max_length=64))
-    first = trainer.read_metrics(out / "metrics.jsonl")[0]
+    first = rundir.read_metrics(out / "metrics.jsonl")[0]
     assert (
         first["sft/dropped_long_prompt"],
         first["sft/truncated_response"],
@@ -233,7 +233,7 @@ def test_checkpoint_selected_by_rm_score(tiny_model_dir, demos_file, tmp_path):
         ],
     )
     out = sft.run(cfg)
-    rows = [r for r in trainer.read_metrics(out / "metrics.jsonl") if "sft/val_rm_score" in r]
+    rows = [r for r in rundir.read_metrics(out / "metrics.jsonl") if "sft/val_rm_score" in r]
     assert len(rows) == 3
     best = max(rows, key=lambda r: r["sft/val_rm_score"])
     selected = _json.loads((out / "selected.json").read_text())

@@ -9,10 +9,10 @@ from __future__ import annotations
 import base64
 import html
 import io
-import json
 from pathlib import Path
 from typing import Any
 
+from instructrl.plots import curve_figure, pyplot, series
 from instructrl.records import FIGURE4_FLAGS
 
 PAPER = {
@@ -44,12 +44,7 @@ def _png(fig: Any) -> str:
 
 
 def _plt():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
+    return pyplot()
 
 
 def preference(
@@ -213,41 +208,27 @@ def chart_bars(values: dict[str, float], title: str, ylabel: str) -> str | None:
     return _png(fig)
 
 
+CURVE_KEYS = (
+    "sft/loss",
+    "sft/val_loss",
+    "rm/loss",
+    "rm/val_accuracy",
+    "ppo/score",
+    "ppo/kl",
+    "ppo/ptx_loss",
+)
+
+
 def chart_curves(runs: dict[str, str]) -> str | None:
-    panels = []
-    for name, path in runs.items():
-        metrics = Path(path) / "metrics.jsonl"
-        if not metrics.is_file():
-            continue
-        rows = [json.loads(line) for line in metrics.read_text().splitlines() if line.strip()]
-        for key in (
-            "sft/loss",
-            "sft/val_loss",
-            "rm/loss",
-            "rm/val_accuracy",
-            "ppo/score",
-            "ppo/kl",
-            "ppo/ptx_loss",
-        ):
-            points = [(r["step"], r[key]) for r in rows if key in r]
-            if points:
-                panels.append((f"{name}: {key}", points))
+    """Every stage's training curves in one grid (from each run directory's metrics.jsonl)."""
+    panels = [
+        panel
+        for name, path in runs.items()
+        for panel in series(Path(path) / "metrics.jsonl", CURVE_KEYS, label=name)
+    ]
     if not panels:
         return None
-    plt = _plt()
-    cols = min(4, len(panels))
-    rows_n = (len(panels) + cols - 1) // cols
-    fig, axes = plt.subplots(rows_n, cols, figsize=(3.6 * cols, 2.6 * rows_n), squeeze=False)
-    for ax in axes.flat[len(panels) :]:
-        ax.axis("off")
-    for ax, (title, points) in zip(axes.flat, panels, strict=False):
-        xs, ys = zip(*points, strict=True)
-        ax.plot(xs, ys, marker="o" if len(xs) < 20 else None, lw=1.3)
-        ax.set_title(title, fontsize=9)
-        ax.grid(alpha=0.3)
-    fig.suptitle("Training curves by stage")
-    fig.tight_layout()
-    return _png(fig)
+    return _png(curve_figure(panels, title="Training curves by stage", cols=4))
 
 
 def _table(headers: list[str], rows: list[list[Any]], cls: str = "") -> str:

@@ -48,6 +48,7 @@ from instructrl.records import (
     read_records,
     write_records,
 )
+from instructrl.rundir import read_metrics
 
 log = logging.getLogger(__name__)
 
@@ -399,9 +400,8 @@ def reference_figures(cfg: EvalConfig) -> dict[str, Any]:
     if cfg.agreement and CALIBRATION_SAMPLES.is_file():
         figures["agreement"] = calibration_agreement(seed=cfg.seed)
     for name, path in cfg.run_pairs:
-        metrics = Path(path) / "metrics.jsonl"
-        if name.startswith("rm") and metrics.is_file():
-            rows = [json.loads(line) for line in metrics.read_text().splitlines() if line.strip()]
+        rows = read_metrics(Path(path) / "metrics.jsonl")
+        if name.startswith("rm") and rows:
             vals = [r for r in rows if "rm/val_accuracy" in r]
             held = [r for r in rows if "rm/heldout_accuracy" in r]
             figures["rm"] = {

@@ -26,10 +26,11 @@ from typing import Any
 
 import torch
 
-from instructrl import losses, models, rollout, trainer
+from instructrl import losses, models, rollout, rundir, trainer
 from instructrl.batches import Example, collate, masked_logits, ptx_examples
 from instructrl.config import PPOConfig, save_config
 from instructrl.errors import UserError
+from instructrl.plots import plot_curves
 from instructrl.progress import progress_bar
 from instructrl.records import Prompt, Sample, read_records, write_records
 
@@ -500,12 +501,12 @@ def run(cfg: PPOConfig) -> Path:
 def train(ppo: PPOTrainer, prompts: list[tuple[Prompt, list[int]]], out: Path) -> Path:
     """The iteration loop: batches of prompts, checkpoints, metrics, samples, the final policy."""
     cfg, acc = ppo.cfg, ppo.accelerator
-    checkpoints = trainer.Checkpointer(out, cfg.keep_last)
+    checkpoints = rundir.Checkpointer(out, cfg.keep_last)
     latest = checkpoints.latest() if cfg.resume else None
     if latest is not None:
         ppo.load(checkpoints.load(acc, latest))
         log.info("resumed from %s (iteration %d of %d)", latest, ppo.iteration, cfg.iterations)
-    metrics = trainer.MetricsLog(
+    metrics = rundir.MetricsLog(
         out / "metrics.jsonl", truncate_after_step=ppo.iteration if latest else None
     )
     samples_path = out / "samples.jsonl"
@@ -570,7 +571,7 @@ def finish(ppo: PPOTrainer, out: Path) -> Path:
             for name, p in policy.named_parameters():
                 if name in ppo.ema:
                     p.copy_(ppo.ema[name])
-    source = trainer.save_hf_model(acc, policy, ppo.tokenizer, out / ".final", merge=cfg.lora.merge)
+    source = rundir.save_hf_model(acc, policy, ppo.tokenizer, out / ".final", merge=cfg.lora.merge)
     if acc.is_main_process:
         value = acc.unwrap_model(ppo.value_model)
         if cfg.lora.r > 0 and cfg.lora.merge and hasattr(value.backbone, "merge_and_unload"):
@@ -578,13 +579,13 @@ def finish(ppo: PPOTrainer, out: Path) -> Path:
         models.save_reward_model(
             value, ppo.tokenizer, source / "value", bias=float(value.bias), extra={"type": "value"}
         )
-        trainer.install(
+        rundir.install(
             source,
             out,
             "selected.json",
             json.dumps({"selected_by": "last", "iterations": ppo.iteration}) + "\n",
         )
-    trainer.plot_curves(
+    plot_curves(
         out / "metrics.jsonl",
         ["ppo/score", "ppo/kl", "ppo/ptx_loss", "ppo/entropy"],
         out / "curves.png",

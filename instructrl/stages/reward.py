@@ -15,10 +15,11 @@ from typing import Any
 
 import torch
 
-from instructrl import losses, models, trainer
+from instructrl import losses, models, rundir, trainer
 from instructrl.batches import RankedExample, collate_ranked, score_texts
 from instructrl.config import RMConfig, ScoreConfig, save_config
 from instructrl.errors import UserError
+from instructrl.plots import plot_curves
 from instructrl.records import Comparison, read_records, write_records
 from instructrl.rollout import encode_response
 
@@ -147,15 +148,8 @@ def run(cfg: RMConfig) -> Path:
 
     model = models.new_reward_model(cfg.model, dtype=torch.float32)
     model.backbone = trainer.prepare_model(model.backbone, cfg)
-    model.train()
-    optimizer = trainer.make_optimizer(model, cfg)
-    per_epoch = trainer.steps_per_epoch(
-        len(train), cfg.batch_size, cfg.grad_accum, accelerator.num_processes
-    )
-    total = cfg.max_steps or cfg.epochs * per_epoch
-    scheduler = trainer.make_scheduler(optimizer, cfg, total)
-    model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
-    pad_id = tokenizer.pad_token_id
+    run = trainer.setup(accelerator, cfg, model.train(), len(train))
+    model, pad_id = run.model, tokenizer.pad_token_id
 
     def loss_fn(batch: list[int]):
         loss, stats, tokens = batch_loss(
@@ -180,25 +174,10 @@ def run(cfg: RMConfig) -> Path:
         "rm/heldout_comparisons": len(heldout),
         **{f"rm/{k}": v for k, v in report.items()},
     }
-    state = trainer.fit(
-        accelerator=accelerator,
-        cfg=cfg,
-        model=model,
-        optimizer=optimizer,
-        scheduler=scheduler,
-        out=out,
-        prefix="rm",
-        n_examples=len(train),
-        batch_size=cfg.batch_size,
-        total=total,
-        per_epoch=per_epoch,
-        loss_fn=loss_fn,
-        eval_fn=eval_fn if (val or heldout) else None,
-        eval_every=cfg.eval_every,
-        first_row=first,
-    )
+    evaluation = trainer.Evaluation(eval_fn) if (val or heldout) else None
+    state = trainer.fit(run, prefix="rm", loss_fn=loss_fn, evaluation=evaluation, first_row=first)
     final = _finish(accelerator, model, tokenizer, out, cfg, state)
-    trainer.plot_curves(
+    plot_curves(
         out / "metrics.jsonl",
         ["rm/loss", "rm/accuracy", "rm/val_accuracy", "rm/heldout_accuracy"],
         out / "accuracy.png",
@@ -258,7 +237,7 @@ def _finish(
     if accelerator.is_main_process:
         tmp = out / ".final"
         models.save_reward_model(inner, tokenizer, tmp, bias=bias, extra=info)
-        trainer.install(
+        rundir.install(
             tmp,
             out,
             "selected.json",

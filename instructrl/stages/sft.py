@@ -15,10 +15,11 @@ from typing import Any
 
 import torch
 
-from instructrl import models, rollout, trainer
+from instructrl import models, rollout, rundir, trainer
 from instructrl.batches import Example, collate, mean_nll, nll_loss, ptx_examples, score_texts
 from instructrl.config import SFTConfig, save_config
 from instructrl.errors import UserError
+from instructrl.plots import plot_curves
 from instructrl.records import Demonstration, read_records
 
 log = logging.getLogger(__name__)
@@ -143,16 +144,9 @@ def run(cfg: SFTConfig) -> Path:
     model = models.load_policy(cfg.model, device="cpu", dtype=torch.float32)
     if cfg.dropout > 0 and hasattr(model.config, "attention_dropout"):
         model.config.attention_dropout = cfg.dropout
-    model = trainer.prepare_model(model, cfg)
-    model.train()
-    optimizer = trainer.make_optimizer(model, cfg)
-    processes = accelerator.num_processes
-    per_epoch = trainer.steps_per_epoch(len(train), cfg.batch_size, cfg.grad_accum, processes)
-    total = cfg.max_steps or cfg.epochs * per_epoch
-    scheduler = trainer.make_scheduler(optimizer, cfg, total)
-    model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
-
-    pad_id = tokenizer.pad_token_id
+    model = trainer.prepare_model(model, cfg).train()
+    run = trainer.setup(accelerator, cfg, model, len(train))
+    model, pad_id = run.model, tokenizer.pad_token_id
 
     def loss_fn(batch: list[int]):
         ids, attn, mask = (
@@ -166,44 +160,27 @@ def run(cfg: SFTConfig) -> Path:
     )
 
     def eval_fn() -> dict[str, float]:
-        row = (
-            {"val_loss": mean_nll(model, val, pad_id, cfg.batch_size, accelerator.device)}
-            if val
-            else {}
-        )
+        row = {"val_loss": mean_nll(model, val, pad_id, cfg.batch_size, accelerator.device)}
         if rm_judge is not None:
             row["val_rm_score"] = rm_judge(accelerator.unwrap_model(model))
         return row
 
     def save_best() -> None:
-        trainer.save_hf_model(accelerator, model, tokenizer, out / "best", merge=cfg.lora.merge)
+        rundir.save_hf_model(accelerator, model, tokenizer, out / "best", merge=cfg.lora.merge)
 
+    evaluation = trainer.Evaluation(
+        eval_fn, ("val_rm_score", "max") if rm_judge else ("val_loss", "min"), save_best
+    )
     first = {
         "sft/train_examples": len(train),
         "sft/val_examples": len(val),
         **{f"sft/{k}": v for k, v in report.items()},
     }
     state = trainer.fit(
-        accelerator=accelerator,
-        cfg=cfg,
-        model=model,
-        optimizer=optimizer,
-        scheduler=scheduler,
-        out=out,
-        prefix="sft",
-        n_examples=len(train),
-        batch_size=cfg.batch_size,
-        total=total,
-        per_epoch=per_epoch,
-        loss_fn=loss_fn,
-        eval_fn=eval_fn if val else None,
-        eval_every=cfg.eval_every,
-        select=("val_rm_score", "max") if rm_judge else ("val_loss", "min"),
-        save_best=save_best,
-        first_row=first,
+        run, prefix="sft", loss_fn=loss_fn, evaluation=evaluation if val else None, first_row=first
     )
     final = _finish(accelerator, model, tokenizer, out, cfg, state)
-    trainer.plot_curves(
+    plot_curves(
         out / "metrics.jsonl",
         ["sft/loss", "sft/val_loss", "sft/lr"],
         out / "loss.png",
@@ -222,11 +199,11 @@ def _finish(
         key = "val_rm_score" if cfg.reward else "val_loss"
         selected = {"selected_by": key, "step": state["best_step"], key: state["best"]}
     else:
-        source = trainer.save_hf_model(
+        source = rundir.save_hf_model(
             accelerator, model, tokenizer, out / "final", merge=cfg.lora.merge
         )
         selected = {"selected_by": "last", "step": state["step"]}
     if accelerator.is_main_process:
-        trainer.install(source, out, "selected.json", json.dumps(selected) + "\n")
+        rundir.install(source, out, "selected.json", json.dumps(selected) + "\n")
     log.info("SFT model in %s (%s)", out, ", ".join(f"{k} {v}" for k, v in selected.items()))
     return out
