@@ -521,19 +521,32 @@ class RunConfig:
         return Path(self.root) / self.name
 
 
-def build(cls: type[T], values: dict[str, Any]) -> T:
-    """A stage config from a dict of (possibly nested) values, type-checked like the CLI's."""
+def build(cls: type[T], values: dict[str, Any], *, section: str | None = None) -> T:
+    """A stage config from a dict of (possibly nested) values, type-checked like the CLI's;
+    with `section` (a run config's stage section), error messages name keys by their path
+    there (`ppo.lr`)."""
+    stage = cls.__name__.removesuffix("Config").lower()
+    where = f"{section}." if section else ""
     try:
         merged = OmegaConf.merge(OmegaConf.structured(cls), OmegaConf.create(values))
         return OmegaConf.to_object(merged)  # type: ignore[return-value]
     except ConfigKeyError as e:
-        stage = cls.__name__.removesuffix("Config").lower()
         valid = ", ".join(key for key, *_ in fields_of(cls))
         raise ConfigError(
-            f"config: unknown key '{e.full_key}' for {stage}; valid keys: {valid}"
+            f"config: unknown key '{where}{e.full_key}' for {stage}; valid keys: {valid}"
+        ) from None
+    except ValidationError as e:
+        hints = {key: tname for key, tname, *_ in fields_of(cls)}
+        raise ConfigError(
+            f"config: {where}{e.full_key}: expected {hints.get(str(e.full_key), 'another type')}, "
+            f"got {e.value!r}"
         ) from None
     except OmegaConfBaseException as e:
         raise ConfigError(f"config: {cls.__name__}: {str(e).splitlines()[0]}") from None
+    except ConfigError as e:
+        if section:  # a cross-field check in __post_init__: say which section it came from
+            raise ConfigError(str(e).replace("config: ", f"config: {section}: ", 1)) from None
+        raise
 
 
 DB_URL_HELP = "database URL: sqlite:///FILE, or postgresql+psycopg://USER:PASSWORD@HOST/DB"

@@ -27,6 +27,7 @@ from instructrl import __version__, data, trainer
 from instructrl.config import (
     EvalConfig,
     GenerateConfig,
+    LabelConfig,
     PPOConfig,
     RMConfig,
     RunConfig,
@@ -37,6 +38,7 @@ from instructrl.config import (
 from instructrl.errors import UserError
 from instructrl.records import Prompt, read_records, write_records
 from instructrl.rundir import read_metrics
+from instructrl.stages import evaluate, generate, label, ppo, reward, sft
 
 log = logging.getLogger(__name__)
 MANIFEST = "manifest.json"
@@ -193,279 +195,346 @@ def _last(metrics: Path, key: str) -> float | None:
     return rows[-1][key] if rows else None
 
 
+@dataclass
+class Loop:
+    """One run of the loop: its config, the stage runner and the prompt files by stage."""
+
+    cfg: RunConfig
+    runner: Runner
+    prompt_keys: dict[str, str]  # stage -> key of <run>/prompts/<stage>.jsonl
+
+    @property
+    def run_dir(self) -> Path:
+        return self.cfg.run_dir
+
+    def prompts(self, part: str) -> Path:
+        return self.run_dir / "prompts" / f"{part}.jsonl"
+
+    def path(self, stage: str) -> Path:
+        return self.run_dir / stage
+
+
 def run(cfg: RunConfig, console: Any = None) -> Path:
-    """The whole loop. Returns the evaluation directory."""
-    from instructrl.labelers import Panel
-    from instructrl.stages import evaluate, generate, label, ppo, reward, sft
-
-    run_dir = cfg.run_dir
-    run_dir.mkdir(parents=True, exist_ok=True)
-    save_config(cfg, run_dir / "config.yaml")
-    runner = Runner(run_dir, console)
-    parts = partition(cfg)
-    prompts_dir = run_dir / "prompts"
-    keys = {name: _write_prompts(prompts_dir / f"{name}.jsonl", ps) for name, ps in parts.items()}
-    panel_seed = {"seed": cfg.seed}
-
-    # 1. demonstrations (panel or web app export)
-    if cfg.feedback == "panel":
-
-        def demos(out: Path) -> dict[str, Any]:
-            panel = Panel("train", seed=cfg.seed)
-            write_records(out / "train.jsonl", panel.demonstrate(parts["sft"]))
-            write_records(out / "val.jsonl", panel.demonstrate(parts["val"]))
-            return {"demonstrations": len(parts["sft"])}
-
-        demo_stage = runner.stage(
-            "demos", panel_seed, {"sft": keys["sft"], "val": keys["val"]}, demos
+    """The loop of the paper's Figure 2, one named step each. Returns the evaluation directory."""
+    loop = start(cfg, console)
+    demos = collect_demonstrations(loop)
+    sft = supervised_fine_tuning(loop, demos)
+    rm, comparisons = reward_model(loop, policy=sft, init=sft, demos=demos, round_=1)
+    ppo, ptx = reinforcement_learning(loop, sft, rm)
+    for round_ in range(2, cfg.rounds + 1):  # rank the newest policy's samples, retrain, go on
+        rm, comparisons = reward_model(
+            loop, policy=ptx, init=sft, demos=demos, round_=round_, previous=comparisons
         )
-        demos_train, demos_val = demo_stage.path / "train.jsonl", demo_stage.path / "val.jsonl"
-        demo_key = demo_stage.key
-    else:
-        demos_train = Path(cfg.feedback) / "demonstrations.jsonl"
-        if not demos_train.is_file():
-            raise UserError(
-                f"run: feedback={cfg.feedback}: expected demonstrations.jsonl there (the web app's export)"
-            )
-        demos_val, demo_key = None, file_key(demos_train)
-
-    # 2. SFT
-    sft_values = {"model": cfg.model, "data": str(demos_train), "seed": cfg.seed, **cfg.sft}
-    if demos_val is not None:
-        sft_values.setdefault("val_data", str(demos_val))
-
-    def do_sft(out: Path) -> dict[str, Any]:
-        sft.run(build(SFTConfig, {**sft_values, "out": str(out), "resume": True}))
-        return {"val_loss": _last(out / "metrics.jsonl", "sft/val_loss")}
-
-    sft_stage = runner.stage("sft", sft_values, {"demos": demo_key}, do_sft)
-
-    # 3-5. K samples per prompt -> rankings -> reward model
-    rm_stage, comparisons = _reward_round(
-        cfg,
-        runner,
-        parts,
-        keys,
-        sft_stage,
-        demos_train,
-        demo_key,
-        generate,
-        label,
-        reward,
-        round_=1,
+        ptx = continue_ppo_ptx(loop, ptx, rm, round_)
+    evaluation = evaluate_policies(loop, sft=sft, ppo=ppo, ptx=ptx, rm=rm)
+    (cfg.run_dir / "stages.json").write_text(
+        json.dumps([{**asdict(r), "path": str(r.path)} for r in loop.runner.results], indent=2)
     )
+    return evaluation.path
 
-    # 6. PPO and PPO-ptx from the SFT policy
-    ppo_base = {
-        "policy": str(sft_stage.path),
-        "reward": str(rm_stage.path),
-        "seed": cfg.seed,
-        "prompts": str(prompts_dir / "ppo.jsonl"),
-        **cfg.ppo,
-    }
 
-    def ppo_fn(values: dict[str, Any]) -> Callable[[Path], dict[str, Any]]:
-        def do(out: Path) -> dict[str, Any]:
-            ppo.run(build(PPOConfig, {**values, "out": str(out), "resume": True}))
-            rows = read_metrics(out / "metrics.jsonl")
-            return {
-                "score_first": rows[0]["ppo/score"],
-                "score_last": rows[-1]["ppo/score"],
-                "kl_last": rows[-1]["ppo/kl"],
-            }
-
-        return do
-
-    ppo_values = {**ppo_base, "ptx": "none"}
-    ptx_values = {**ppo_base, "ptx": "default", **cfg.ptx}
-    inputs = {"sft": sft_stage.key, "rm": rm_stage.key, "ppo_prompts": keys["ppo"]}
-    ppo_stage = runner.stage("ppo", ppo_values, inputs, ppo_fn(ppo_values))
-    ptx_stage = runner.stage("ppo-ptx", ptx_values, inputs, ppo_fn(ptx_values))
-
-    # 7. more rounds: rank the newest policy's samples, retrain the RM, continue PPO-ptx
+def start(cfg: RunConfig, console: Any = None) -> Loop:
+    """Check every stage section against its typed config (a typo fails here, before any stage
+    runs), then write the disjoint prompt sets of the stages."""
     if cfg.rounds > 1 and cfg.feedback != "panel":
         raise UserError(
             f"run: rounds={cfg.rounds} needs new rankings of the newest policy: use feedback=panel, or "
             f"rank its samples in the web app and run again with the new export"
         )
-    for r in range(2, cfg.rounds + 1):
-        rm_stage, comparisons = _reward_round(
-            cfg,
-            runner,
-            parts,
-            keys,
-            ptx_stage,
-            demos_train,
-            demo_key,
-            generate,
-            label,
-            reward,
-            round_=r,
-            previous=comparisons,
-            init=sft_stage,
-        )
-        values = {**ptx_values, "policy": str(ptx_stage.path), "reward": str(rm_stage.path)}
-        ptx_stage = runner.stage(
-            f"ppo-ptx-r{r}", values, {"policy": ptx_stage.key, "rm": rm_stage.key}, ppo_fn(values)
-        )
+    check_sections(cfg)
+    cfg.run_dir.mkdir(parents=True, exist_ok=True)
+    save_config(cfg, cfg.run_dir / "config.yaml")
+    prompts_dir = cfg.run_dir / "prompts"
+    keys = {
+        name: _write_prompts(prompts_dir / f"{name}.jsonl", ps)
+        for name, ps in partition(cfg).items()
+    }
+    return Loop(cfg, Runner(cfg.run_dir, console), keys)
 
-    # 8. evaluation
-    policies = f"base:{cfg.model},sft:{sft_stage.path},ppo:{ppo_stage.path},ptx:{ptx_stage.path}"
-    runs = f"sft:{sft_stage.path},rm:{rm_stage.path},ppo:{ppo_stage.path},ptx:{ptx_stage.path}"
-    eval_values = {
-        "policies": policies,
-        "baseline": "sft",
-        "prompts": str(prompts_dir / "test.jsonl"),
-        "reward": str(rm_stage.path),
-        "runs": runs,
-        "seed": cfg.seed,
-        **cfg.eval,
+
+def check_sections(cfg: RunConfig) -> dict[str, Any]:
+    """Every stage's typed config as the run will build it (the paths its stages will write):
+    an unknown or mistyped key fails with its path in the run config, e.g. `ppo.lr`."""
+    run_dir = cfg.run_dir
+    demos = _demo_paths(cfg, run_dir / "demos")
+    rankings = run_dir / "rankings" if cfg.feedback == "panel" else Path(cfg.feedback)
+    rm = _rm_values(cfg, run_dir / "sft", rankings, demos[0])
+    ppo = _ppo_values(cfg, run_dir / "sft", run_dir / "rm", run_dir / "prompts" / "ppo.jsonl")
+    eval_ = _eval_values(cfg, {s: run_dir / s for s in ("sft", "rm", "ppo", "ppo-ptx")})
+    out = {"out": str(run_dir / "check")}
+    return {
+        "sft": build(SFTConfig, {**_sft_values(cfg, *demos), **out}, section="sft"),
+        "rm": build(RMConfig, {**rm, **out}, section="rm"),
+        "ppo": build(PPOConfig, {**ppo, "ptx": "none", **out}, section="ppo"),
+        "ptx": build(PPOConfig, {**ppo, "ptx": "default", **cfg.ptx, **out}, section="ptx"),
+        "eval": build(EvalConfig, {**eval_, **out}, section="eval"),
     }
 
-    def do_eval(out: Path) -> dict[str, Any]:
-        evaluate.run(build(EvalConfig, {**eval_values, "out": str(out)}))
-        summary = json.loads((out / "summary.json").read_text())
-        return {
-            "ptx_over_sft": summary["win_rates"].get("ptx", {}).get("heldout", {}).get("win_rate")
-        }
 
-    eval_stage = runner.stage(
-        "eval",
-        eval_values,
-        {
-            "sft": sft_stage.key,
-            "ppo": ppo_stage.key,
-            "ptx": ptx_stage.key,
-            "rm": rm_stage.key,
-            "test": keys["test"],
-        },
-        do_eval,
-    )
-    (run_dir / "stages.json").write_text(
-        json.dumps([{**asdict(r), "path": str(r.path)} for r in runner.results], indent=2)
-    )
-    return eval_stage.path
+# ----------------------------------------------------------------------------- the steps
+def collect_demonstrations(loop: Loop) -> tuple[Path, Path | None, str]:
+    """Step 1: labelers write demonstrations for the SFT and validation prompts (the simulated
+    panel's training group, or people in the web app). Returns (train, val, key)."""
+    cfg = loop.cfg
+    train, val = _demo_paths(cfg, loop.path("demos"))
+    if cfg.feedback != "panel":
+        if not train.is_file():
+            raise UserError(
+                f"run: feedback={cfg.feedback}: expected demonstrations.jsonl there (the web app's export)"
+            )
+        return train, None, file_key(train)
+
+    def demonstrate(out: Path) -> dict[str, Any]:
+        for part, name in (("sft", "train"), ("val", "val")):
+            label.run(
+                LabelConfig(
+                    panel="train",
+                    task="demonstrate",
+                    input=str(loop.prompts(part)),
+                    out=str(out / f"{name}.jsonl"),
+                    seed=cfg.seed,
+                )
+            )
+        return {"demonstrations": len(read_records(out / "train.jsonl", "demonstration"))}
+
+    inputs = {"sft": loop.prompt_keys["sft"], "val": loop.prompt_keys["val"]}
+    stage = loop.runner.stage("demos", {"seed": cfg.seed}, inputs, demonstrate)
+    return train, val, stage.key
 
 
-def _reward_round(
-    cfg,
-    runner,
-    parts,
-    keys,
-    policy_stage,
-    demos_train,
-    demo_key,
-    generate,
-    label,
-    reward,
+def supervised_fine_tuning(loop: Loop, demos: tuple[Path, Path | None, str]) -> StageResult:
+    """Step 2: fine-tune the pretrained model on the demonstrations."""
+    values = _sft_values(loop.cfg, demos[0], demos[1])
+
+    def fine_tune(out: Path) -> dict[str, Any]:
+        sft.run(build(SFTConfig, {**values, "out": str(out), "resume": True}, section="sft"))
+        return {"val_loss": _last(out / "metrics.jsonl", "sft/val_loss")}
+
+    return loop.runner.stage("sft", values, {"demos": demos[2]}, fine_tune)
+
+
+def reward_model(
+    loop: Loop,
     *,
+    policy: StageResult,
+    init: StageResult,
+    demos: tuple[Path, Path | None, str],
     round_: int,
     previous: Path | None = None,
-    init: StageResult | None = None,
 ) -> tuple[StageResult, Path]:
-    """K samples from a policy on the RM prompts (and val prompts), panel rankings, an RM."""
+    """Steps 3-5: K samples of a policy per prompt, labelers' rankings, an RM trained from
+    `init` (the SFT model). Returns the RM stage and the training comparisons."""
     suffix = "" if round_ == 1 else f"-r{round_}"
-    sample_values = {
-        "model": str(policy_stage.path),
-        "samples": cfg.k,
-        "sampling": asdict(cfg.sampling),
-    }
-
-    def do_samples(out: Path) -> dict[str, Any]:
-        for split in ("rm", "val"):
-            gen = build(
-                GenerateConfig,
-                {
-                    **sample_values,
-                    "prompts": str(runner.run_dir / "prompts" / f"{split}.jsonl"),
-                    "out": str(out / f"{split}.jsonl"),
-                    "show": 0,
-                },
-            )
-            generate.run(gen)
-        return {"samples": cfg.k * len(parts["rm"])}
-
-    if cfg.feedback == "panel":
-        samples = runner.stage(
-            f"samples{suffix}",
-            sample_values,
-            {"policy": policy_stage.key, "rm": keys["rm"], "val": keys["val"]},
-            do_samples,
-        )
-
-        def do_rank(out: Path) -> dict[str, Any]:
-            from instructrl.config import LabelConfig
-
-            for panel, split, name in (
-                ("train", "rm", "train"),
-                ("train", "val", "val"),
-                ("heldout", "val", "heldout"),
-            ):
-                label.run(
-                    LabelConfig(
-                        panel=panel,
-                        task="rank",
-                        input=str(samples.path / f"{split}.jsonl"),
-                        prompts=str(runner.run_dir / "prompts" / f"{split}.jsonl"),
-                        out=str(out / f"{name}.jsonl"),
-                        seed=cfg.seed,
-                    )
-                )
-            if previous is not None:  # later rounds add to, not replace, the comparisons so far
-                merged = read_records(previous, "comparison") + read_records(
-                    out / "train.jsonl", "comparison"
-                )
-                write_records(out / "train.jsonl", merged)
-            return {"comparisons": len(read_records(out / "train.jsonl", "comparison"))}
-
-        ranks = runner.stage(
-            f"rankings{suffix}",
-            {"seed": cfg.seed},
-            {"samples": samples.key, "previous": str(previous)},
-            do_rank,
-        )
-        comparisons, val, heldout, rank_key = (
-            ranks.path / "train.jsonl",
-            ranks.path / "val.jsonl",
-            ranks.path / "heldout.jsonl",
-            ranks.key,
-        )
+    if loop.cfg.feedback == "panel":
+        samples = sample_outputs(loop, policy, suffix)
+        rankings, rank_key = rank_outputs(loop, samples, suffix, previous)
     else:
-        comparisons = Path(cfg.feedback) / "comparisons.jsonl"
-        if not comparisons.is_file():
-            raise UserError(
-                f"run: feedback={cfg.feedback}: expected comparisons.jsonl there (the web app's export)"
-            )
-        val = None
-        # the web app exports held-out labelers' rankings apart: accuracy only, never training
-        heldout = Path(cfg.feedback) / "heldout" / "comparisons.jsonl"
-        heldout = heldout if heldout.is_file() else None
-        rank_key = file_key(comparisons) + (f"+{file_key(heldout)}" if heldout else "")
-    base = init or policy_stage
-    rm_values = {
-        "model": str(base.path),
-        "data": str(comparisons),
-        "demos": str(demos_train),
-        "seed": cfg.seed,
-        **cfg.rm,
-    }
-    if val is not None:
-        rm_values["val_data"] = str(val)
-    if heldout is not None:
-        rm_values["heldout_data"] = str(heldout)
+        rankings, rank_key = _web_rankings(loop.cfg)
+    values = _rm_values(loop.cfg, init.path, rankings, demos[0])
 
-    def do_rm(out: Path) -> dict[str, Any]:
-        reward.run(build(RMConfig, {**rm_values, "out": str(out), "resume": True}))
+    def train_rm(out: Path) -> dict[str, Any]:
+        reward.run(build(RMConfig, {**values, "out": str(out), "resume": True}, section="rm"))
         m = out / "metrics.jsonl"
         return {
             "val_accuracy": _last(m, "rm/val_accuracy"),
             "heldout_accuracy": _last(m, "rm/heldout_accuracy"),
         }
 
-    rm_stage = runner.stage(
-        f"rm{suffix}", rm_values, {"init": base.key, "rankings": rank_key, "demos": demo_key}, do_rm
-    )
-    return rm_stage, comparisons
+    inputs = {"init": init.key, "rankings": rank_key, "demos": demos[2]}
+    stage = loop.runner.stage(f"rm{suffix}", values, inputs, train_rm)
+    return stage, Path(values["data"])
+
+
+def sample_outputs(loop: Loop, policy: StageResult, suffix: str) -> StageResult:
+    """Step 3: K samples per RM prompt and validation prompt from the policy."""
+    cfg = loop.cfg
+    values = {"model": str(policy.path), "samples": cfg.k, "sampling": asdict(cfg.sampling)}
+
+    def sample(out: Path) -> dict[str, Any]:
+        for part in ("rm", "val"):
+            generate.run(
+                build(
+                    GenerateConfig,
+                    {
+                        **values,
+                        "prompts": str(loop.prompts(part)),
+                        "out": str(out / f"{part}.jsonl"),
+                        "show": 0,
+                    },
+                )
+            )
+        return {"samples": cfg.k * len(read_records(loop.prompts("rm"), "prompt"))}
+
+    inputs = {"policy": policy.key, "rm": loop.prompt_keys["rm"], "val": loop.prompt_keys["val"]}
+    return loop.runner.stage(f"samples{suffix}", values, inputs, sample)
+
+
+def rank_outputs(
+    loop: Loop, samples: StageResult, suffix: str, previous: Path | None
+) -> tuple[Path, str]:
+    """Step 4: training labelers rank the RM and validation samples, held-out labelers the
+    validation samples (accuracy only). Later rounds add to the comparisons so far."""
+
+    def rank(out: Path) -> dict[str, Any]:
+        for panel, part, name in (
+            ("train", "rm", "train"),
+            ("train", "val", "val"),
+            ("heldout", "val", "heldout"),
+        ):
+            label.run(
+                LabelConfig(
+                    panel=panel,
+                    task="rank",
+                    input=str(samples.path / f"{part}.jsonl"),
+                    prompts=str(loop.prompts(part)),
+                    out=str(out / f"{name}.jsonl"),
+                    seed=loop.cfg.seed,
+                )
+            )
+        if previous is not None:
+            merged = read_records(previous, "comparison") + read_records(
+                out / "train.jsonl", "comparison"
+            )
+            write_records(out / "train.jsonl", merged)
+        return {"comparisons": len(read_records(out / "train.jsonl", "comparison"))}
+
+    inputs = {"samples": samples.key, "previous": str(previous)}
+    stage = loop.runner.stage(f"rankings{suffix}", {"seed": loop.cfg.seed}, inputs, rank)
+    return stage.path, stage.key
+
+
+def _web_rankings(cfg: RunConfig) -> tuple[Path, str]:
+    """The web app's export as the rankings directory (comparisons.jsonl, heldout/...)."""
+    comparisons = Path(cfg.feedback) / "comparisons.jsonl"
+    if not comparisons.is_file():
+        raise UserError(
+            f"run: feedback={cfg.feedback}: expected comparisons.jsonl there (the web app's export)"
+        )
+    heldout = Path(cfg.feedback) / "heldout" / "comparisons.jsonl"
+    key = file_key(comparisons) + (f"+{file_key(heldout)}" if heldout.is_file() else "")
+    return Path(cfg.feedback), key
+
+
+def reinforcement_learning(
+    loop: Loop, sft_stage: StageResult, rm: StageResult
+) -> tuple[StageResult, StageResult]:
+    """Step 6: PPO and PPO-ptx from the SFT policy against the RM."""
+    values = _ppo_values(loop.cfg, sft_stage.path, rm.path, loop.prompts("ppo"))
+    inputs = {"sft": sft_stage.key, "rm": rm.key, "ppo_prompts": loop.prompt_keys["ppo"]}
+    ppo_values = {**values, "ptx": "none"}
+    ptx_values = {**values, "ptx": "default", **loop.cfg.ptx}
+    ppo_stage = loop.runner.stage("ppo", ppo_values, inputs, _ppo_step(ppo_values, "ppo"))
+    ptx_stage = loop.runner.stage("ppo-ptx", ptx_values, inputs, _ppo_step(ptx_values, "ptx"))
+    return ppo_stage, ptx_stage
+
+
+def continue_ppo_ptx(
+    loop: Loop, ptx_stage: StageResult, rm: StageResult, round_: int
+) -> StageResult:
+    """Step 7 (rounds > 1): more PPO-ptx from the newest policy against the new RM."""
+    values = _ppo_values(loop.cfg, ptx_stage.path, rm.path, loop.prompts("ppo"))
+    values = {**values, "ptx": "default", **loop.cfg.ptx}
+    inputs = {"policy": ptx_stage.key, "rm": rm.key}
+    return loop.runner.stage(f"ppo-ptx-r{round_}", values, inputs, _ppo_step(values, "ptx"))
+
+
+def _ppo_step(values: dict[str, Any], section: str) -> Callable[[Path], dict[str, Any]]:
+    def train(out: Path) -> dict[str, Any]:
+        ppo.run(build(PPOConfig, {**values, "out": str(out), "resume": True}, section=section))
+        rows = read_metrics(out / "metrics.jsonl")
+        return {
+            "score_first": rows[0]["ppo/score"],
+            "score_last": rows[-1]["ppo/score"],
+            "kl_last": rows[-1]["ppo/kl"],
+        }
+
+    return train
+
+
+def evaluate_policies(
+    loop: Loop, *, sft: StageResult, ppo: StageResult, ptx: StageResult, rm: StageResult
+) -> StageResult:
+    """Step 8: the policies on the test prompts, judged by held-out labelers; the report."""
+    stages = {"sft": sft.path, "rm": rm.path, "ppo": ppo.path, "ppo-ptx": ptx.path}
+    values = _eval_values(loop.cfg, stages)
+
+    def judge(out: Path) -> dict[str, Any]:
+        evaluate.run(build(EvalConfig, {**values, "out": str(out)}, section="eval"))
+        summary = json.loads((out / "summary.json").read_text())
+        return {
+            "ptx_over_sft": summary["win_rates"].get("ptx", {}).get("heldout", {}).get("win_rate")
+        }
+
+    inputs = {
+        "sft": sft.key,
+        "ppo": ppo.key,
+        "ptx": ptx.key,
+        "rm": rm.key,
+        "test": loop.prompt_keys["test"],
+    }
+    return loop.runner.stage("eval", values, inputs, judge)
+
+
+# ----------------------------------------------------------------------------- stage values
+# Each stage's values: the paths the pipeline fills in, then the run config's section on top.
+# A stage's key hashes these values (without out/resume) and the keys of its inputs.
+def _demo_paths(cfg: RunConfig, demos_dir: Path) -> tuple[Path, Path | None]:
+    if cfg.feedback == "panel":
+        return demos_dir / "train.jsonl", demos_dir / "val.jsonl"
+    return Path(cfg.feedback) / "demonstrations.jsonl", None
+
+
+def _sft_values(cfg: RunConfig, train: Path, val: Path | None) -> dict[str, Any]:
+    values = {"model": cfg.model, "data": str(train), "seed": cfg.seed, **cfg.sft}
+    if val is not None:
+        values.setdefault("val_data", str(val))
+    return values
+
+
+def _rm_values(cfg: RunConfig, init: Path, rankings: Path, demos: Path) -> dict[str, Any]:
+    """From the panel's rankings directory (train / val / heldout.jsonl) or the web app's
+    export (comparisons.jsonl, and heldout/comparisons.jsonl: accuracy only, never training)."""
+    if cfg.feedback == "panel":
+        data, val, heldout = (rankings / f"{n}.jsonl" for n in ("train", "val", "heldout"))
+    else:
+        data, val = rankings / "comparisons.jsonl", None
+        heldout = rankings / "heldout" / "comparisons.jsonl"
+        heldout = heldout if heldout.is_file() else None
+    values = {
+        "model": str(init),
+        "data": str(data),
+        "demos": str(demos),
+        "seed": cfg.seed,
+        **cfg.rm,
+    }
+    if val is not None:
+        values["val_data"] = str(val)
+    if heldout is not None:
+        values["heldout_data"] = str(heldout)
+    return values
+
+
+def _ppo_values(cfg: RunConfig, policy: Path, rm: Path, prompts: Path) -> dict[str, Any]:
+    return {
+        "policy": str(policy),
+        "reward": str(rm),
+        "seed": cfg.seed,
+        "prompts": str(prompts),
+        **cfg.ppo,
+    }
+
+
+def _eval_values(cfg: RunConfig, stages: dict[str, Path]) -> dict[str, Any]:
+    sft, rm, ppo_, ptx = (stages[s] for s in ("sft", "rm", "ppo", "ppo-ptx"))
+    return {
+        "policies": f"base:{cfg.model},sft:{sft},ppo:{ppo_},ptx:{ptx}",
+        "baseline": "sft",
+        "prompts": str(cfg.run_dir / "prompts" / "test.jsonl"),
+        "reward": str(rm),
+        "runs": f"sft:{sft},rm:{rm},ppo:{ppo_},ptx:{ptx}",
+        "seed": cfg.seed,
+        **cfg.eval,
+    }
 
 
 def headline(eval_dir: Path) -> list[tuple[str, str]]:

@@ -128,21 +128,46 @@ def test_sigkilled_stage_resumes(tiny_model_dir, tmp_path):
 
 @pytest.mark.parametrize("name", ["default.yaml", "paper.yaml", "tiny.yaml"])
 def test_shipped_run_configs_build_every_stage(name):
-    from instructrl.config import (
-        EvalConfig,
-        PPOConfig,
-        RMConfig,
-        RunConfig,
-        SFTConfig,
-        build,
-        load_config,
-    )
+    from omegaconf import OmegaConf
+
+    from instructrl.config import RunConfig, load_config
+    from instructrl.pipeline import check_sections
 
     cfg = load_config(RunConfig, [str(CONFIG.parent / name)])
-    build(SFTConfig, {"data": "d.jsonl", **cfg.sft})
-    build(RMConfig, {"data": "c.jsonl", **cfg.rm})
-    build(PPOConfig, {**cfg.ppo, **cfg.ptx})
-    build(EvalConfig, {"policies": "a:b", **cfg.eval})
+    built = check_sections(cfg)
+    raw = OmegaConf.to_container(OmegaConf.load(CONFIG.parent / name))
+    # every value a shipped section sets lands in that stage's typed config (ptx over ppo)
+    for section, stage in (("sft", "sft"), ("rm", "rm"), ("ppo", "ppo"), ("eval", "eval")):
+        for key, value in (raw.get(section) or {}).items():
+            if not isinstance(value, dict):
+                assert getattr(built[stage], key) == value, (name, section, key)
+    for key, value in {**(raw.get("ppo") or {}), **(raw.get("ptx") or {})}.items():
+        assert getattr(built["ptx"], key) == value, (name, "ptx", key)
+    assert built["ppo"].ptx == "none" and built["ptx"].ptx != "none"
+    assert built["rm"].model.endswith("sft") and built["ppo"].reward.endswith("rm")
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("ppo.lrr=1e-5", "unknown key 'ppo.lrr' for ppo"),
+        ("ptx.ptx_coeff=2", "unknown key 'ptx.ptx_coeff' for ppo"),
+        ("rm.batch_size=four", "rm.batch_size: expected int, got 'four'"),
+        ("eval.limit=-", "eval.limit: expected int"),
+        ("sft.val_fraction=2", "config: sft: val_fraction: expected 0 <= x < 1, got 2.0"),
+    ],
+)
+def test_a_mistyped_stage_key_fails_before_any_stage_runs(tmp_path, override, message):
+    from instructrl import pipeline
+    from instructrl.config import RunConfig, load_config
+    from instructrl.errors import ConfigError
+
+    cfg = load_config(RunConfig, [str(CONFIG), f"root={tmp_path}", override])
+    start = time.perf_counter()
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        pipeline.run(cfg)
+    assert time.perf_counter() - start < 5
+    assert not (tmp_path / "tiny").exists()  # nothing was written, no stage ran
 
 
 def test_second_round_and_web_app_feedback(first_run, tmp_path):
