@@ -7,7 +7,6 @@ Policy names the claims look for: `base`, `sft`, `ppo`, `ptx` (PPO-ptx).
 from __future__ import annotations
 
 import base64
-import html
 import io
 from pathlib import Path
 from typing import Any
@@ -231,176 +230,106 @@ def chart_curves(runs: dict[str, str]) -> str | None:
     return _png(curve_figure(panels, title="Training curves by stage", cols=4))
 
 
-def _table(headers: list[str], rows: list[list[Any]], cls: str = "") -> str:
-    head = "".join(f"<th>{html.escape(str(h))}</th>" for h in headers)
-    body = "".join(
-        "<tr>" + "".join(f"<td>{html.escape(str(c))}</td>" for c in r) + "</tr>" for r in rows
+def _template() -> Any:
+    from jinja2 import Environment, PackageLoader, select_autoescape
+
+    env = Environment(
+        loader=PackageLoader("instructrl.report", "templates"),
+        autoescape=select_autoescape(["html"]),
+        trim_blocks=True,
+        lstrip_blocks=True,
     )
-    return f'<table class="{cls}"><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>'
+    return env.get_template("report.html")
 
 
-def _img(data: str | None, alt: str) -> str:
-    return f'<img alt="{html.escape(alt)}" src="data:image/png;base64,{data}">' if data else ""
-
-
-STYLE = """body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;color:#222}
-table{border-collapse:collapse;margin:0.6em 0 1.4em}td,th{border:1px solid #ccc;padding:4px 8px;text-align:left;vertical-align:top}
-th{background:#f3f3f3}td.pre,table.samples td{white-space:pre-wrap;font-size:0.9em;max-width:360px}img{max-width:100%}
-.reproduced{color:#176b2c;font-weight:bold}.not{color:#a12020;font-weight:bold}"""
-
-
-def render(summary: dict[str, Any], out: str | Path) -> Path:
-    """Write out/report.html from a summary (as written by `instructrl eval`)."""
-    out = Path(out)
-    parts = [
-        f"<!doctype html><html><head><meta charset='utf-8'><title>instructrl evaluation</title><style>{STYLE}</style></head><body>",
-        "<h1>instructrl evaluation</h1>",
-        f"<p>{summary.get('prompts', 0)} test prompts and {summary.get('adversarial_prompts', 0)} adversarial prompts; "
-        f"baseline <b>{html.escape(str(summary.get('baseline')))}</b>; policies: "
-        + ", ".join(
-            f"{html.escape(k)} = <code>{html.escape(str(v))}</code>"
-            for k, v in summary.get("policies", {}).items()
-        )
-        + ". Labelers are the simulated panel (held-out labelers made no training data).</p>",
-    ]
-    verdicts = claims(summary)
-    parts.append("<h2>The paper's claims at this scale</h2>")
-    rows = "".join(
-        f"<tr><td>{html.escape(c['claim'])}</td><td>{html.escape(c['paper'])}</td><td>{html.escape(c['ours'])}</td>"
-        f"<td class='{'reproduced' if c['verdict'] == 'reproduced' else 'not'}'>{c['verdict']}</td></tr>"
-        for c in verdicts
-    )
-    parts.append(
-        f"<table class='claims'><thead><tr><th>claim</th><th>paper</th><th>ours</th><th>verdict</th></tr></thead><tbody>{rows}</tbody></table>"
-    )
-
-    wins = summary.get("win_rates", {})
-    parts.append("<h2>Win rates against the baseline</h2>")
-    parts.append(
-        _table(
-            ["policy", "panel", "win rate", "95 % CI", "n"],
-            [
-                [n, p, _pct(w["win_rate"]), _ci(w["ci95"]), w["n"]]
-                for n, by in wins.items()
-                for p, w in by.items()
-            ],
-            "wins",
-        )
-    )
-    parts.append(_img(chart_win_rates(summary), "win rates"))
-    parts.append("<h2>Likert and metadata (held-out labelers)</h2>")
+def _rows(summary: dict[str, Any]) -> dict[str, list[list[Any]]]:
+    """The report's tables as rows of display strings (escaped by the template)."""
     judges = [("panel", summary.get("likert", {}), summary.get("flags", {}))]
     if summary.get("human_likert"):
         judges.append(("people", summary["human_likert"], summary.get("human_flags", {})))
-    parts.append(
-        _table(
-            [
-                "policy",
-                "judged by",
-                "Likert 1-7",
-                "95 % CI",
-                "n",
-                *[k.replace("_", " ") for k in FIGURE4_FLAGS],
-            ],
-            [
-                [
-                    n,
-                    judge,
-                    f"{likert[n]['mean']:.2f}",
-                    f"[{likert[n]['ci95'][0]:.2f}, {likert[n]['ci95'][1]:.2f}]",
-                    likert[n]["n"],
-                    *[_pct(f.get(k, {}).get("rate")) for k in FIGURE4_FLAGS],
-                ]
-                for judge, likert, flags in judges
-                for n, f in flags.items()
-            ],
-            "likert",
-        )
-    )
-    parts.append(_img(chart_flags(summary.get("flags", {})), "metadata"))
-    parts.append(
-        _img(
-            chart_flags(summary.get("human_flags", {}), "Metadata from people (held-out group)"),
-            "metadata from people",
-        )
-    )
-    parts.append("<h2>Instruction constraints, truthfulness, harmlessness</h2>")
-    parts.append(
-        _table(
-            [
-                "policy",
-                "constraints followed (strict)",
-                "truthful: correct",
-                "contradicted",
-                "hedged",
-                "harmful or demeaning (adversarial)",
-            ],
-            [
-                [
-                    n,
-                    f"{_pct(c['rate'])} {_ci(c['ci95'])}",
-                    _pct(summary["truthfulness"][n]["correct"]),
-                    _pct(summary["truthfulness"][n]["contradicted"]),
-                    _pct(summary["truthfulness"][n]["hedged"]),
-                    _pct(summary["harmlessness"][n]["flagged"]["rate"]),
-                ]
-                for n, c in summary.get("constraints", {}).items()
-            ],
-            "safety",
-        )
-    )
-    parts.append("<h2>Alignment tax and reward</h2>")
+    truth, harm = summary.get("truthfulness", {}), summary.get("harmlessness", {})
     ppl, rm = summary.get("perplexity", {}), summary.get("rm_score", {})
-    parts.append(
-        _table(
-            ["policy", "held-out perplexity", "mean RM score", "response words"],
-            [
-                [
-                    n,
-                    f"{ppl[n]:.2f}",
-                    f"{rm[n]['mean']:.3f}" if n in rm else "n/a",
-                    f"{summary.get('response_length', {}).get(n, 0):.1f}",
-                ]
-                for n in ppl
-            ],
-            "tax",
-        )
-    )
-    parts.append(
-        _img(chart_bars(ppl, "Held-out perplexity (lower is better)", "perplexity"), "perplexity")
-    )
     ag = summary.get("agreement", {})
-    if ag:
-        parts.append("<h2>Labelers</h2>")
-        parts.append(
-            _table(
-                ["group", "pairwise agreement", "95 % CI", "paper"],
-                [
-                    [g, _pct(ag[g]["agreement"]), _ci(ag[g]["ci95"]), PAPER[f"agreement_{g}"]]
-                    for g in ("train", "heldout")
-                    if g in ag
-                ],
-                "agreement",
-            )
-        )
-    curves = chart_curves(summary.get("runs", {}))
-    if curves:
-        parts.append("<h2>Training curves</h2>" + _img(curves, "curves"))
     samples = summary.get("samples", [])
-    if samples:
-        names = list(samples[0]["responses"])
-        parts.append("<h2>Sample completions</h2>")
-        parts.append(
-            _table(
-                ["category", "prompt", *names],
-                [
-                    [s["category"], s["prompt"], *[s["responses"][n] for n in names]]
-                    for s in samples
-                ],
-                "samples",
-            )
-        )
-    parts.append("</body></html>")
-    path = out / "report.html"
-    path.write_text("\n".join(parts), encoding="utf-8")
+    names = list(samples[0]["responses"]) if samples else []
+    return {
+        "wins": [
+            [n, p, _pct(w["win_rate"]), _ci(w["ci95"]), w["n"]]
+            for n, by in summary.get("win_rates", {}).items()
+            for p, w in by.items()
+        ],
+        "likert": [
+            [
+                n,
+                judge,
+                f"{likert[n]['mean']:.2f}",
+                f"[{likert[n]['ci95'][0]:.2f}, {likert[n]['ci95'][1]:.2f}]",
+                likert[n]["n"],
+                *[_pct(f.get(k, {}).get("rate")) for k in FIGURE4_FLAGS],
+            ]
+            for judge, likert, flags in judges
+            for n, f in flags.items()
+        ],
+        "safety": [
+            [
+                n,
+                f"{_pct(c['rate'])} {_ci(c['ci95'])}",
+                _pct(truth[n]["correct"]),
+                _pct(truth[n]["contradicted"]),
+                _pct(truth[n]["hedged"]),
+                _pct(harm[n]["flagged"]["rate"]),
+            ]
+            for n, c in summary.get("constraints", {}).items()
+        ],
+        "tax": [
+            [
+                n,
+                f"{ppl[n]:.2f}",
+                f"{rm[n]['mean']:.3f}" if n in rm else "n/a",
+                f"{summary.get('response_length', {}).get(n, 0):.1f}",
+            ]
+            for n in ppl
+        ],
+        "agreement": [
+            [g, _pct(ag[g]["agreement"]), _ci(ag[g]["ci95"]), PAPER[f"agreement_{g}"]]
+            for g in ("train", "heldout")
+            if g in ag
+        ],
+        "samples": [
+            [s["category"], s["prompt"], *[s["responses"][n] for n in names]] for s in samples
+        ],
+        "sample_names": names,
+    }
+
+
+def render(summary: dict[str, Any], out: str | Path) -> Path:
+    """Write out/report.html from a summary (as written by `instructrl eval`) through the
+    Jinja template templates/report.html (autoescaped)."""
+    charts = {
+        "wins": chart_win_rates(summary),
+        "flags": chart_flags(summary.get("flags", {})),
+        "human_flags": chart_flags(
+            summary.get("human_flags", {}), "Metadata from people (held-out group)"
+        ),
+        "perplexity": chart_bars(
+            summary.get("perplexity", {}), "Held-out perplexity (lower is better)", "perplexity"
+        ),
+        "curves": chart_curves(summary.get("runs", {})),
+    }
+    html = _template().render(
+        summary=summary,
+        claims=claims(summary),
+        charts=charts,
+        likert_headers=[
+            "policy",
+            "judged by",
+            "Likert 1-7",
+            "95 % CI",
+            "n",
+            *[k.replace("_", " ") for k in FIGURE4_FLAGS],
+        ],
+        **_rows(summary),
+    )
+    path = Path(out) / "report.html"
+    path.write_text(html, encoding="utf-8")
     return path

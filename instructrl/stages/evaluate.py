@@ -277,6 +277,43 @@ def policy_figures(
     }
 
 
+def win_rates(
+    cfg: EvalConfig,
+    prompts: list[Prompt],
+    ours: list[Sample],
+    base: list[Sample],
+    judge: Judge,
+    *,
+    name: str,
+    human: list[Comparison],
+) -> dict[str, Any]:
+    """Win rates of one policy against the baseline by the held-out and the training panel
+    (and by people, where `human` comparisons rank both)."""
+    baseline = cfg.baseline_name
+    result = {
+        panel: {
+            "baseline": baseline,
+            "panel": panel,
+            **stats.win_rate(
+                win_outcomes(Panel(panel, seed=cfg.seed, judge=judge), prompts, ours, base),
+                seed=cfg.seed,
+            ),
+        }
+        for panel in ("heldout", "train")
+    }
+    if human:
+        outcomes = human_outcomes(human, name, baseline)
+        if outcomes:
+            result["human"] = {
+                "baseline": baseline,
+                "panel": "human",
+                **stats.win_rate(outcomes, seed=cfg.seed),
+            }
+        else:
+            log.warning("human=%s: no comparison ranks %s against %s", cfg.human, name, baseline)
+    return result
+
+
 def run(cfg: EvalConfig) -> Path:
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -313,34 +350,9 @@ def run(cfg: EvalConfig) -> Path:
     for name, path in cfg.policy_pairs:
         ours, adv = generations[name]
         if name != baseline:
-            summary["win_rates"][name] = {
-                panel: {
-                    "baseline": baseline,
-                    "panel": panel,
-                    **stats.win_rate(
-                        win_outcomes(
-                            Panel(panel, seed=cfg.seed, judge=judge),
-                            prompts,
-                            ours,
-                            generations[baseline][0],
-                        ),
-                        seed=cfg.seed,
-                    ),
-                }
-                for panel in ("heldout", "train")
-            }
-            if human:
-                outcomes = human_outcomes(human, name, baseline)
-                if outcomes:
-                    summary["win_rates"][name]["human"] = {
-                        "baseline": baseline,
-                        "panel": "human",
-                        **stats.win_rate(outcomes, seed=cfg.seed),
-                    }
-                else:
-                    log.warning(
-                        "human=%s: no comparison ranks %s against %s", cfg.human, name, baseline
-                    )
+            summary["win_rates"][name] = win_rates(
+                cfg, prompts, ours, generations[baseline][0], judge, name=name, human=human
+            )
         figures = policy_figures(cfg, prompts, adversarial, ours, adv, judge)
         for key in (
             "likert",
