@@ -549,6 +549,7 @@ def build(cls: type[T], values: dict[str, Any], *, section: str | None = None) -
         raise
 
 
+DEFAULT_DB_URL = "sqlite:///feedback.db"
 DB_URL_HELP = "database URL: sqlite:///FILE, or postgresql+psycopg://USER:PASSWORD@HOST/DB"
 
 
@@ -556,7 +557,7 @@ DB_URL_HELP = "database URL: sqlite:///FILE, or postgresql+psycopg://USER:PASSWO
 class ServeConfig:
     """`instructrl serve`: the feedback web app (FastAPI under uvicorn)."""
 
-    db: str = _f("sqlite:///feedback.db", DB_URL_HELP)
+    db: str = _f(DEFAULT_DB_URL, DB_URL_HELP)
     host: str = _f("127.0.0.1", "address to listen on (0.0.0.0: every interface)")
     port: int = _f(8000, "port to listen on")
     secret_key: str | None = _f(
@@ -566,17 +567,26 @@ class ServeConfig:
     )
     secure_cookies: bool = _f(False, "mark cookies Secure (serve behind HTTPS)")
     jobs_dir: str = _f("runs/web-jobs", "where generation jobs write their prompts and samples")
+    python: str = _f("", "Python interpreter for generation jobs (default: the one serving)")
+    check_schema: bool = _f(
+        True, "refuse to start on a database whose schema is older than the code (db upgrade)"
+    )
 
     def __post_init__(self) -> None:
         if not 0 < self.port < 65536:
             raise ConfigError(f"config: port: expected 1-65535, got {self.port}")
+        if self.secret_key is not None and len(self.secret_key) < 32:
+            raise ConfigError(
+                "serve: secret_key: expected at least 32 random characters (default: a key kept "
+                "beside the database), got a shorter one"
+            )
 
 
 @dataclass
 class DBConfig:
     """`instructrl db upgrade|export`, `instructrl users add`: the feedback database."""
 
-    db: str = _f("sqlite:///feedback.db", DB_URL_HELP)
+    db: str = _f(DEFAULT_DB_URL, DB_URL_HELP)
     project: str | None = _f(None, "db export: the project's name")
     out: str | None = _f(
         None,

@@ -8,6 +8,7 @@ import sys
 import threading
 
 import pytest
+from sqlalchemy import select
 from webutil import (
     PASSWORD,
     add_task,
@@ -24,7 +25,7 @@ from webutil import (
 )
 
 from instructrl import records as R
-from instructrl.web import crud, db
+from instructrl.web import analytics, crud, db
 from instructrl.web.models import Base, Submission
 
 
@@ -260,8 +261,13 @@ def test_dashboard_agreement_and_time_by_hand(db_url):
             c = sign_in(app, name)
             form = {**rank_form(4, ranks), "client_id": f"{name}-rank-1"}
             assert post(c, f"/work/{next_assignment(c)}", form).status_code == 303
+        # time per answer, set by hand: ann 30 s, bob 10 s, cat 20 s, held-out 100 s and 200 s
+        seconds = {"ann": 30.0, "bob": 10.0, "cat": 20.0, "hal": 100.0, "ida": 200.0}
+        with db.transaction(app.state.sessions) as s:
+            for sub in s.scalars(select(Submission)):
+                sub.seconds = seconds[s.get(crud.User, sub.user_id).username]
         with app.state.sessions() as s:
-            board = crud.dashboard(s, project=s.get(crud.Project, pid))
+            board = analytics.dashboard(s, project=s.get(crud.Project, pid))
         page = admin.get(f"/admin/projects/{pid}").text
     # by hand: ann-bob agree on 5 of 6 pairs; ann-cat 5 of 5 untied; bob-cat 4 of 5;
     # hal-ida 0 of 6 (reversed). Labelers of different groups are never compared.
@@ -280,9 +286,11 @@ def test_dashboard_agreement_and_time_by_hand(db_url):
     assert "<td>rank task</td><td>rank</td><td>training</td><td>3</td><td>1</td>" in page
     assert "Overall 63.6 %" in page and "training labelers: 87.5 %" in page
     assert "Likert 5, 5, 5, 5; ranking A=B &gt; C &gt; D" in page  # cat's answer, for review
-    row = board["progress"][0]
+    row, heldout_row = board["progress"]
     assert (row["n_items"], row["needed"], row["done"]) == (1, 3, 3)
-    assert row["median_s"] >= 0
+    assert row["median_s"] == 20.0  # median of 30, 10, 20
+    assert heldout_row["median_s"] == 150.0  # median of 100 and 200
+    assert per["bob"]["median_s"] == 10.0 and per["ida"]["median_s"] == 200.0
 
 
 def test_screening_scores_candidates_against_gold(db_url):
@@ -304,7 +312,7 @@ def test_screening_scores_candidates_against_gold(db_url):
         post(cand, f"/work/{a}", {**rank_form(4, [2, 1, 3, 4]), "client_id": "cand-screen-1"})
         page = admin.get(f"/admin/projects/{pid}").text
         with app.state.sessions() as s:
-            (score,) = crud.screening_scores(s, project=s.get(crud.Project, pid))
+            (score,) = analytics.screening_scores(s, project=s.get(crud.Project, pid))
         # ranking: 5 of 6 pairs as gold; flags: 4 outputs x 11 flags, hallucination differs
         assert score["ranking_agreement"] == pytest.approx(5 / 6)
         assert score["flag_agreement"] == pytest.approx(40 / 44)

@@ -18,8 +18,9 @@ from conftest import needs
 from webutil import PASSWORD, add_user, jsonl, prompts, samples
 
 from instructrl import records as R
+from instructrl.config import ServeConfig
 from instructrl.web import db
-from instructrl.web.app import Settings, create_app
+from instructrl.web.app import create_app
 
 CHROMIUM = "/usr/bin/chromium"
 ARGS = [
@@ -41,7 +42,7 @@ def live_app(tmp_path):
     engine = db.make_engine(url)
     db.upgrade(engine)
     engine.dispose()
-    app = create_app(Settings(db=url, secret_key="b" * 40, jobs_dir=str(tmp_path / "jobs")))
+    app = create_app(ServeConfig(db=url, secret_key="b" * 40, jobs_dir=str(tmp_path / "jobs")))
     sock = socket.socket()
     sock.bind(("127.0.0.1", 0))
     server = uvicorn.Server(uvicorn.Config(app, log_level="warning"))

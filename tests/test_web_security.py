@@ -21,7 +21,8 @@ from webutil import (
     sign_in,
 )
 
-from instructrl.web.app import Settings, create_app
+from instructrl.config import ServeConfig
+from instructrl.web.app import create_app
 
 PUBLIC = {
     ("GET", "/login"),
@@ -158,9 +159,10 @@ def test_html_is_escaped_and_sql_like_text_stored_verbatim(db_url):
 def test_app_module_never_imports_torch_nor_connects_at_creation():
     code = (
         "import sys\n"
-        "from instructrl.web.app import Settings, create_app\n"
+        "from instructrl.config import ServeConfig\n"
+        "from instructrl.web.app import create_app\n"
         "from instructrl.web import commands, crud, jobs\n"
-        "create_app(Settings(db='postgresql+psycopg://u:p@127.0.0.1:9/none', secret_key='k' * 32))\n"
+        "create_app(ServeConfig(db='postgresql+psycopg://u:p@127.0.0.1:9/none', secret_key='k' * 32))\n"
         "print('torch' in sys.modules)\n"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
@@ -173,4 +175,4 @@ def test_short_secret_key_is_refused():
     from instructrl.errors import UserError
 
     with pytest.raises(UserError, match="at least 32"):
-        create_app(Settings(db="sqlite://", secret_key="short"))
+        create_app(ServeConfig(db="sqlite://", secret_key="short"))

@@ -8,8 +8,9 @@ from contextlib import contextmanager
 
 from fastapi.testclient import TestClient
 
+from instructrl.config import ServeConfig
 from instructrl.web import crud, db
-from instructrl.web.app import Settings, create_app
+from instructrl.web.app import create_app
 
 SECRET = "s" * 40
 PASSWORD = "correct horse battery"
@@ -21,7 +22,7 @@ def app_for(url: str, **settings):
     engine = db.make_engine(url)
     db.upgrade(engine)
     engine.dispose()
-    app = create_app(Settings(db=url, secret_key=SECRET, **settings))
+    app = create_app(ServeConfig(db=url, secret_key=SECRET, **settings))
     with TestClient(app, follow_redirects=False) as client:
         yield app, client
 

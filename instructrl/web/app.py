@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 import secrets
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
 from pathlib import Path
 
 from fastapi import FastAPI, HTTPException, Request
@@ -14,28 +13,11 @@ from fastapi.staticfiles import StaticFiles
 from fastapi.templating import Jinja2Templates
 from starlette.middleware.sessions import SessionMiddleware
 
-from instructrl.errors import UserError
+from instructrl.config import ServeConfig
 from instructrl.web import crud, db
 from instructrl.web.deps import LoginRequired, csrf_token
 
 HERE = Path(__file__).parent
-
-
-@dataclass
-class Settings:
-    db: str = "sqlite:///feedback.db"
-    secret_key: str = ""  # signs session cookies; at least 32 characters
-    secure_cookies: bool = False  # set the cookie's Secure flag (serve behind HTTPS)
-    jobs_dir: str = "runs/web-jobs"  # generation jobs write their files here
-    python: str = ""  # interpreter for generation jobs (default: this one)
-    check_schema: bool = True
-
-    def __post_init__(self) -> None:
-        if len(self.secret_key) < 32:
-            raise UserError(
-                "serve: secret_key: expected at least 32 random characters (default: a key kept "
-                "beside the database), got a shorter one"
-            )
 
 
 def templates() -> Jinja2Templates:
@@ -44,7 +26,9 @@ def templates() -> Jinja2Templates:
     return t
 
 
-def create_app(settings: Settings) -> FastAPI:
+def create_app(settings: ServeConfig) -> FastAPI:
+    """The app for `instructrl serve`'s settings; without secret_key, the key kept beside the
+    database (secret_beside) signs session cookies."""
     from instructrl.web.routes import admin, api, auth, label
 
     engine = db.make_engine(settings.db)
@@ -72,7 +56,7 @@ def create_app(settings: Settings) -> FastAPI:
     app.state.failed_sign_ins = auth.FailedSignIns()
     app.add_middleware(
         SessionMiddleware,
-        secret_key=settings.secret_key,
+        secret_key=settings.secret_key or secret_beside(settings.db),
         session_cookie="instructrl_session",
         same_site="lax",
         https_only=settings.secure_cookies,
@@ -109,10 +93,15 @@ def create_app(settings: Settings) -> FastAPI:
             status_code=exc.status_code,
         )
 
-    # crud's refusals mean the same on every route: not yours (403), not now (409)
+    # crud's refusals mean the same on every route: no such row (404), not yours (403),
+    # not now (409)
     @app.exception_handler(crud.Forbidden)
     async def forbidden(request: Request, exc: crud.Forbidden) -> Response:
         return await http_error(request, HTTPException(403, str(exc)))
+
+    @app.exception_handler(crud.NotFound)
+    async def not_found(request: Request, exc: crud.NotFound) -> Response:
+        return await http_error(request, HTTPException(404, str(exc)))
 
     @app.exception_handler(crud.Conflict)
     async def conflict(request: Request, exc: crud.Conflict) -> Response:

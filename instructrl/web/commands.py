@@ -10,7 +10,8 @@ from instructrl.config import DBConfig, ServeConfig
 from instructrl.errors import UserError
 from instructrl.records import write_records
 from instructrl.web import crud, db
-from instructrl.web.app import Settings, create_app, secret_beside
+from instructrl.web import export as exports
+from instructrl.web.app import create_app
 from instructrl.web.models import Project, User
 
 log = logging.getLogger("instructrl")
@@ -22,13 +23,7 @@ def serve(cfg: ServeConfig) -> None:
     engine = db.make_engine(cfg.db)
     db.check_schema(engine)
     engine.dispose()
-    settings = Settings(
-        db=cfg.db,
-        secret_key=cfg.secret_key or secret_beside(cfg.db),
-        secure_cookies=cfg.secure_cookies,
-        jobs_dir=cfg.jobs_dir,
-    )
-    app = create_app(settings)
+    app = create_app(cfg)
     log.info("feedback app on http://%s:%d (database %s)", cfg.host, cfg.port, _shown(cfg.db))
     uvicorn.run(app, host=cfg.host, port=cfg.port, log_level="warning")
 
@@ -60,8 +55,8 @@ def export(cfg: DBConfig) -> Path:
         if project is None:
             names = ", ".join(s.scalars(select(Project.name))) or "none"
             raise UserError(f"db export: no project {cfg.project!r} (projects: {names})")
-        training = crud.export(s, project=project, group="training")
-        heldout = crud.export(s, project=project, group="heldout")
+        training = exports.records(s, project=project, group="training")
+        heldout = exports.records(s, project=project, group="heldout")
     engine.dispose()
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)

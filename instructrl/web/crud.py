@@ -7,8 +7,6 @@ from __future__ import annotations
 
 import random
 import secrets
-import statistics
-from collections import defaultdict
 from datetime import UTC, datetime
 from typing import Any
 
@@ -19,7 +17,6 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from instructrl import records as R
-from instructrl.stats import agreement, rank_agreement
 from instructrl.web.models import (
     GROUPS,
     TASK_KINDS,
@@ -45,6 +42,10 @@ SCREENING_PASS = 0.75  # the paper kept labelers with about 75 % agreement on sc
 
 class Conflict(Exception):
     """The request cannot be applied to the current state (HTTP 409)."""
+
+
+class NotFound(Exception):
+    """No such row (maps to 404)."""
 
 
 class Forbidden(Exception):
@@ -480,8 +481,83 @@ def fail_interrupted_jobs(s: Session) -> int:
     return len(stale)
 
 
+# ----------------------------------------------------------------------------- admin reads
+def get_project(s: Session, project_id: int) -> Project:
+    project = s.get(Project, project_id)
+    if project is None:
+        raise NotFound(f"no project {project_id}")
+    return project
+
+
+def projects_with_prompt_counts(s: Session) -> list[tuple[Project, int]]:
+    return [
+        (project, n)
+        for project, n in s.execute(
+            select(Project, func.count(Prompt.id))
+            .outerjoin(Prompt, Prompt.project_id == Project.id)
+            .group_by(Project.id)
+            .order_by(Project.id)
+        ).all()
+    ]
+
+
+def list_users(s: Session) -> list[User]:
+    return list(s.scalars(select(User).order_by(User.id)))
+
+
+def prompt_counts(s: Session, *, project: Project) -> tuple[int, int]:
+    """(prompts, prompts with model outputs) of a project."""
+    prompts = s.scalar(select(func.count(Prompt.id)).where(Prompt.project_id == project.id))
+    with_outputs = s.scalar(
+        select(func.count(func.distinct(Output.prompt_id)))
+        .join(Prompt, Output.prompt_id == Prompt.id)
+        .where(Prompt.project_id == project.id)
+    )
+    return prompts or 0, with_outputs or 0
+
+
+def prompts_without_outputs(s: Session, *, project_id: int) -> list[dict[str, Any]]:
+    """Prompt records of a project that no model has answered yet (for a generation job)."""
+    rows = s.scalars(
+        select(Prompt).where(
+            Prompt.project_id == project_id, ~Prompt.id.in_(select(Output.prompt_id))
+        )
+    )
+    return [p.record for p in rows]
+
+
+def screening_items(s: Session, *, project: Project) -> list[tuple[Task, list[Prompt]]]:
+    """Each screening task of a project with its prompts (gold answers are set per prompt)."""
+    tasks = s.scalars(select(Task).where(Task.project_id == project.id, Task.group == "screening"))
+    return [
+        (t, list(s.scalars(select(Prompt).where(Prompt.id.in_(task_items(s, task=t))))))
+        for t in tasks
+    ]
+
+
+def project_jobs(s: Session, *, project: Project) -> list[Job]:
+    return list(s.scalars(select(Job).where(Job.project_id == project.id).order_by(Job.id.desc())))
+
+
+def get_job(s: Session, job_id: int) -> Job:
+    job = s.get(Job, job_id)
+    if job is None:
+        raise NotFound(f"no job {job_id}")
+    return job
+
+
+def gold_target(s: Session, *, task_id: int, prompt_id: int) -> tuple[Task, Prompt]:
+    """The screening task and prompt a gold answer belongs to."""
+    task, prompt = s.get(Task, task_id), s.get(Prompt, prompt_id)
+    if task is None or prompt is None or prompt.project_id != task.project_id:
+        raise NotFound("no such screening item")
+    if task.group != "screening":
+        raise Invalid({"task": "gold answers belong to screening tasks"})
+    return task, prompt
+
+
 # ----------------------------------------------------------------------------- reading out
-def _done(s: Session, project: Project, *, groups: tuple[str, ...] = USER_GROUPS):
+def done_rows(s: Session, project: Project, *, groups: tuple[str, ...] = USER_GROUPS):
     """(submission, assignment, task, user) rows of the project's tasks of these labeler
     groups, oldest first (screening answers only when asked for)."""
     query = (
@@ -493,249 +569,3 @@ def _done(s: Session, project: Project, *, groups: tuple[str, ...] = USER_GROUPS
         .order_by(Submission.id)
     )
     return s.execute(query).all()
-
-
-def export(s: Session, *, project: Project, group: str = "training") -> dict[str, list[Any]]:
-    """The answers of one labeler group's tasks as instructrl records: the files the
-    simulated panel writes.
-
-    demonstrations.jsonl, comparisons.jsonl (ranking best first, ties nested), ratings.jsonl
-    (one per output, from rate and rank tasks) and, for the training group, prompts.jsonl
-    (prompts labelers wrote). Held-out labelers' answers are exported apart: they judge, they
-    do not train (paper, 3.6). Each record carries the labeler's group and the task id."""
-    if group not in USER_GROUPS:
-        raise Invalid({"group": f"one of {', '.join(USER_GROUPS)}"})
-    out: dict[str, list[Any]] = {
-        "demonstrations": [],
-        "comparisons": [],
-        "ratings": [],
-        "prompts": [],
-    }
-    for sub, assignment, task, user in _done(s, project, groups=(group,)):
-        extra = {
-            "labeler_group": task.group,
-            "task": task.id,
-            "submitted_at": aware(sub.created_at).isoformat(),
-        }
-        if task.kind == "write_prompt":
-            continue
-        prompt = assignment.prompt
-        record = prompt.record
-        if task.kind == "demonstration":
-            out["demonstrations"].append(
-                R.Demonstration(
-                    prompt=record["prompt"],
-                    response=sub.payload["response"],
-                    prompt_id=prompt.key,
-                    labeler=user.username,
-                    extra=extra,
-                )
-            )
-            continue
-        responses = [o.response for o in prompt.outputs]
-        for output, rating in zip(prompt.outputs, sub.payload["ratings"], strict=True):
-            out["ratings"].append(
-                R.Rating(
-                    prompt_id=prompt.key,
-                    prompt=record["prompt"],
-                    response=output.response,
-                    likert=rating["likert"],
-                    flags=rating["flags"],
-                    labeler=user.username,
-                    extra={**extra, "model": output.model},
-                )
-            )
-        if task.kind == "rank":
-            # which model wrote each response: `instructrl eval human=...` scores policies by it
-            models = [o.model for o in prompt.outputs]
-            out["comparisons"].append(
-                R.Comparison(
-                    prompt=record["prompt"],
-                    responses=responses,
-                    ranking=sub.payload["ranking"],
-                    prompt_id=prompt.key,
-                    labeler=user.username,
-                    extra={**extra, "models": models},
-                )
-            )
-    if group == "training":
-        written = s.scalars(
-            select(Prompt)
-            .where(Prompt.project_id == project.id, Prompt.source == "labeler")
-            .order_by(Prompt.id)
-        )
-        out["prompts"] = [R.Prompt.from_dict(p.record) for p in written]
-    return out
-
-
-def dashboard(s: Session, *, project: Project) -> dict[str, Any]:
-    """Progress per task, time per task, inter-labeler agreement per labeler and overall."""
-    tasks = list(s.scalars(select(Task).where(Task.project_id == project.id).order_by(Task.id)))
-    rows = _done(s, project, groups=GROUPS)
-    seconds: dict[int, list[float]] = defaultdict(list)
-    for sub, _a, task, _u in rows:
-        seconds[task.id].append(sub.seconds)
-    progress = []
-    for task in tasks:
-        items = len(task_items(s, task=task))
-        needed = items * task.per_item
-        done = len(seconds[task.id])
-        progress.append(
-            {
-                "task": task,
-                "n_items": items,
-                "needed": needed,
-                "done": done,
-                "median_s": statistics.median(seconds[task.id]) if seconds[task.id] else None,
-            }
-        )
-    per_user: dict[str, dict[str, Any]] = defaultdict(lambda: {"done": 0, "seconds": []})
-    rows = [row for row in rows if row.Task.group in USER_GROUPS]  # labelers, not candidates
-    for sub, _assignment, _task, user in rows:
-        stats = per_user[user.username]
-        stats["done"] += 1
-        stats["seconds"].append(sub.seconds)
-        stats["group"] = user.group
-    overall, by_group, by_user = _agreements(rows)
-    labelers = []
-    for name, st in sorted(per_user.items()):
-        mine = by_user.get(name)
-        labelers.append(
-            {
-                "username": name,
-                "group": st["group"],
-                "done": st["done"],
-                "median_s": statistics.median(st["seconds"]),
-                "agreement": mine["agreement"] if mine else None,
-                "ci95": mine["ci95"] if mine else None,
-                "compared": mine["pairs"] if mine else 0,
-            }
-        )
-    return {
-        "progress": progress,
-        "labelers": labelers,
-        "agreement": overall,
-        "agreement_by_group": by_group,
-    }
-
-
-def _agreements(rows) -> tuple[dict | None, dict[str, dict], dict[str, dict]]:
-    """Agreement between labelers who ranked the same prompt of a task: overall, per labeler
-    group (the paper reports training and held-out labelers apart: 72.6 % and 77.3 %) and per
-    labeler (with everyone it shared a prompt with), each with a bootstrap 95 % CI over prompts."""
-    by_prompt: dict[tuple[str, int, int], list[tuple[str, list[int]]]] = defaultdict(list)
-    for sub, assignment, task, user in rows:
-        if task.kind == "rank":
-            k = len(assignment.prompt.outputs)
-            by_prompt[(task.group, task.id, assignment.item)].append(
-                (user.username, R.ranks_of(sub.payload["ranking"], k))
-            )
-    per_group: dict[str, list[tuple[int, int]]] = defaultdict(list)
-    per_user: dict[str, list[tuple[int, int]]] = defaultdict(list)
-    for (group, _task, _item), rankings in by_prompt.items():
-        total = [0, 0]
-        mine: dict[str, list[int]] = defaultdict(lambda: [0, 0])
-        for x in range(len(rankings)):
-            for y in range(x + 1, len(rankings)):
-                (ua, ra), (ub, rb) = rankings[x], rankings[y]
-                agree, compared = rank_agreement(ra, rb)
-                for counts in (total, mine[ua], mine[ub]):
-                    counts[0] += agree
-                    counts[1] += compared
-        if total[1]:
-            per_group[group].append((total[0], total[1]))
-        for name, (agree, compared) in mine.items():
-            if compared:
-                per_user[name].append((agree, compared))
-    everyone = [x for group_rows in per_group.values() for x in group_rows]
-    return (
-        agreement(everyone) if everyone else None,
-        {group: agreement(r) for group, r in sorted(per_group.items())},
-        {name: agreement(r) for name, r in per_user.items()},
-    )
-
-
-def screening_scores(s: Session, *, project: Project) -> list[dict[str, Any]]:
-    """Each candidate's agreement with the gold answers: response pairs ordered as the gold
-    ranking orders them, and metadata flags equal to the gold flags."""
-    gold = {(g.task_id, g.prompt_id): g.payload for g in s.scalars(select(Gold))}
-    scores: dict[int, dict[str, Any]] = {}
-    for sub, assignment, task, user in _done(s, project, groups=("screening",)):
-        st = scores.setdefault(
-            user.id,
-            {
-                "user": user,
-                "answered": 0,
-                "graded": 0,
-                "agree": 0,
-                "compared": 0,
-                "flags_same": 0,
-                "flags_total": 0,
-            },
-        )
-        st["answered"] += 1
-        answer = gold.get((task.id, assignment.prompt_id))
-        if answer is None:
-            continue
-        st["graded"] += 1
-        if task.kind == "rank":
-            k = len(assignment.prompt.outputs)
-            agree, compared = rank_agreement(
-                R.ranks_of(sub.payload["ranking"], k), R.ranks_of(answer["ranking"], k)
-            )
-            st["agree"] += agree
-            st["compared"] += compared
-        for mine, theirs in zip(
-            sub.payload.get("ratings", []), answer.get("ratings", []), strict=True
-        ):
-            for flag in R.FLAGS:
-                st["flags_total"] += 1
-                st["flags_same"] += mine["flags"][flag] == theirs["flags"][flag]
-    out = []
-    for st in scores.values():
-        ranking = st["agree"] / st["compared"] if st["compared"] else None
-        flags = st["flags_same"] / st["flags_total"] if st["flags_total"] else None
-        parts = [x for x in (ranking, flags) if x is not None]
-        score = sum(parts) / len(parts) if parts else None
-        out.append(
-            {
-                **st,
-                "ranking_agreement": ranking,
-                "flag_agreement": flags,
-                "score": score,
-                "passed": score is not None and score >= SCREENING_PASS,
-            }
-        )
-    return sorted(out, key=lambda r: r["user"].username)
-
-
-def recent_submissions(s: Session, *, project: Project, limit: int = 50) -> list[dict[str, Any]]:
-    """The newest answers of a project, for admins to review: who, which task, what, how long."""
-    rows = _done(s, project, groups=GROUPS)[-limit:]
-    out = []
-    for sub, assignment, task, user in reversed(rows):
-        payload = sub.payload
-        if task.kind == "write_prompt":
-            summary = payload["prompt"]
-        elif task.kind == "demonstration":
-            summary = payload["response"]
-        else:
-            likert = ", ".join(str(r["likert"]) for r in payload["ratings"])
-            summary = f"Likert {likert}"
-            if task.kind == "rank":
-                letters = "ABCDEFGHI"
-                order = " > ".join(
-                    "=".join(letters[i] for i in item) if isinstance(item, list) else letters[item]
-                    for item in payload["ranking"]
-                )
-                summary += f"; ranking {order}"
-        out.append(
-            {
-                "submission": sub,
-                "task": task,
-                "user": user,
-                "prompt": assignment.prompt.key if assignment.prompt else "",
-                "summary": summary,
-            }
-        )
-    return out

@@ -3,43 +3,28 @@
 from __future__ import annotations
 
 import json
-import tempfile
-from pathlib import Path
 from typing import Any
 
 from fastapi import APIRouter, HTTPException, Request
 from fastapi.responses import RedirectResponse, Response
-from sqlalchemy import func, select
 
-from instructrl import records as R
-from instructrl.errors import RecordError
-from instructrl.web import crud, jobs
+from instructrl.web import analytics, crud, export, jobs
 from instructrl.web.deps import AdminUser, Csrf, Form
-from instructrl.web.models import (
-    GROUPS,
-    TASK_KINDS,
-    USER_GROUPS,
-    Job,
-    Output,
-    Project,
-    Prompt,
-    Task,
-    User,
-)
-from instructrl.web.routes import render, transaction
-from instructrl.web.routes.label import task_context, values_from_payload
+from instructrl.web.models import GROUPS, TASK_KINDS, USER_GROUPS
 from instructrl.web.schemas import payload_from_form
+from instructrl.web.views import (
+    flash,
+    int_field,
+    pop_flash,
+    read_upload,
+    render,
+    task_context,
+    transaction,
+    values_from_payload,
+)
 
 router = APIRouter(prefix="/admin")
 EXPORTS = ("demonstrations", "comparisons", "ratings", "prompts")
-
-
-def _flash(request: Request, message: str) -> None:
-    request.session["flash"] = message
-
-
-def _pop_flash(request: Request) -> str | None:
-    return request.session.pop("flash", None)
 
 
 @router.get("")
@@ -55,19 +40,14 @@ def _admin_page(
     status_code: int = 200,
 ) -> Response:
     with transaction(request) as s:
-        projects = s.execute(
-            select(Project, func.count(Prompt.id))
-            .outerjoin(Prompt, Prompt.project_id == Project.id)
-            .group_by(Project.id)
-            .order_by(Project.id)
-        ).all()
-        users = list(s.scalars(select(User).order_by(User.id)))
+        projects = crud.projects_with_prompt_counts(s)
+        users = crud.list_users(s)
     context = {
         "user": user,
         "projects": projects,
         "users": users,
         "groups": USER_GROUPS,
-        "flash": _pop_flash(request),
+        "flash": pop_flash(request),
         "errors": errors or {},
         "values": values or {},
         "base_url": str(request.base_url).rstrip("/"),
@@ -106,9 +86,9 @@ def create_user(request: Request, user: AdminUser, form: Form) -> Response:
         errors = {f"user_{k}": v for k, v in e.errors.items()}
         return _admin_page(request, user, errors=errors, values=form, status_code=422)
     if token:
-        _flash(request, f"invite link for {name}: {request.base_url}invite/{token}")
+        flash(request, f"invite link for {name}: {request.base_url}invite/{token}")
     else:
-        _flash(request, f"user {name} created")
+        flash(request, f"user {name} created")
     return RedirectResponse("/admin", status_code=303)
 
 
@@ -124,15 +104,8 @@ def update_user(request: Request, user_id: int, user: AdminUser, form: Form) -> 
             )
     except crud.Invalid as e:
         raise HTTPException(422, str(e)) from None
-    _flash(request, "user updated")
+    flash(request, "user updated")
     return RedirectResponse("/admin", status_code=303)
-
-
-def _project(s, project_id: int) -> Project:
-    project = s.get(Project, project_id)
-    if project is None:
-        raise HTTPException(404, f"no project {project_id}")
-    return project
 
 
 @router.get("/projects/{project_id}")
@@ -149,33 +122,13 @@ def project_page(
     status_code: int = 200,
 ) -> Response:
     with transaction(request) as s:
-        project = _project(s, project_id)
-        prompts = s.scalar(select(func.count(Prompt.id)).where(Prompt.project_id == project_id))
-        with_outputs = s.scalar(
-            select(func.count(func.distinct(Output.prompt_id)))
-            .join(Prompt, Output.prompt_id == Prompt.id)
-            .where(Prompt.project_id == project_id)
-        )
-        board = crud.dashboard(s, project=project)
-        screening = crud.screening_scores(s, project=project)
-        recent = crud.recent_submissions(s, project=project)
-        screening_tasks = [
-            (
-                t,
-                [
-                    p
-                    for p in s.scalars(
-                        select(Prompt).where(Prompt.id.in_(crud.task_items(s, task=t)))
-                    )
-                ],
-            )
-            for t in s.scalars(
-                select(Task).where(Task.project_id == project_id, Task.group == "screening")
-            )
-        ]
-        job_rows = list(
-            s.scalars(select(Job).where(Job.project_id == project_id).order_by(Job.id.desc()))
-        )
+        project = crud.get_project(s, project_id)
+        prompts, with_outputs = crud.prompt_counts(s, project=project)
+        board = analytics.dashboard(s, project=project)
+        screening = analytics.screening_scores(s, project=project)
+        recent = analytics.recent_submissions(s, project=project)
+        screening_tasks = crud.screening_items(s, project=project)
+        job_rows = crud.project_jobs(s, project=project)
     context = {
         "user": user,
         "project": project,
@@ -189,67 +142,44 @@ def project_page(
         "kinds": TASK_KINDS,
         "groups": GROUPS,
         "exports": EXPORTS,
-        "flash": _pop_flash(request),
+        "flash": pop_flash(request),
         "errors": errors or {},
         "values": values or {},
     }
     return render(request, "project.html", context, status_code)
 
 
-def _read_upload(form: dict[str, Any], field: str, kind: str) -> list[Any]:
-    """Records from an uploaded JSONL file, errors naming the file (not the temp path) by line."""
-    upload = form.get(field)
-    if upload is None or not hasattr(upload, "file") or not upload.filename:
-        raise crud.Invalid({field: "choose a JSONL file"})
-    name = Path(upload.filename).name
-    with tempfile.TemporaryDirectory() as tmp:
-        path = Path(tmp) / name
-        path.write_bytes(upload.file.read())
-        try:
-            return R.read_records(path, kind)
-        except RecordError as e:
-            raise crud.Invalid({field: str(e).replace(str(path), name)}) from None
-
-
 @router.post("/projects/{project_id}/prompts", dependencies=[Csrf])
 def import_prompts(request: Request, project_id: int, user: AdminUser, form: Form) -> Response:
     try:
-        prompts = _read_upload(form, "prompts_file", "prompt")
+        prompts = read_upload(form, "prompts_file", "prompt")
         with transaction(request) as s:
             added, skipped = crud.import_prompts(
-                s, project=_project(s, project_id), prompts=prompts
+                s, project=crud.get_project(s, project_id), prompts=prompts
             )
     except crud.Invalid as e:
         return project_page(request, project_id, user, errors=e.errors, status_code=422)
-    _flash(request, f"{added} prompts added" + (f", {skipped} already there" if skipped else ""))
+    flash(request, f"{added} prompts added" + (f", {skipped} already there" if skipped else ""))
     return RedirectResponse(f"/admin/projects/{project_id}", status_code=303)
 
 
 @router.post("/projects/{project_id}/samples", dependencies=[Csrf])
 def import_samples(request: Request, project_id: int, user: AdminUser, form: Form) -> Response:
     try:
-        samples = _read_upload(form, "samples_file", "sample")
+        samples = read_upload(form, "samples_file", "sample")
         with transaction(request) as s:
-            added = crud.import_samples(s, project=_project(s, project_id), samples=samples)
+            added = crud.import_samples(s, project=crud.get_project(s, project_id), samples=samples)
     except crud.Invalid as e:
         return project_page(request, project_id, user, errors=e.errors, status_code=422)
-    _flash(request, f"{added} model outputs attached")
+    flash(request, f"{added} model outputs attached")
     return RedirectResponse(f"/admin/projects/{project_id}", status_code=303)
-
-
-def _int_field(form: dict[str, Any], key: str, lo: int, hi: int, errors: dict[str, str]) -> int:
-    raw = str(form.get(key, "")).strip()
-    if not raw.lstrip("-").isdigit() or not lo <= int(raw) <= hi:
-        errors[key] = f"a whole number from {lo} to {hi}"
-        return lo
-    return int(raw)
 
 
 @router.post("/projects/{project_id}/generate", dependencies=[Csrf])
 def generate(request: Request, project_id: int, user: AdminUser, form: Form) -> Response:
     errors: dict[str, str] = {}
-    k = _int_field(form, "k", 4, 9, errors)
-    max_new_tokens = _int_field(form, "max_new_tokens", 1, 4096, errors)
+    k = int_field(form, "k", 4, 9, errors)
+    max_new_tokens = int_field(form, "max_new_tokens", 1, 4096, errors)
     try:
         temperature = float(str(form.get("temperature", "1.0")))
         if not 0 < temperature <= 2:
@@ -261,12 +191,7 @@ def generate(request: Request, project_id: int, user: AdminUser, form: Form) -> 
     if not model:
         errors["model"] = "'default', an HF model directory, or a cached hub id"
     with transaction(request) as s:
-        rows = s.scalars(
-            select(Prompt).where(
-                Prompt.project_id == project_id, ~Prompt.id.in_(select(Output.prompt_id))
-            )
-        )
-        prompts = [p.record for p in rows]
+        prompts = crud.prompts_without_outputs(s, project_id=project_id)
     if not prompts:
         errors["model"] = "every prompt of this project has outputs already"
     if errors:
@@ -285,16 +210,14 @@ def generate(request: Request, project_id: int, user: AdminUser, form: Form) -> 
         jobs_dir=settings.jobs_dir,
         python=settings.python,
     )
-    _flash(request, f"job {job_id}: generating {k} outputs for {len(prompts)} prompts")
+    flash(request, f"job {job_id}: generating {k} outputs for {len(prompts)} prompts")
     return RedirectResponse(f"/admin/projects/{project_id}", status_code=303)
 
 
 @router.get("/jobs/{job_id}")
 def job_status(request: Request, job_id: int, user: AdminUser) -> dict:
     with transaction(request) as s:
-        job = s.get(Job, job_id)
-        if job is None:
-            raise HTTPException(404, f"no job {job_id}")
+        job = crud.get_job(s, job_id)
         return {
             "id": job.id,
             "status": job.status,
@@ -307,16 +230,16 @@ def job_status(request: Request, job_id: int, user: AdminUser) -> dict:
 @router.post("/projects/{project_id}/tasks", dependencies=[Csrf])
 def create_task(request: Request, project_id: int, user: AdminUser, form: Form) -> Response:
     errors: dict[str, str] = {}
-    per_item = _int_field(form, "per_item", 1, 100, errors)
+    per_item = int_field(form, "per_item", 1, 100, errors)
     kind = str(form.get("kind", ""))
-    count = _int_field(form, "count", 1, 100_000, errors) if kind == "write_prompt" else 0
+    count = int_field(form, "count", 1, 100_000, errors) if kind == "write_prompt" else 0
     try:
         if errors:
             raise crud.Invalid(errors)
         with transaction(request) as s:
             crud.create_task(
                 s,
-                project=_project(s, project_id),
+                project=crud.get_project(s, project_id),
                 kind=kind,
                 title=str(form.get("title", "")),
                 group=str(form.get("group", "training")),
@@ -327,19 +250,21 @@ def create_task(request: Request, project_id: int, user: AdminUser, form: Form) 
     except crud.Invalid as e:
         errors = {f"task_{k}": v for k, v in e.errors.items()}
         return project_page(request, project_id, user, errors=errors, values=form, status_code=422)
-    _flash(request, "task created")
+    flash(request, "task created")
     return RedirectResponse(f"/admin/projects/{project_id}", status_code=303)
 
 
 @router.get("/projects/{project_id}/export/{name}.jsonl")
-def export(
+def download_export(
     request: Request, project_id: int, name: str, user: AdminUser, group: str = "training"
 ) -> Response:
     if name not in EXPORTS:
         raise HTTPException(404, f"expected one of {', '.join(EXPORTS)}")
     try:
         with transaction(request) as s:
-            records = crud.export(s, project=_project(s, project_id), group=group)[name]
+            records = export.records(
+                s, project=crud.get_project(s, project_id), group=group
+            )[name]
     except crud.Invalid as e:
         raise HTTPException(422, str(e)) from None
     body = "".join(json.dumps(r.to_dict(), ensure_ascii=False) + "\n" for r in records)
@@ -352,13 +277,11 @@ def export(
     )
 
 
-def _gold_target(s, task_id: int, prompt_id: int) -> tuple[Task, Prompt]:
-    task, prompt = s.get(Task, task_id), s.get(Prompt, prompt_id)
-    if task is None or prompt is None or prompt.project_id != task.project_id:
-        raise HTTPException(404, "no such screening item")
-    if task.group != "screening":
-        raise HTTPException(422, "gold answers belong to screening tasks")
-    return task, prompt
+def _gold_target(s, task_id: int, prompt_id: int):
+    try:
+        return crud.gold_target(s, task_id=task_id, prompt_id=prompt_id)
+    except crud.Invalid as e:
+        raise HTTPException(422, str(e)) from None
 
 
 @router.get("/tasks/{task_id}/gold/{prompt_id}")
@@ -393,5 +316,5 @@ def set_gold(
                 422,
             )
         project_id = task.project_id
-    _flash(request, "gold answer saved")
+    flash(request, "gold answer saved")
     return RedirectResponse(f"/admin/projects/{project_id}", status_code=303)

@@ -9,8 +9,8 @@ from fastapi.responses import JSONResponse, Response
 
 from instructrl.web import crud
 from instructrl.web.deps import Csrf, CurrentUser, csrf_token
-from instructrl.web.routes import transaction
 from instructrl.web.schemas import AssignmentOut, SubmissionIn, SubmissionOut
+from instructrl.web.views import transaction
 
 router = APIRouter(prefix="/api")
 

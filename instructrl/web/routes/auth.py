@@ -11,7 +11,7 @@ from fastapi.responses import RedirectResponse, Response
 
 from instructrl.web import crud
 from instructrl.web.deps import Csrf, CurrentUser, Form
-from instructrl.web.routes import render, transaction
+from instructrl.web.views import render, transaction
 
 router = APIRouter()
 
