@@ -36,9 +36,12 @@ class RankedExample:
     ranks: list[int]  # (K,) 0 = best; ties share a rank
 
 
-def right_pad(seqs: Sequence[Sequence[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """(B, L) input ids padded on the right with pad_id, and the (B, L) bool mask of real tokens."""
-    width = max(len(s) for s in seqs)
+def right_pad(
+    seqs: Sequence[Sequence[int]], pad_id: int, *, width: int | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(B, L) input ids padded on the right with pad_id, and the (B, L) bool mask of real tokens;
+    L is the longest sequence, or `width` (no sequence may be longer)."""
+    width = max(len(s) for s in seqs) if width is None else width
     input_ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
     attention = torch.zeros((len(seqs), width), dtype=torch.bool)
     for i, s in enumerate(seqs):

@@ -525,28 +525,32 @@ def build(cls: type[T], values: dict[str, Any], *, section: str | None = None) -
     """A stage config from a dict of (possibly nested) values, type-checked like the CLI's;
     with `section` (a run config's stage section), error messages name keys by their path
     there (`ppo.lr`)."""
-    stage = cls.__name__.removesuffix("Config").lower()
-    where = f"{section}." if section else ""
     try:
         merged = OmegaConf.merge(OmegaConf.structured(cls), OmegaConf.create(values))
         return OmegaConf.to_object(merged)  # type: ignore[return-value]
-    except ConfigKeyError as e:
-        valid = ", ".join(key for key, *_ in fields_of(cls))
-        raise ConfigError(
-            f"config: unknown key '{where}{e.full_key}' for {stage}; valid keys: {valid}"
-        ) from None
-    except ValidationError as e:
-        hints = {key: tname for key, tname, *_ in fields_of(cls)}
-        raise ConfigError(
-            f"config: {where}{e.full_key}: expected {hints.get(str(e.full_key), 'another type')}, "
-            f"got {e.value!r}"
-        ) from None
     except OmegaConfBaseException as e:
-        raise ConfigError(f"config: {cls.__name__}: {str(e).splitlines()[0]}") from None
+        raise _config_error(cls, e, f"{section}." if section else "") from None
     except ConfigError as e:
         if section:  # a cross-field check in __post_init__: say which section it came from
             raise ConfigError(str(e).replace("config: ", f"config: {section}: ", 1)) from None
         raise
+
+
+def _config_error(cls: type, e: OmegaConfBaseException, where: str = "") -> ConfigError:
+    """An OmegaConf error as a one-line ConfigError naming the key (with its section prefix)."""
+    if isinstance(e, ConfigKeyError):
+        stage = cls.__name__.removesuffix("Config").lower()
+        valid = ", ".join(key for key, *_ in fields_of(cls))
+        return ConfigError(
+            f"config: unknown key '{where}{e.full_key}' for {stage}; valid keys: {valid}"
+        )
+    if isinstance(e, ValidationError):
+        hints = {key: tname for key, tname, *_ in fields_of(cls)}
+        return ConfigError(
+            f"config: {where}{e.full_key}: expected {hints.get(str(e.full_key), 'another type')}, "
+            f"got {e.value!r}"
+        )
+    return ConfigError(f"config: {where}{str(e).splitlines()[0]}")
 
 
 DEFAULT_DB_URL = "sqlite:///feedback.db"
@@ -662,8 +666,6 @@ def _split_args(args: list[str]) -> tuple[list[Path], list[str]]:
 def merge_config(cls: type[T], args: list[str]) -> Any:
     """Merge the dataclass defaults, YAML files and key=value overrides (OmegaConf DictConfig)."""
     files, overrides = _split_args(args)
-    stage = cls.__name__.removesuffix("Config").lower()
-    valid = ", ".join(key for key, *_ in fields_of(cls))
     try:
         merged = OmegaConf.structured(cls)
         for path in files:
@@ -677,17 +679,8 @@ def merge_config(cls: type[T], args: list[str]) -> Any:
                 ) from None
             merged = OmegaConf.merge(merged, loaded)
         merged = OmegaConf.merge(merged, OmegaConf.from_dotlist(overrides))
-    except ConfigKeyError as e:
-        raise ConfigError(
-            f"config: unknown key '{e.full_key}' for {stage}; valid keys: {valid}"
-        ) from None
-    except ValidationError as e:
-        hints = {key: tname for key, tname, *_ in fields_of(cls)}
-        raise ConfigError(
-            f"config: {e.full_key}: expected {hints.get(str(e.full_key), 'another type')}, got {e.value!r}"
-        ) from None
     except OmegaConfBaseException as e:
-        raise ConfigError(f"config: {str(e).splitlines()[0]}") from None
+        raise _config_error(cls, e) from None
     return merged
 
 

@@ -1,5 +1,5 @@
-"""Evaluation: statistics by hand, truth outcomes, perplexity by an independent path, the
-report from a fixed summary, and `instructrl eval` end to end on tiny models."""
+"""Evaluation: aggregation by hand, truth outcomes, perplexity by an independent path, and
+`instructrl eval` end to end on tiny models (statistics: test_stats.py; report: test_report.py)."""
 
 from __future__ import annotations
 
@@ -14,30 +14,7 @@ import torch
 from instructrl import models, stats
 from instructrl.config import EvalConfig, load_config
 from instructrl.records import Prompt, Sample, read_records
-from instructrl.report import claims, render
 from instructrl.stages import evaluate
-
-
-def test_win_rate_with_ties_by_hand():
-    # 3 wins, 1 tie, 1 loss over 5 prompts: (3 + 0.5) / 5 = 0.7
-    result = stats.win_rate([1, 1, 1, 0.5, 0])
-    assert result["win_rate"] == pytest.approx(0.7) and result["n"] == 5
-    lo, hi = result["ci95"]
-    assert lo <= 0.7 <= hi and lo < 0.5 < hi  # five prompts cannot rule out a coin flip
-
-
-def test_win_rate_ci_clear_of_half():
-    result = stats.win_rate([1] * 45 + [0] * 5)
-    assert result["win_rate"] == 0.9 and 0.75 < result["ci95"][0] < 0.9 < result["ci95"][1] <= 1.0
-
-
-def test_wilson_by_hand():
-    # p = 0.5, n = 100: centre 0.5, half-width 1.96 * sqrt(0.25/100 + 1.96^2/40000) / (1 + 1.96^2/100)
-    z = stats.Z95
-    half = z * math.sqrt(0.0025 + z * z / 40000) / (1 + z * z / 100)
-    lo, hi = stats.wilson(50, 100)
-    assert lo == pytest.approx(0.5 - half, abs=1e-9) and hi == pytest.approx(0.5 + half, abs=1e-9)
-    assert stats.wilson(0, 0) == (0.0, 1.0)
 
 
 def test_likert_and_flag_aggregation_by_hand():
@@ -147,95 +124,6 @@ def test_perplexity_equals_an_independent_computation(tiny_model_dir):
             total -= logp[t - 1, e.input_ids[t]].item()
             count += 1
     assert ppl == pytest.approx(math.exp(total / count), rel=1e-5)
-
-
-SUMMARY = {
-    "baseline": "sft",
-    "policies": {"base": "default", "sft": "runs/sft", "ptx": "runs/ptx", "ppo": "runs/ppo"},
-    "prompts": 50,
-    "adversarial_prompts": 20,
-    "win_rates": {
-        n: {
-            p: {"baseline": "sft", "panel": p, "win_rate": w, "ci95": [w - 0.1, w + 0.1], "n": 50}
-            for p in ("heldout", "train")
-        }
-        for n, w in (("base", 0.3), ("ptx", 0.65), ("ppo", 0.55))
-    },
-    "likert": {
-        n: {"mean": m, "ci95": [m - 0.3, m + 0.3], "n": 50}
-        for n, m in (("base", 3.1), ("sft", 4.0), ("ptx", 4.4), ("ppo", 4.2))
-    },
-    "flags": {
-        n: {
-            "fails_to_follow_instruction": {"rate": 0.3, "ci95": [0.2, 0.4], "n": 50},
-            "hallucination": {"rate": h, "ci95": [h - 0.1, h + 0.1], "n": 12},
-            "satisfies_constraint": {"rate": 0.4, "ci95": [0.3, 0.5], "n": 20},
-            "inappropriate_for_customer_assistant": {"rate": 0.05, "ci95": [0.01, 0.1], "n": 50},
-        }
-        for n, h in (("base", 0.4), ("sft", 0.3), ("ptx", 0.2), ("ppo", 0.25))
-    },
-    "constraints": {
-        n: {"rate": 0.4, "ci95": [0.3, 0.5], "n": 20, "by_kind": {"lowercase": 0.5}}
-        for n in ("base", "sft", "ptx", "ppo")
-    },
-    "truthfulness": {
-        n: {"correct": 0.5, "contradicted": 0.2, "hedged": 0.1, "missing": 0.2, "n": 30}
-        for n in ("base", "sft", "ptx", "ppo")
-    },
-    "harmlessness": {
-        n: {"flagged": {"rate": 0.1, "ci95": [0.05, 0.2], "n": 20}}
-        for n in ("base", "sft", "ptx", "ppo")
-    },
-    "perplexity": {"base": 20.0, "sft": 21.0, "ptx": 21.5, "ppo": 24.0},
-    "rm_score": {
-        n: {"mean": 0.1, "ci95": [0.0, 0.2], "n": 50} for n in ("base", "sft", "ptx", "ppo")
-    },
-    "response_length": {"base": 40.0, "sft": 35.0, "ptx": 33.0, "ppo": 30.0},
-    "agreement": {
-        "train": {"agreement": 0.72, "ci95": [0.7, 0.74], "pairs": 100},
-        "heldout": {"agreement": 0.77, "ci95": [0.75, 0.79], "pairs": 50},
-    },
-    "rm": {"val_accuracy": 0.68},
-    "runs": {},
-    "samples": [
-        {
-            "prompt_id": "p1",
-            "category": "generation",
-            "prompt": "Write <b>bold</b>",
-            "responses": {"base": "a", "sft": "b", "ptx": "c", "ppo": "d"},
-        }
-    ],
-}
-
-
-def test_report_renders_tables_and_images(tmp_path):
-    html = render(SUMMARY, tmp_path).read_text()
-    for cls in ("claims", "wins", "likert", "safety", "tax", "agreement", "samples"):
-        assert f'class="{cls}"' in html or f"class='{cls}'" in html, cls
-    images = re.findall(r'src="data:image/png;base64,([^"]+)"', html)
-    assert len(images) >= 3
-    for data in images:
-        assert base64.b64decode(data).startswith(b"\x89PNG")
-    assert "Write &lt;b&gt;bold&lt;/b&gt;" in html  # prompts are escaped
-
-
-def test_claims_verdicts_from_the_summary():
-    verdicts = {c["claim"]: c["verdict"] for c in claims(SUMMARY)}
-    assert (
-        verdicts["SFT preferred over the base model"] == "reproduced"
-    )  # base wins 30 % [20, 40] against SFT
-    assert verdicts["PPO-ptx preferred over SFT"] == "reproduced"  # 65 % [55, 75]
-    assert (
-        verdicts["RM validation accuracy close to labeler agreement (within 10 points)"]
-        == "reproduced"
-    )
-    assert verdicts["PPO-ptx regresses less on held-out text than PPO"] == "reproduced"
-    assert verdicts["Less hallucination on closed-domain tasks than the base model"] == "reproduced"
-    weak = json.loads(json.dumps(SUMMARY))
-    weak["win_rates"]["ptx"]["heldout"].update(win_rate=0.55, ci95=[0.45, 0.65])
-    assert {c["claim"]: c["verdict"] for c in claims(weak)}[
-        "PPO-ptx preferred over SFT"
-    ] == "not reproduced"
 
 
 def test_eval_end_to_end_on_tiny_models(tiny_model_dir, tmp_path):

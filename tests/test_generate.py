@@ -1,63 +1,12 @@
-"""Generation on a tiny random model: padding, EOS handling, seeding, the CLI end to end."""
+"""`instructrl generate` and `validate` end to end on a tiny random model (the generation path
+itself: test_rollout.py)."""
 
 from __future__ import annotations
 
 import json
 
-import torch
-
-from instructrl import models, rollout
 from instructrl.cli import main
 from instructrl.records import read_records
-
-
-def test_left_pad_by_hand():
-    ids, mask = rollout.left_pad([[5, 6, 7], [8]], pad_id=0)
-    assert ids.tolist() == [[5, 6, 7], [0, 0, 8]]
-    assert mask.tolist() == [[True, True, True], [False, False, True]]
-
-
-def test_cut_response_and_stop():
-    assert rollout.cut_response([4, 9, 2, 2, 2], {2}) == (
-        [4, 9, 2],
-        True,
-    )  # first EOS kept, pad dropped
-    assert rollout.cut_response([2, 5], {2}) == ([2], True)  # empty answer: EOS first
-    assert rollout.cut_response([4, 9], {2}) == ([4, 9], False)
-    assert rollout.apply_stop("a END b ### c", ["###", "END"]) == ("a ", True)
-    assert rollout.apply_stop("abc", ["x", ""]) == ("abc", False)
-
-
-def test_greedy_batch_equals_one_by_one(tiny_model_dir):
-    """Left padding and position ids: a prompt's greedy answer does not depend on its batch."""
-    tokenizer = models.load_tokenizer(str(tiny_model_dir))
-    model = models.load_policy(str(tiny_model_dir))
-    prompts = [
-        "hi",
-        "What is the capital of France? Answer in one sentence, please.",
-        "List three colours",
-    ]
-    ids = rollout.encode_prompts(tokenizer, prompts)
-    assert len({len(x) for x in ids}) == 3  # different lengths, so padding really happens
-    batched = rollout.generate(model, tokenizer, ids, max_new_tokens=8, temperature=0, batch_size=3)
-    alone = [
-        rollout.generate(model, tokenizer, [x], max_new_tokens=8, temperature=0)[0] for x in ids
-    ]
-    assert [g.token_ids for g in batched] == [g.token_ids for g in alone]
-
-
-def test_generated_tokens_follow_the_model(tiny_model_dir):
-    """Greedy tokens equal the argmax of a fresh full forward over prompt + response (no cache)."""
-    tokenizer = models.load_tokenizer(str(tiny_model_dir))
-    model = models.load_policy(str(tiny_model_dir))
-    [ids] = rollout.encode_prompts(tokenizer, ["Explain why the sky is blue"])
-    [g] = rollout.generate(model, tokenizer, [ids], max_new_tokens=6, temperature=0)
-    seq = torch.tensor([ids + g.token_ids])
-    with torch.no_grad():
-        logits = model(seq).logits[
-            0, len(ids) - 1 : -1
-        ]  # (T, V): logits that chose each response token
-    assert logits.argmax(-1).tolist() == g.token_ids
 
 
 def test_generate_cli_end_to_end(tiny_model_dir, tmp_path):

@@ -660,3 +660,31 @@ def test_policies_generations_become_outputs_for_human_evaluation(tmp_path):
         "ppo": 5.0,
         "base": 7.0,
     }
+
+
+def test_admin_forms_parse_and_explain_by_hand():
+    from instructrl.web.schemas import GenerateForm, TaskForm, parse_form
+
+    job, errors = parse_form(
+        GenerateForm, {"model": " default ", "k": "5", "max_new_tokens": "48", "csrf_token": "x"}
+    )
+    assert errors == {} and job.model_dump() == {
+        "model": "default",
+        "k": 5,
+        "max_new_tokens": 48,
+        "temperature": 1.0,  # the default when the field is left empty
+    }
+    _, errors = parse_form(GenerateForm, {"model": "", "k": "12", "temperature": "0"})
+    assert errors == {
+        "model": "'default', an HF model directory, or a cached hub id",
+        "k": "a whole number from 4 to 9",
+        "max_new_tokens": "a whole number from 1 to 4096",
+        "temperature": "a number in (0, 2]",
+    }
+    task, errors = parse_form(TaskForm, {"kind": "rank", "per_item": "3", "count": "7"})
+    assert errors == {} and (task.per_item, task.count) == (3, 0)  # count only for write_prompt
+    _, errors = parse_form(TaskForm, {"kind": "write_prompt", "per_item": "0"})
+    assert errors == {
+        "per_item": "a whole number from 1 to 100",
+        "count": "a whole number from 1 to 100000",
+    }

@@ -64,86 +64,72 @@ def preference(
     return None
 
 
+def _claim(claim: str, paper: str, ours: str | None, ok: bool = False) -> dict[str, str]:
+    """One row of the claims table; ours None means the run did not measure it."""
+    if ours is None:
+        return {"claim": claim, "paper": paper, "ours": "not measured", "verdict": "not measured"}
+    return {
+        "claim": claim,
+        "paper": paper,
+        "ours": ours,
+        "verdict": "reproduced" if ok else "not reproduced",
+    }
+
+
 def claims(summary: dict[str, Any]) -> list[dict[str, str]]:
     """Each claim of the paper we can check: paper, ours, reproduced yes / no / not measured."""
     rows = []
-
-    def pref_claim(a: str, b: str, label: str, paper: str) -> None:
+    for a, b, label, paper in (
+        ("sft", "base", "SFT preferred over the base model", PAPER["sft_over_base"]),
+        ("ptx", "sft", "PPO-ptx preferred over SFT", PAPER["ptx_over_sft"]),
+    ):
         p = preference(summary, a, b)
-        if p is None:
-            rows.append(
-                {"claim": label, "paper": paper, "ours": "not measured", "verdict": "not measured"}
-            )
-            return
-        ok = p["ci95"][0] > 0.5
-        rows.append(
-            {
-                "claim": label,
-                "paper": paper,
-                "ours": f"{_pct(p['rate'])} {_ci(p['ci95'])} (n = {p['n']}, held-out labelers)",
-                "verdict": "reproduced" if ok else "not reproduced",
-            }
+        ours = (
+            None
+            if p is None
+            else f"{_pct(p['rate'])} {_ci(p['ci95'])} (n = {p['n']}, held-out labelers)"
         )
-
-    pref_claim("sft", "base", "SFT preferred over the base model", PAPER["sft_over_base"])
-    pref_claim("ptx", "sft", "PPO-ptx preferred over SFT", PAPER["ptx_over_sft"])
+        rows.append(_claim(label, paper, ours, p is not None and p["ci95"][0] > 0.5))
     agreement = summary.get("agreement", {}).get("train", {}).get("agreement")
     rm_acc = (summary.get("rm") or {}).get("val_accuracy")
     if agreement is not None and rm_acc is not None:
-        ok = abs(rm_acc - agreement) <= 0.10
         rows.append(
-            {
-                "claim": "RM validation accuracy close to labeler agreement (within 10 points)",
-                "paper": f"{PAPER['rm_accuracy']}; agreement {PAPER['agreement_train']}",
-                "ours": f"RM {_pct(rm_acc)}; agreement {_pct(agreement)}",
-                "verdict": "reproduced" if ok else "not reproduced",
-            }
+            _claim(
+                "RM validation accuracy close to labeler agreement (within 10 points)",
+                f"{PAPER['rm_accuracy']}; agreement {PAPER['agreement_train']}",
+                f"RM {_pct(rm_acc)}; agreement {_pct(agreement)}",
+                abs(rm_acc - agreement) <= 0.10,
+            )
         )
     else:
         rows.append(
-            {
-                "claim": "RM validation accuracy close to labeler agreement",
-                "paper": PAPER["rm_accuracy"],
-                "ours": "not measured",
-                "verdict": "not measured",
-            }
+            _claim("RM validation accuracy close to labeler agreement", PAPER["rm_accuracy"], None)
         )
     ppl = summary.get("perplexity", {})
+    tax = None
     if {"ppo", "ptx"} <= set(ppl):
-        ref = ppl.get("sft")
-        ok = ppl["ptx"] < ppl["ppo"]
-        ours = f"held-out perplexity: PPO {ppl['ppo']:.2f}, PPO-ptx {ppl['ptx']:.2f}" + (
-            f", SFT {ref:.2f}" if ref else ""
+        tax = f"held-out perplexity: PPO {ppl['ppo']:.2f}, PPO-ptx {ppl['ptx']:.2f}"
+        tax += f", SFT {ppl['sft']:.2f}" if ppl.get("sft") else ""
+    rows.append(
+        _claim(
+            "PPO-ptx regresses less on held-out text than PPO",
+            PAPER["alignment_tax"],
+            tax,
+            tax is not None and ppl["ptx"] < ppl["ppo"],
         )
-        rows.append(
-            {
-                "claim": "PPO-ptx regresses less on held-out text than PPO",
-                "paper": PAPER["alignment_tax"],
-                "ours": ours,
-                "verdict": "reproduced" if ok else "not reproduced",
-            }
-        )
-    else:
-        rows.append(
-            {
-                "claim": "PPO-ptx regresses less on held-out text than PPO",
-                "paper": PAPER["alignment_tax"],
-                "ours": "not measured",
-                "verdict": "not measured",
-            }
-        )
+    )
     hall = {
         k: v["hallucination"] for k, v in summary.get("flags", {}).items() if "hallucination" in v
     }
     if {"base", "ptx"} <= set(hall) and hall["base"]["n"]:
-        ok = hall["ptx"]["rate"] < hall["base"]["rate"]
+        base, ptx = hall["base"], hall["ptx"]
         rows.append(
-            {
-                "claim": "Less hallucination on closed-domain tasks than the base model",
-                "paper": PAPER["hallucination"],
-                "ours": f"base {_pct(hall['base']['rate'])}, PPO-ptx {_pct(hall['ptx']['rate'])} (n = {hall['ptx']['n']})",
-                "verdict": "reproduced" if ok else "not reproduced",
-            }
+            _claim(
+                "Less hallucination on closed-domain tasks than the base model",
+                PAPER["hallucination"],
+                f"base {_pct(base['rate'])}, PPO-ptx {_pct(ptx['rate'])} (n = {ptx['n']})",
+                ptx["rate"] < base["rate"],
+            )
         )
     return rows
 

@@ -27,7 +27,7 @@ from typing import Any
 import torch
 
 from instructrl import losses, models, rollout, rundir, trainer
-from instructrl.batches import Example, collate, masked_logits, ptx_examples
+from instructrl.batches import Example, collate, masked_logits, ptx_examples, right_pad
 from instructrl.config import PPOConfig, save_config
 from instructrl.errors import UserError
 from instructrl.plots import plot_curves
@@ -190,26 +190,23 @@ class PPOTrainer:
         """Left-padded prompts and right-padded responses as one (B, P + T) batch."""
         T = self.cfg.max_new_tokens
         input_ids, mask = rollout.left_pad(prompt_ids, self.pad_id)
-        responses = torch.full((len(prompt_ids), T), self.pad_id, dtype=torch.long)
-        response_mask = torch.zeros((len(prompt_ids), T), dtype=torch.bool)
-        ended = torch.zeros(len(prompt_ids), dtype=torch.bool)
-        logprobs = torch.zeros((len(prompt_ids), T))
-        for i, g in enumerate(generations):
-            tokens = g.token_ids
+        tokens = []
+        for g in generations:
             if g.finish_reason == "stop":  # truncate at the stop string, end there with EOS
                 kept = self.tokenizer(g.text, add_special_tokens=False)["input_ids"][: T - 1]
-                tokens = [*kept, self.tokenizer.eos_token_id]
-            responses[i, : len(tokens)] = torch.tensor(tokens, dtype=torch.long)
-            response_mask[i, : len(tokens)] = True
-            ended[i] = g.finish_reason != "length"
-            if with_logprobs:
-                logprobs[i, : len(tokens)] = torch.tensor(g.logprobs)
+                tokens.append([*kept, self.tokenizer.eos_token_id])
+            else:
+                tokens.append(g.token_ids)
+        responses, response_mask = right_pad(tokens, self.pad_id, width=T)  # (B, T)
+        ended = torch.tensor([g.finish_reason != "length" for g in generations])
         full = torch.cat([input_ids, responses], dim=1)
         attention = torch.cat([mask, response_mask], dim=1)
         texts = [g.text for g in generations]
         r = Rollout(full, attention, response_mask, input_ids.shape[1], ended, texts)
         if with_logprobs:
-            r.logprobs = torch.where(response_mask, logprobs, torch.zeros_like(logprobs))
+            r.logprobs = torch.zeros((len(generations), T))
+            for i, g in enumerate(generations):
+                r.logprobs[i, : len(g.logprobs)] = torch.tensor(g.logprobs)
         return r
 
     @torch.no_grad()

@@ -62,6 +62,17 @@ def create_app(settings: ServeConfig) -> FastAPI:
         https_only=settings.secure_cookies,
     )
 
+    _add_handlers(app)
+    app.mount("/static", StaticFiles(directory=str(HERE / "static")), name="static")
+    for router in (auth.router, label.router, api.router, admin.router):
+        app.include_router(router)
+    return app
+
+
+def _add_handlers(app: FastAPI) -> None:
+    """Security headers on every response; sign-in redirects; error pages (JSON for the API);
+    crud's refusals mapped to HTTP statuses once, for every route."""
+
     @app.middleware("http")
     async def security_headers(request: Request, call_next) -> Response:
         response = await call_next(request)
@@ -106,11 +117,6 @@ def create_app(settings: ServeConfig) -> FastAPI:
     @app.exception_handler(crud.Conflict)
     async def conflict(request: Request, exc: crud.Conflict) -> Response:
         return await http_error(request, HTTPException(409, str(exc)))
-
-    app.mount("/static", StaticFiles(directory=str(HERE / "static")), name="static")
-    for router in (auth.router, label.router, api.router, admin.router):
-        app.include_router(router)
-    return app
 
 
 def secret_beside(db_url: str) -> str:

@@ -5,9 +5,9 @@ HTML pages show each beside its field and the JSON API returns the same names.""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, ClassVar
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
 
 from instructrl.records import FLAGS, LIKERT_MAX, LIKERT_MIN, ranks_of
 
@@ -34,6 +34,61 @@ class SubmissionOut(BaseModel):
     assignment_id: int
     client_id: str
     created: bool
+
+
+class GenerateForm(BaseModel):
+    """An admin's generation job: K outputs per prompt from a model."""
+
+    model_config = ConfigDict(str_strip_whitespace=True, protected_namespaces=())
+    MESSAGES: ClassVar[dict[str, str]] = {
+        "model": "'default', an HF model directory, or a cached hub id",
+        "k": "a whole number from 4 to 9",
+        "max_new_tokens": "a whole number from 1 to 4096",
+        "temperature": "a number in (0, 2]",
+    }
+
+    model: str = Field(min_length=1)
+    k: int = Field(ge=4, le=9)
+    max_new_tokens: int = Field(ge=1, le=4096)
+    temperature: float = Field(1.0, gt=0, le=2)
+
+
+class TaskForm(BaseModel):
+    """An admin's new task; `count` (prompts to write) only for write_prompt tasks."""
+
+    MESSAGES: ClassVar[dict[str, str]] = {
+        "per_item": "a whole number from 1 to 100",
+        "count": "a whole number from 1 to 100000",
+    }
+
+    kind: str = ""
+    title: str = ""
+    group: str = "training"
+    instructions: str = ""
+    per_item: int = Field(ge=1, le=100)
+    count: int = Field(0, ge=0, le=100_000, validate_default=True)
+
+    @field_validator("count")
+    @classmethod
+    def _count_for_prompts(cls, count: int, info: ValidationInfo) -> int:
+        if info.data.get("kind") == "write_prompt" and count < 1:
+            raise ValueError("write_prompt tasks need a count")
+        return count if info.data.get("kind") == "write_prompt" else 0
+
+
+def parse_form(
+    cls: type[GenerateForm] | type[TaskForm], form: dict[str, Any]
+) -> tuple[Any, dict[str, str]]:
+    """(the form as `cls`, {}) or (None, {field: message}) with each model's own messages."""
+    fields = {k: v for k, v in form.items() if k in cls.model_fields and v not in ("", None)}
+    try:
+        return cls(**fields), {}
+    except ValidationError as e:
+        errors = {}
+        for err in e.errors():
+            field = str(err["loc"][0]) if err["loc"] else "form"
+            errors.setdefault(field, cls.MESSAGES.get(field, err["msg"]))
+        return None, errors
 
 
 def _text(payload: dict[str, Any], key: str, errors: dict[str, str]) -> str:

@@ -11,10 +11,9 @@ from fastapi.responses import RedirectResponse, Response
 from instructrl.web import analytics, crud, export, jobs
 from instructrl.web.deps import AdminUser, Csrf, Form
 from instructrl.web.models import GROUPS, TASK_KINDS, USER_GROUPS
-from instructrl.web.schemas import payload_from_form
+from instructrl.web.schemas import GenerateForm, TaskForm, parse_form, payload_from_form
 from instructrl.web.views import (
     flash,
-    int_field,
     pop_flash,
     read_upload,
     render,
@@ -177,19 +176,7 @@ def import_samples(request: Request, project_id: int, user: AdminUser, form: For
 
 @router.post("/projects/{project_id}/generate", dependencies=[Csrf])
 def generate(request: Request, project_id: int, user: AdminUser, form: Form) -> Response:
-    errors: dict[str, str] = {}
-    k = int_field(form, "k", 4, 9, errors)
-    max_new_tokens = int_field(form, "max_new_tokens", 1, 4096, errors)
-    try:
-        temperature = float(str(form.get("temperature", "1.0")))
-        if not 0 < temperature <= 2:
-            raise ValueError
-    except ValueError:
-        errors["temperature"] = "a number in (0, 2]"
-        temperature = 1.0
-    model = str(form.get("model", "")).strip()
-    if not model:
-        errors["model"] = "'default', an HF model directory, or a cached hub id"
+    job, errors = parse_form(GenerateForm, form)
     with transaction(request) as s:
         prompts = crud.prompts_without_outputs(s, project_id=project_id)
     if not prompts:
@@ -201,16 +188,11 @@ def generate(request: Request, project_id: int, user: AdminUser, form: Form) -> 
         request.app.state.sessions,
         project_id=project_id,
         prompts=prompts,
-        params={
-            "model": model,
-            "k": k,
-            "temperature": temperature,
-            "max_new_tokens": max_new_tokens,
-        },
+        params=job.model_dump(),
         jobs_dir=settings.jobs_dir,
         python=settings.python,
     )
-    flash(request, f"job {job_id}: generating {k} outputs for {len(prompts)} prompts")
+    flash(request, f"job {job_id}: generating {job.k} outputs for {len(prompts)} prompts")
     return RedirectResponse(f"/admin/projects/{project_id}", status_code=303)
 
 
@@ -229,24 +211,12 @@ def job_status(request: Request, job_id: int, user: AdminUser) -> dict:
 
 @router.post("/projects/{project_id}/tasks", dependencies=[Csrf])
 def create_task(request: Request, project_id: int, user: AdminUser, form: Form) -> Response:
-    errors: dict[str, str] = {}
-    per_item = int_field(form, "per_item", 1, 100, errors)
-    kind = str(form.get("kind", ""))
-    count = int_field(form, "count", 1, 100_000, errors) if kind == "write_prompt" else 0
+    task, errors = parse_form(TaskForm, form)
     try:
         if errors:
             raise crud.Invalid(errors)
         with transaction(request) as s:
-            crud.create_task(
-                s,
-                project=crud.get_project(s, project_id),
-                kind=kind,
-                title=str(form.get("title", "")),
-                group=str(form.get("group", "training")),
-                per_item=per_item,
-                count=count,
-                instructions=str(form.get("instructions", "")),
-            )
+            crud.create_task(s, project=crud.get_project(s, project_id), **task.model_dump())
     except crud.Invalid as e:
         errors = {f"task_{k}": v for k, v in e.errors.items()}
         return project_page(request, project_id, user, errors=errors, values=form, status_code=422)
@@ -262,9 +232,7 @@ def download_export(
         raise HTTPException(404, f"expected one of {', '.join(EXPORTS)}")
     try:
         with transaction(request) as s:
-            records = export.records(
-                s, project=crud.get_project(s, project_id), group=group
-            )[name]
+            records = export.records(s, project=crud.get_project(s, project_id), group=group)[name]
     except crud.Invalid as e:
         raise HTTPException(422, str(e)) from None
     body = "".join(json.dumps(r.to_dict(), ensure_ascii=False) + "\n" for r in records)

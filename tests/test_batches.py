@@ -1,0 +1,62 @@
+"""batches.py by hand and against independent paths: right padding, loss masks, the K-way
+batch layout, the NLL of a batch against full-vocabulary logits, RM scores one by one."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from instructrl import batches, models
+
+T, F = True, False
+
+
+def test_right_pad_and_loss_mask_by_hand():
+    ids, attn = batches.right_pad([[5, 6, 7], [8]], pad_id=0)
+    assert ids.tolist() == [[5, 6, 7], [8, 0, 0]]
+    assert attn.tolist() == [[T, T, T], [T, F, F]]
+    examples = [batches.Example([1, 2, 3, 4], n_prompt=2), batches.Example([7, 8], n_prompt=0)]
+    ids, attn, mask = batches.collate(examples, pad_id=0)
+    # the response starts at index 2; a pretraining chunk (n_prompt 0) loses only its first token
+    assert mask.tolist() == [[F, F, T, T], [F, T, F, F]]
+    assert attn.tolist() == [[T, T, T, T], [T, T, F, F]]
+
+
+def test_ranked_batch_layout_by_hand():
+    examples = [
+        batches.RankedExample([[1, 2], [3], [4, 5, 6]], [0, 2, 1]),
+        batches.RankedExample([[7], [8, 9]], [1, 0]),
+    ]
+    ids, attn, ranks, valid, rows = batches.collate_ranked(examples, pad_id=0)
+    assert ids.tolist() == [[1, 2, 0], [3, 0, 0], [4, 5, 6], [7, 0, 0], [8, 9, 0]]
+    assert ranks.tolist() == [[0, 2, 1], [1, 0, 0]]
+    assert valid.tolist() == [[T, T, T], [T, T, F]]
+    assert rows.tolist() == [[0, 1, 2], [3, 4, -1]]
+    assert attn.sum(1).tolist() == [2, 1, 3, 1, 2]
+
+
+def test_nll_equals_cross_entropy_over_full_logits(tiny_model_dir):
+    model = models.load_policy(str(tiny_model_dir))
+    examples = [batches.Example([5, 9, 14, 3, 8], 2), batches.Example([4, 11, 6], 1)]
+    ids, attn, mask = batches.collate(examples, pad_id=0)
+    loss, stats = batches.nll_loss(model, ids, attn, mask)
+    terms = []
+    for e in examples:  # one unpadded forward per example, every position's logits
+        logits = model(torch.tensor([e.input_ids])).logits[0]
+        for t in range(max(e.n_prompt, 1), len(e.input_ids)):
+            terms.append(-torch.log_softmax(logits[t - 1], -1)[e.input_ids[t]])
+    assert int(stats["tokens"]) == len(terms) == 5
+    torch.testing.assert_close(loss, torch.stack(terms).mean(), atol=1e-5, rtol=1e-5)
+    mean = batches.mean_nll(model, examples, 0, batch_size=1, device="cpu")
+    assert abs(mean - loss.item()) < 1e-5  # token-weighted, whatever the batch size
+
+
+def test_score_texts_in_a_batch_equals_one_by_one(tiny_model_dir):
+    tokenizer = models.load_tokenizer(str(tiny_model_dir), padding_side="right")
+    rm = models.new_reward_model(str(tiny_model_dir), dtype=torch.float32).eval()
+    pairs = [("hi", "hello there"), ("What is 2 + 2?", "4"), ("x", "a much longer answer here")]
+    kw = {"max_length": 64, "device": "cpu"}
+    together = batches.score_texts(rm, tokenizer, pairs, batch_size=3, **kw)
+    alone = [batches.score_texts(rm, tokenizer, [p], batch_size=1, **kw)[0] for p in pairs]
+    assert together == pytest.approx(alone, abs=1e-5)
+    assert len(set(together)) == 3

@@ -1,0 +1,84 @@
+"""stats.py by hand: win rates with ties, Wilson and bootstrap intervals, labeler agreement."""
+
+from __future__ import annotations
+
+import math
+import random
+
+import pytest
+
+from instructrl import stats
+from instructrl.stats import agreement, pairwise_agreement, rank_agreement
+
+
+def test_win_rate_with_ties_by_hand():
+    # 3 wins, 1 tie, 1 loss over 5 prompts: (3 + 0.5) / 5 = 0.7
+    result = stats.win_rate([1, 1, 1, 0.5, 0])
+    assert result["win_rate"] == pytest.approx(0.7) and result["n"] == 5
+    lo, hi = result["ci95"]
+    assert lo <= 0.7 <= hi and lo < 0.5 < hi  # five prompts cannot rule out a coin flip
+
+
+def test_win_rate_ci_clear_of_half():
+    result = stats.win_rate([1] * 45 + [0] * 5)
+    assert result["win_rate"] == 0.9 and 0.75 < result["ci95"][0] < 0.9 < result["ci95"][1] <= 1.0
+
+
+def test_wilson_by_hand():
+    # p = 0.5, n = 100: centre 0.5, half-width 1.96 * sqrt(0.25/100 + 1.96^2/40000) / (1 + 1.96^2/100)
+    z = stats.Z95
+    half = z * math.sqrt(0.0025 + z * z / 40000) / (1 + z * z / 100)
+    lo, hi = stats.wilson(50, 100)
+    assert lo == pytest.approx(0.5 - half, abs=1e-9) and hi == pytest.approx(0.5 + half, abs=1e-9)
+    assert stats.wilson(0, 0) == (0.0, 1.0)
+
+
+def test_pairwise_agreement_by_hand():
+    # L1 ranks 0 > 1 > 2, L2 ranks 0 > 2 > 1: pairs (0,1) and (0,2) agree, (1,2) does not -> 2 of 3
+    assert pairwise_agreement([[0, 1, 2], [0, 2, 1]]) == (2, 3)
+    # a tie in L2 between 1 and 2 removes that pair: 2 of 2
+    assert pairwise_agreement([[0, 1, 2], [0, [1, 2]]]) == (2, 2)
+    # three labelers: (L1,L2) 2/3, (L1,L3) 0/3 (fully reversed), (L2,L3) 1/3 -> 3 of 9
+    assert pairwise_agreement([[0, 1, 2], [0, 2, 1], [2, 1, 0]]) == (3, 9)
+
+
+def test_agreement_ci_by_hand():
+    result = agreement([(2, 3), (3, 3), (1, 3)], reps=200)
+    assert result["agreement"] == pytest.approx(6 / 9, abs=1e-4)
+    assert result["ci95"][0] <= result["agreement"] <= result["ci95"][1]
+    assert result["pairs"] == 9 and result["prompts"] == 3
+    assert agreement([(3, 3)] * 4, reps=50)["ci95"] == [1.0, 1.0]
+
+
+def test_rank_agreement_by_hand():
+    # ranks (0 best): a = 0,1,2; b = 0,2,1 -> pairs (0,1) and (0,2) agree, (1,2) does not
+    assert rank_agreement([0, 1, 2], [0, 2, 1]) == (2, 3)
+    # a tie in either labeler leaves that pair out
+    assert rank_agreement([0, 1, 1], [0, 2, 1]) == (2, 2)
+    assert rank_agreement([0, 0, 0], [0, 1, 2]) == (0, 0)
+
+
+def test_bootstrap_ci_equals_a_direct_loop():
+    """The percentile bootstrap against a loop written out here, same draws."""
+    values = [0.0, 1.0, 1.0, 0.5, 3.0, 2.0]
+    reps, seed = 200, 5
+    rng = random.Random(seed)
+    means = sorted(
+        sum(values[rng.randrange(len(values))] for _ in values) / len(values) for _ in range(reps)
+    )
+    expected = (means[int(0.025 * reps)], means[int(0.975 * reps)])
+    assert stats.bootstrap_mean_ci(values, reps=reps, seed=seed) == pytest.approx(expected)
+    # any statistic: the maximum of a resample is never above the data's maximum
+    lo, hi = stats.bootstrap_ci(values, max, reps=reps, seed=seed)
+    assert lo <= hi == 3.0
+    # a constant sample has a zero-width interval; no data, no interval
+    assert stats.bootstrap_mean_ci([2.0] * 5) == (2.0, 2.0)
+    assert all(math.isnan(x) for x in stats.bootstrap_mean_ci([]))
+
+
+def test_proportion_and_mean_by_hand():
+    p = stats.proportion([True, False, True, True])
+    assert p["rate"] == 0.75 and p["n"] == 4
+    assert p["ci95"] == pytest.approx(list(stats.wilson(3, 4)))
+    m = stats.mean_ci([1.0, 2.0, 6.0])
+    assert m["mean"] == 3.0 and m["n"] == 3 and m["ci95"][0] <= 3.0 <= m["ci95"][1]

@@ -1,0 +1,141 @@
+"""trainer.py: data order and sharding by hand, the supervised loop against a plain AdamW loop
+written out here, gradient accumulation invariance, and best-checkpoint selection."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from instructrl import trainer
+from instructrl.config import SFTConfig
+
+INPUTS = torch.arange(12, dtype=torch.float32).reshape(6, 2) / 10  # 6 examples, 2 features
+TARGETS = torch.tensor([1.0, -1.0, 0.5, 2.0, 0.0, 1.5])
+
+
+def _cfg(tmp_path, **over) -> SFTConfig:
+    tmp_path.mkdir(parents=True, exist_ok=True)
+    values = {
+        "data": "unused.jsonl",
+        "out": str(tmp_path),
+        "lr": 0.1,
+        "batch_size": 2,
+        "epochs": 2,
+        "checkpoint_every": 0,
+        "device": "cpu",
+        **over,
+    }
+    return SFTConfig(**values)
+
+
+def _linear() -> torch.nn.Linear:
+    torch.manual_seed(0)
+    return torch.nn.Linear(2, 1)
+
+
+def _mse(model):
+    def loss_fn(batch: list[int]):
+        idx = torch.tensor(batch)
+        loss = ((model(INPUTS[idx]).squeeze(-1) - TARGETS[idx]) ** 2).mean()
+        return loss, {"loss": loss.item()}, len(batch)
+
+    return loss_fn
+
+
+def _fit(cfg, **kw):
+    accelerator = trainer.make_accelerator(cfg)
+    run = trainer.setup(accelerator, cfg, _linear(), n_examples=len(TARGETS))
+    state = trainer.fit(run, prefix="t", loss_fn=_mse(run.model), **kw)
+    return run, state
+
+
+def test_epoch_order_is_a_seeded_permutation():
+    a = trainer.epoch_order(10, seed=3, epoch=0)
+    assert sorted(a) == list(range(10))
+    assert a == trainer.epoch_order(10, seed=3, epoch=0)
+    assert a != trainer.epoch_order(10, seed=3, epoch=1)
+    assert trainer.micro_batches(5, batch_size=2, seed=3, epoch=0) == [
+        trainer.epoch_order(5, seed=3, epoch=0)[i : i + 2] for i in (0, 2, 4)
+    ]
+
+
+def test_steps_and_sharding_by_hand():
+    # 10 examples, 2 per micro-batch, 2 micro-batches a step, 2 processes: ceil(10 / 8) = 2 steps
+    assert trainer.steps_per_epoch(10, 2, 2, 2) == 2
+    assert trainer.steps_per_epoch(8, 2, 2, 2) == 1
+    batches = [[0, 1], [2, 3], [4, 5], [6, 7], [8, 9]]
+    # step 0 takes micro-batches 0-3: process 0 gets 0 and 2, process 1 gets 1 and 3
+    assert list(trainer.step_batches(batches, 0, 2, 0, 2)) == [[0, 1], [4, 5]]
+    assert list(trainer.step_batches(batches, 0, 2, 1, 2)) == [[2, 3], [6, 7]]
+    # step 1: only micro-batch 4 is left, for process 0
+    assert list(trainer.step_batches(batches, 1, 2, 0, 2)) == [[8, 9]]
+    assert list(trainer.step_batches(batches, 1, 2, 1, 2)) == []
+
+
+def test_setup_counts_steps_from_epochs_or_max_steps(tmp_path):
+    accelerator = trainer.make_accelerator(_cfg(tmp_path))
+    run = trainer.setup(accelerator, _cfg(tmp_path, epochs=3), _linear(), n_examples=6)
+    assert (run.per_epoch, run.total) == (3, 9)  # ceil(6 / 2) steps an epoch
+    run = trainer.setup(accelerator, _cfg(tmp_path, max_steps=4), _linear(), n_examples=6)
+    assert run.total == 4
+
+
+def test_fit_equals_a_plain_adamw_loop(tmp_path):
+    """The same steps written out with torch.optim.AdamW, the cosine schedule and clipping."""
+    from transformers import get_cosine_with_min_lr_schedule_with_warmup
+
+    cfg = _cfg(tmp_path, grad_clip=0.5)
+    run, state = _fit(cfg)
+    assert state["step"] == 6
+
+    model = _linear()
+    opt = torch.optim.AdamW(model.parameters(), lr=0.1, betas=(0.9, 0.95), weight_decay=0.0)
+    sched = get_cosine_with_min_lr_schedule_with_warmup(
+        opt, num_warmup_steps=0, num_training_steps=6, min_lr_rate=0.1
+    )
+    for epoch in range(2):
+        order = trainer.epoch_order(6, seed=0, epoch=epoch)
+        for start in (0, 2, 4):
+            idx = torch.tensor(order[start : start + 2])
+            loss = ((model(INPUTS[idx]).squeeze(-1) - TARGETS[idx]) ** 2).mean()
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 0.5)
+            opt.step()
+            sched.step()
+            opt.zero_grad()
+    for ours, theirs in zip(run.model.parameters(), model.parameters(), strict=True):
+        torch.testing.assert_close(ours.detach(), theirs.detach(), atol=1e-6, rtol=0)
+    rows = [r for r in _rows(tmp_path) if "t/loss" in r]
+    assert [r["step"] for r in rows] == [1, 2, 3, 4, 5, 6]
+    assert rows[-1]["t/lr"] == pytest.approx(0.1 * 0.1)  # cosine to 10 % of the peak
+
+
+def test_gradient_accumulation_equals_a_bigger_batch(tmp_path):
+    one, _ = _fit(_cfg(tmp_path / "a", batch_size=2, grad_accum=1, grad_clip=0))
+    two, _ = _fit(_cfg(tmp_path / "b", batch_size=1, grad_accum=2, grad_clip=0))
+    for a, b in zip(one.model.parameters(), two.model.parameters(), strict=True):
+        torch.testing.assert_close(a.detach(), b.detach(), atol=1e-6, rtol=0)
+
+
+def test_evaluation_keeps_the_best_and_saves_it(tmp_path):
+    values = iter([3.0, 1.0, 2.0, 0.5, 4.0, 9.0])
+    saved = []
+    evaluation = trainer.Evaluation(
+        fn=lambda: {"val_loss": next(values)},
+        select=("val_loss", "min"),
+        save_best=lambda: saved.append(len(saved)),
+    )
+    _, state = _fit(_cfg(tmp_path, eval_every=1), evaluation=evaluation)
+    # improvements at steps 1 (3.0), 2 (1.0) and 4 (0.5): three saves, the best is step 4
+    assert len(saved) == 3 and (state["best"], state["best_step"]) == (0.5, 4)
+    evaluated = [r["t/val_loss"] for r in _rows(tmp_path) if "t/val_loss" in r]
+    assert evaluated == [3.0, 1.0, 2.0, 0.5, 4.0, 9.0]
+    assert all(math.isfinite(v) for v in evaluated)
+
+
+def _rows(out):
+    from instructrl.rundir import read_metrics
+
+    return read_metrics(out / "metrics.jsonl")
