@@ -58,6 +58,42 @@ class SamplingConfig:
             raise ConfigError(f"config: sampling.batch_size: expected >= 1, got {self.batch_size}")
 
 
+ENGINES = ("hf",)
+QUANTIZE = ("none", "int8")
+
+
+@dataclass
+class RolloutConfig:
+    """Which engine samples responses (generate, the samples step, PPO, evaluation)."""
+
+    engine: str = _f("hf", "rollout engine: hf (transformers generate)")
+    quantize: str = _f(
+        "none",
+        "none, or int8: sample from a dynamically int8-quantised copy of the policy (CPU; about "
+        "2x tokens/s; PPO then recomputes logprobs with the training model)",
+    )
+    share_prefill: bool = _f(
+        True, "K samples of one prompt share one prefill (the prompt is encoded once, not K times)"
+    )
+    tis_cap: float = _f(
+        0.0,
+        "PPO: truncated importance sampling, cap on pi_old / pi_engine per token (verl, TRL: 2); "
+        "0 = off",
+    )
+
+    def __post_init__(self) -> None:
+        if self.engine not in ENGINES:
+            raise ConfigError(
+                f"config: rollout.engine: expected one of {', '.join(ENGINES)}, got {self.engine!r}"
+            )
+        if self.quantize not in QUANTIZE:
+            raise ConfigError(
+                f"config: rollout.quantize: expected one of {', '.join(QUANTIZE)}, got {self.quantize!r}"
+            )
+        if self.tis_cap < 0:
+            raise ConfigError(f"config: rollout.tis_cap: expected >= 0, got {self.tis_cap}")
+
+
 @dataclass
 class GenerateConfig:
     """`instructrl generate`: sample completions from a policy, written as sample records."""
@@ -80,6 +116,9 @@ class GenerateConfig:
     sampling: SamplingConfig = field(
         default_factory=lambda: SamplingConfig(temperature=0.7, top_p=0.9),
         metadata={"help": "sampling settings (generate's default: temperature 0.7, top_p 0.9)"},
+    )
+    rollout: RolloutConfig = field(
+        default_factory=RolloutConfig, metadata={"help": "rollout engine settings"}
     )
 
     def __post_init__(self) -> None:
@@ -354,6 +393,9 @@ class PPOConfig(TrainConfig):
     ptx_length: int = _f(64, "tokens per pretraining chunk")
     ema_decay: float = _f(0.0, "policy weight EMA saved as the output (paper: 0.992); 0 = off")
     sample_every: int = _f(5, "write sample completions every N iterations (0 = never)")
+    rollout: RolloutConfig = field(
+        default_factory=RolloutConfig, metadata={"help": "rollout engine settings"}
+    )
     reuse_rollout_logprobs: bool = _f(
         True, "take old logprobs from the sampler's logits instead of a second forward pass"
     )
@@ -415,6 +457,9 @@ class EvalConfig:
     sampling: SamplingConfig = field(
         default_factory=lambda: SamplingConfig(temperature=0.7, top_p=0.9, batch_size=16),
         metadata={"help": "sampling settings, the same for every policy"},
+    )
+    rollout: RolloutConfig = field(
+        default_factory=RolloutConfig, metadata={"help": "rollout engine settings"}
     )
 
     def __post_init__(self) -> None:
@@ -490,6 +535,9 @@ class RunConfig:
     sampling: SamplingConfig = field(
         default_factory=lambda: SamplingConfig(temperature=1.0, max_new_tokens=48, batch_size=16),
         metadata={"help": "how the K samples for ranking are drawn (paper: temperature 1)"},
+    )
+    rollout: RolloutConfig = field(
+        default_factory=RolloutConfig, metadata={"help": "rollout engine for the K samples"}
     )
     sft: dict[str, Any] = field(
         default_factory=dict, metadata={"help": "overrides for the sft stage"}

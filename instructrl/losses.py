@@ -159,10 +159,17 @@ def gae(
 
 
 def policy_loss(
-    *, logprobs: Tensor, old_logprobs: Tensor, advantages: Tensor, mask: Tensor, clip: float
+    *,
+    logprobs: Tensor,
+    old_logprobs: Tensor,
+    advantages: Tensor,
+    mask: Tensor,
+    clip: float,
+    is_weights: Tensor | None = None,
 ) -> tuple[Tensor, dict[str, Tensor]]:
     """PPO clipped surrogate, mean over response tokens. All inputs (B, T).
-    loss = mean(max(-A * ratio, -A * clip(ratio, 1 - clip, 1 + clip))), ratio = exp(logp - old).
+    loss = mean(w * max(-A * ratio, -A * clip(ratio, 1 - clip, 1 + clip))), ratio = exp(logp -
+    old), w = is_weights (1 when None: the rollout came from the training policy itself).
     Stats: clip_frac (share of tokens where the clipped term is active), approx_kl
     (mean 0.5 * (logp - old)^2).
     """
@@ -171,7 +178,11 @@ def policy_loss(
     ratio = torch.exp(log_ratio)
     unclipped = -advantages * ratio
     clipped = -advantages * torch.clamp(ratio, 1.0 - clip, 1.0 + clip)
-    loss = masked_mean(torch.maximum(unclipped, clipped), mask)
+    per_token = torch.maximum(unclipped, clipped)
+    if is_weights is not None:
+        _same_shape(logprobs=logprobs, is_weights=is_weights)
+        per_token = per_token * is_weights
+    loss = masked_mean(per_token, mask)
     stats = {
         "policy_loss": loss.detach(),
         "clip_frac": masked_mean((clipped > unclipped).float(), mask).detach(),
@@ -193,6 +204,15 @@ def ptx_loss(
         raise ValueError(f"ptx_loss: expected a scalar policy_loss, got {tuple(policy_loss.shape)}")
     nll, _ = nll_loss(logits=ptx_logits, labels=ptx_labels)
     return policy_loss + ptx_coef * nll, {"ptx_loss": nll.detach()}
+
+
+def tis_weights(*, logprobs: Tensor, engine_logprobs: Tensor, mask: Tensor, cap: float) -> Tensor:
+    """Truncated importance sampling weights for rollouts drawn by another engine (int8, vLLM):
+    w = min(pi_old(y_t) / pi_engine(y_t), cap) per token, 1 on padding. All (B, T).
+    (verl and TRL correct the engine/trainer mismatch this way; the cap bounds the variance.)"""
+    _same_shape(logprobs=logprobs, engine_logprobs=engine_logprobs, mask=mask)
+    log_w = torch.where(mask, logprobs - engine_logprobs, torch.zeros_like(logprobs))
+    return torch.clamp(torch.exp(log_w), max=cap)
 
 
 def value_loss(

@@ -348,7 +348,12 @@ def reward_model(
 def sample_outputs(loop: Loop, policy: StageResult, suffix: str) -> StageResult:
     """Step 3: K samples per RM prompt and validation prompt from the policy."""
     cfg = loop.cfg
-    values = {"model": str(policy.path), "samples": cfg.k, "sampling": asdict(cfg.sampling)}
+    values = {
+        "model": str(policy.path),
+        "samples": cfg.k,
+        "sampling": asdict(cfg.sampling),
+        "rollout": asdict(cfg.rollout),
+    }
 
     def sample(out: Path) -> dict[str, Any]:
         for part in ("rm", "val"):

@@ -115,43 +115,58 @@ def generate(
     batch_size: int = 8,
     seed: int = 0,
     samples_per_prompt: int = 1,
+    share_prefill: bool = False,
     return_logprobs: bool = False,
+    min_new_tokens: int = 0,
     progress=None,
 ) -> list[Generation]:
     """Sample `samples_per_prompt` responses per prompt (consecutive in the output), in batches
     of `batch_size` rows; batch i is seeded seed + i. temperature 0 is greedy; top_k 0 and
     top_p 1 are off (passed explicitly: nothing is inherited from the model's
-    generation_config). With return_logprobs, each Generation carries the sampler's own
+    generation_config). With share_prefill, the K samples of a prompt share one prefill: the
+    prompt is encoded once and its KV cache repeated K times (a batch then holds whole groups
+    of K rows). With return_logprobs, each Generation carries the sampler's own
     log-probabilities of its tokens (logits divided by the temperature, as when sampling)."""
-    from transformers import GenerationConfig
+    from transformers import GenerationConfig, LogitsProcessorList
 
     eos_ids = eos_token_ids(model, tokenizer)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else min(eos_ids)
     sampling = temperature > 0
+    # sampling is a logits processor that leaves one token standing, so generate's greedy
+    # step picks it (see InverseCDFSampler); nothing is taken from the model's own config
     gen_config = GenerationConfig(
         max_new_tokens=max_new_tokens,
-        do_sample=sampling,
-        temperature=temperature if sampling else None,
-        top_p=top_p if sampling else None,
-        top_k=top_k if sampling else None,
+        min_new_tokens=min_new_tokens or None,  # benchmarks: EOS suppressed until then
+        do_sample=False,
         pad_token_id=pad_id,
         eos_token_id=sorted(eos_ids),
         return_dict_in_generate=True,
         output_logits=return_logprobs,
     )
-    rows = [ids for ids in prompt_ids for _ in range(samples_per_prompt)]
+    processors = LogitsProcessorList(
+        [InverseCDFSampler(temperature=temperature, top_k=top_k, top_p=top_p)] if sampling else []
+    )
+    k = samples_per_prompt
+    rows = [ids for ids in prompt_ids for _ in range(k)]
+    share = share_prefill and k > 1
+    if share:  # whole groups of K rows per batch
+        batch_size = max(k, batch_size // k * k)
     device = next(model.parameters()).device
     outputs: list[Generation] = []
     for b, start in enumerate(range(0, len(rows), batch_size)):
         batch = rows[start : start + batch_size]
         input_ids, mask = left_pad(batch, pad_id)
+        input_ids, mask = input_ids.to(device), mask.long().to(device)
         batch_seed = seed + b
-        torch.manual_seed(batch_seed)
         t0 = time.perf_counter()
+        cache = _shared_prefill(model, input_ids[::k], mask[::k], k) if share else None
+        torch.manual_seed(batch_seed)
         out = model.generate(
-            input_ids=input_ids.to(device),
-            attention_mask=mask.long().to(device),
+            input_ids=input_ids,
+            attention_mask=mask,
+            cache=cache,
             generation_config=gen_config,
+            logits_processor=processors,
         )
         new_tokens = out.sequences[:, input_ids.shape[1] :].cpu()  # (B, T' <= max_new_tokens)
         logprobs = (
@@ -180,6 +195,61 @@ def generate(
     return outputs
 
 
+class InverseCDFSampler:
+    """A logits processor that samples the next token and leaves only it standing (0, the rest
+    -inf), so that generate's greedy step takes it: temperature, then top-k and top-p with
+    transformers' own warpers (0 and 1 are off), then one uniform draw per row against the
+    cumulative probabilities. The same distribution as generate's softmax + multinomial, at a
+    fraction of its cost on CPU (about 1.4 ms against 34 ms for 32 x 49k logits)."""
+
+    def __init__(self, *, temperature: float, top_k: int, top_p: float):
+        from transformers import TopKLogitsWarper, TopPLogitsWarper
+
+        self.temperature = temperature
+        self.warpers = [
+            *([TopKLogitsWarper(top_k)] if top_k > 0 else []),
+            *([TopPLogitsWarper(top_p)] if top_p < 1 else []),
+        ]
+
+    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+        scores = scores.float()  # (B, V)
+        if self.temperature != 1:
+            scores = scores / self.temperature
+        for warp in self.warpers:
+            scores = warp(input_ids, scores)
+        cdf = torch.softmax(scores, dim=-1).cumsum(-1)  # (B, V)
+        u = torch.rand((scores.shape[0], 1), device=scores.device)
+        chosen = torch.searchsorted(cdf, u * cdf[:, -1:]).clamp(max=scores.shape[1] - 1)
+        # a token of probability 0 cannot be drawn: step back to the last one that can
+        chosen = torch.where(
+            torch.isinf(scores.gather(1, chosen)), scores.argmax(-1, keepdim=True), chosen
+        )
+        out = torch.full_like(scores, float("-inf"))
+        return out.scatter_(1, chosen, 0.0)
+
+
+def _shared_prefill(model, input_ids: torch.Tensor, mask: torch.Tensor, k: int) -> Any:
+    """The KV cache of (B, P) left-padded prompts, all but their last token, repeated k times
+    along the batch: generate() then feeds each of the B * k rows only its last prompt token.
+    Positions as generate() derives them from the mask (padding skipped)."""
+    if input_ids.shape[1] < 2:
+        return None
+    from transformers import DynamicCache
+
+    position_ids = (mask.cumsum(-1) - 1).masked_fill(mask == 0, 1)
+    cache = DynamicCache()
+    model(
+        input_ids=input_ids[:, :-1],
+        attention_mask=mask[:, :-1],
+        position_ids=position_ids[:, :-1],
+        cache=cache,
+        use_cache=True,
+        logits_to_keep=1,
+    )
+    cache.batch_repeat_interleave(k)
+    return cache
+
+
 def _sampled_logprobs(
     step_logits: Sequence[torch.Tensor], tokens: torch.Tensor, temperature: float
 ) -> torch.Tensor:
@@ -189,6 +259,52 @@ def _sampled_logprobs(
 
     logits = torch.stack(tuple(step_logits), dim=1).float().cpu() / temperature  # (B, T', V)
     return token_logprobs(logits, tokens[:, : logits.shape[1]])
+
+
+class Engine:
+    """Samples responses for a policy (`rollout.engine=hf`): transformers generate on the policy
+    itself, or on a dynamically int8-quantised copy (`rollout.quantize=int8`, CPU) that sync()
+    refreshes after each update. `exact` says whether its log-probabilities are the training
+    model's own (otherwise PPO recomputes them with one forward pass)."""
+
+    def __init__(self, model, tokenizer, cfg: Any):
+        device = next(model.parameters()).device
+        if cfg.quantize == "int8" and device.type != "cpu":
+            raise UserError(
+                f"rollout.quantize=int8: dynamic int8 quantisation runs on the CPU, the policy is "
+                f"on {device}; use rollout.quantize=none there"
+            )
+        self.cfg, self.tokenizer = cfg, tokenizer
+        self.sync(model)
+
+    @property
+    def exact(self) -> bool:
+        return self.cfg.quantize == "none"
+
+    def sync(self, model) -> None:
+        """Take the policy's current weights (in process: no save and reload)."""
+        self.model = model if self.exact else int8_copy(model)
+
+    def generate(self, prompt_ids: Sequence[Sequence[int]], **kw: Any) -> list[Generation]:
+        return generate(
+            self.model, self.tokenizer, prompt_ids, share_prefill=self.cfg.share_prefill, **kw
+        )
+
+
+def int8_copy(model) -> Any:
+    """A copy of a policy (LoRA merged) whose Linear layers hold int8 weights and quantise
+    their inputs per batch (torch's dynamic quantisation; fbgemm int8 GEMMs on x86 CPUs)."""
+    import copy
+    import warnings
+
+    inner = copy.deepcopy(model)
+    if hasattr(inner, "merge_and_unload"):
+        inner = inner.merge_and_unload()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the eager API is deprecated in favour of torchao
+        return torch.ao.quantization.quantize_dynamic(
+            inner.eval(), {torch.nn.Linear}, dtype=torch.qint8
+        )
 
 
 def encode_within(
@@ -220,8 +336,7 @@ def encode_within(
 
 
 def sample_records(
-    model,
-    tokenizer,
+    engine: Engine,
     prompts: Sequence[Any],
     prompt_ids: Sequence[Sequence[int]],
     sampling: Any,
@@ -244,9 +359,7 @@ def sample_records(
             totals["seconds"] += seconds
             update(n_prompts, tokens_per_s=totals["tokens"] / max(totals["seconds"], 1e-9))
 
-        outputs = generate(
-            model,
-            tokenizer,
+        outputs = engine.generate(
             prompt_ids,
             max_new_tokens=sampling.max_new_tokens,
             temperature=sampling.temperature,

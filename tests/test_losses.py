@@ -186,3 +186,19 @@ def test_ptx_loss_by_hand():
         losses.ptx_loss(
             policy_loss=torch.zeros(2), ptx_logits=logits, ptx_labels=labels, ptx_coef=1.0
         )
+
+
+def test_tis_weights_and_weighted_policy_loss_by_hand():
+    # log pi_old - log pi_engine = (0, log 2, log 4) -> ratios 1, 2, 4, capped at 3; padding 1
+    logprobs = torch.tensor([[-1.0, -1.0, -1.0, 0.0]])
+    engine = torch.tensor([[-1.0, -1.0 - math.log(2), -1.0 - math.log(4), 5.0]])
+    mask = torch.tensor([[T, T, T, F]])
+    w = losses.tis_weights(logprobs=logprobs, engine_logprobs=engine, mask=mask, cap=3.0)
+    torch.testing.assert_close(w, torch.tensor([[1.0, 2.0, 3.0, 1.0]]))
+    # ratio 1 everywhere (logprobs == old): per-token loss -A; weighted mean over 3 real tokens
+    # = -(1 * 1 + 2 * 2 + 3 * (-1)) / 3 = -2 / 3
+    adv = torch.tensor([[1.0, 2.0, -1.0, 9.0]])
+    loss, _ = losses.policy_loss(
+        logprobs=logprobs, old_logprobs=logprobs, advantages=adv, mask=mask, clip=0.2, is_weights=w
+    )
+    assert loss.item() == pytest.approx(-2 / 3)

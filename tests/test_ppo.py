@@ -69,8 +69,13 @@ def make_trainer(tiny_model_dir, score_fn=low_half_score, **over):
     ), tok
 
 
-def test_rollout_logprobs_equal_a_fresh_forward(tiny_model_dir):
-    t, tok = make_trainer(tiny_model_dir, temperature=0.7, ptx_coef=0)
+@pytest.mark.parametrize("quantize", ["none", "int8"])
+def test_rollout_logprobs_equal_a_fresh_forward(tiny_model_dir, quantize):
+    """Whatever the engine, the old logprobs are the training model's (the sampler's own logits
+    for the exact engine; one forward pass after an int8 engine, whose gap is measured)."""
+    t, tok = make_trainer(
+        tiny_model_dir, temperature=0.7, ptx_coef=0, **{"rollout.quantize": quantize}
+    )
     ids = encode_prompts(tok, PROMPTS)
     assert len({len(x) for x in ids}) > 1  # prompts of different lengths: real left padding
     r = t.sample(ids, seed=0)
@@ -94,6 +99,13 @@ def test_rollout_logprobs_equal_a_fresh_forward(tiny_model_dir):
         )  # policy == reference at start
         assert n == T or r.ended[b]  # a short response ended with EOS
     assert r.values.shape == r.logprobs.shape == (len(ids), T)
+    if quantize == "none":
+        assert r.engine_logprobs is None and ppo.logprob_gap(r) == 0.0
+    else:  # the int8 sampler is close to, not equal to, the training model
+        gap = ppo.logprob_gap(r)
+        assert 0 < gap < 0.05, gap
+        by_hand = (r.logprobs - r.engine_logprobs).abs()[r.response_mask].mean().item()
+        assert gap == pytest.approx(by_hand)
 
 
 def test_ptx_gradient_is_gamma_times_nll_gradient(tiny_model_dir):
@@ -251,3 +263,23 @@ def test_reward_model_with_another_tokenizer_is_refused(tiny_model_dir, rm_dir, 
 def test_prompts_longer_than_the_context(tiny_model_dir, rm_dir, tmp_path):
     with pytest.raises(UserError, match="every prompt is longer than max_prompt_tokens=4"):
         ppo.run(_stage_cfg(tiny_model_dir, rm_dir, tmp_path, tmp_path / "y", max_prompt_tokens=4))
+
+
+def test_tis_weights_reach_the_loss(tiny_model_dir):
+    """rollout.tis_cap: weights min(pi_old / pi_engine, cap) from the int8 engine's logprobs."""
+    t, tok = make_trainer(
+        tiny_model_dir, ptx_coef=0, **{"rollout.quantize": "int8", "rollout.tis_cap": 1.001}
+    )
+    r = t.sample(encode_prompts(tok, PROMPTS), seed=1)
+    t.evaluate(r)
+    expected = torch.where(
+        r.response_mask, torch.exp(r.logprobs - r.engine_logprobs), torch.ones_like(r.logprobs)
+    ).clamp(max=1.001)
+    torch.testing.assert_close(r.is_weights, expected)
+    assert (r.is_weights[r.response_mask] == 1.001).any()  # the cap acts somewhere
+    advantages, _, _, _ = t.advantages(r)
+    idx = torch.arange(len(PROMPTS))
+    weighted, _ = t.policy_objective(r, idx, advantages, None)
+    r.is_weights = None
+    plain, _ = t.policy_objective(r, idx, advantages, None)
+    assert weighted.item() != pytest.approx(plain.item(), abs=1e-7)

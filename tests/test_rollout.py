@@ -3,6 +3,9 @@ prompt, the sampler's logprobs, explicit sampling settings, the prompt-length fi
 
 from __future__ import annotations
 
+import math
+import re
+
 import pytest
 import torch
 
@@ -92,15 +95,16 @@ def test_sampler_logprobs_equal_a_fresh_forward(tiny_model_dir):
 
 
 def test_sampling_settings_are_explicit(tiny_model_dir, monkeypatch):
-    """top_k=0 reaches transformers as 0 (full vocabulary), not as its default of 50; greedy
-    decoding passes no sampling settings at all."""
+    """Nothing comes from the model's generation_config: generate gets no sampling settings of
+    its own (do_sample off, no top_k default of 50), our sampler holds them."""
     tokenizer = models.load_tokenizer(str(tiny_model_dir))
     model = models.load_policy(str(tiny_model_dir))
+    model.generation_config.top_k, model.generation_config.temperature = 3, 0.1
     seen = []
     original = model.generate
 
     def spy(*args, **kw):
-        seen.append(kw["generation_config"])
+        seen.append((kw["generation_config"], list(kw["logits_processor"])))
         return original(*args, **kw)
 
     monkeypatch.setattr(model, "generate", spy)
@@ -108,10 +112,37 @@ def test_sampling_settings_are_explicit(tiny_model_dir, monkeypatch):
     rollout.generate(model, tokenizer, ids, max_new_tokens=2, temperature=1.0, top_k=0, top_p=1.0)
     rollout.generate(model, tokenizer, ids, max_new_tokens=2, temperature=0.5, top_k=5, top_p=0.9)
     rollout.generate(model, tokenizer, ids, max_new_tokens=2, temperature=0)
-    full, narrow, greedy = seen
-    assert (full.top_k, full.top_p, full.temperature, full.do_sample) == (0, 1.0, 1.0, True)
-    assert (narrow.top_k, narrow.top_p, narrow.temperature) == (5, 0.9, 0.5)
-    assert greedy.do_sample is False
+    (full, [full_sampler]), (narrow, [narrow_sampler]), (greedy, no_sampler) = seen
+    for config in (full, narrow, greedy):
+        assert (config.do_sample, config.top_k, config.temperature) == (False, None, None)
+    assert full_sampler.temperature == 1.0 and full_sampler.warpers == []  # full vocabulary
+    assert narrow_sampler.temperature == 0.5
+    assert [type(w).__name__ for w in narrow_sampler.warpers] == [
+        "TopKLogitsWarper",
+        "TopPLogitsWarper",
+    ]
+    assert no_sampler == []
+
+
+def test_inverse_cdf_sampler_draws_from_the_softmax():
+    """Frequencies over 40,000 draws match softmax(logits / T) within 0.01; top-k keeps only the
+    k best; every output row leaves exactly one token standing."""
+    torch.manual_seed(0)
+    logits = torch.log(torch.tensor([[0.1, 0.2, 0.3, 0.4]])).repeat(40_000, 1)
+    ids = torch.zeros((40_000, 1), dtype=torch.long)
+    out = rollout.InverseCDFSampler(temperature=1.0, top_k=0, top_p=1.0)(ids, logits)
+    assert torch.isfinite(out).sum(1).eq(1).all()
+    freq = torch.bincount(out.argmax(1), minlength=4).float() / 40_000
+    torch.testing.assert_close(freq, torch.tensor([0.1, 0.2, 0.3, 0.4]), atol=0.01, rtol=0)
+    # temperature 2: p proportional to sqrt(p): sqrt(.1), sqrt(.2), sqrt(.3), sqrt(.4)
+    out = rollout.InverseCDFSampler(temperature=2.0, top_k=0, top_p=1.0)(ids, logits)
+    expected = torch.tensor([0.1, 0.2, 0.3, 0.4]).sqrt()
+    freq = torch.bincount(out.argmax(1), minlength=4).float() / 40_000
+    torch.testing.assert_close(freq, expected / expected.sum(), atol=0.01, rtol=0)
+    # top-k 2: only the two likeliest, renormalised: 3/7 and 4/7
+    out = rollout.InverseCDFSampler(temperature=1.0, top_k=2, top_p=1.0)(ids, logits)
+    freq = torch.bincount(out.argmax(1), minlength=4).float() / 40_000
+    torch.testing.assert_close(freq, torch.tensor([0, 0, 3 / 7, 4 / 7]), atol=0.01, rtol=0)
 
 
 def test_encode_within_drops_long_prompts_with_a_count(tiny_model_dir, caplog):
@@ -139,3 +170,70 @@ def test_encode_response_by_hand(tiny_model_dir):
     ids, _, cut = rollout.encode_response(tokenizer, "hi", text, max_length=len(p) + len(r))
     assert ids == p + r and cut
     assert rollout.encode_response(tokenizer, "hi", "a", max_length=len(p) + 7) is None
+
+
+@pytest.mark.parametrize("k", [2, 3])
+def test_shared_prefill_equals_separate_prompts(tiny_model_dir, k):
+    """K samples from one shared prefill (the prompt encoded once, its KV cache repeated) are
+    the K samples of the prompt repeated K times, under the same seeds."""
+    tokenizer = models.load_tokenizer(str(tiny_model_dir))
+    model = models.load_policy(str(tiny_model_dir))
+    ids = rollout.encode_prompts(tokenizer, ["hi", "What is the capital of France?", "List"])
+    kw = {"max_new_tokens": 6, "temperature": 1.0, "batch_size": 2 * k, "seed": 11}
+    rows = []
+    original = model.forward
+
+    def spy(*args, **kwargs):
+        rows.append(tuple(kwargs["input_ids"].shape))
+        return original(*args, **kwargs)
+
+    with pytest.MonkeyPatch.context() as monkey:
+        monkey.setattr(model, "forward", spy)
+        shared = rollout.generate(
+            model, tokenizer, ids, samples_per_prompt=k, share_prefill=True, **kw
+        )
+    separate = rollout.generate(model, tokenizer, ids, samples_per_prompt=k, **kw)
+    assert [g.token_ids for g in shared] == [g.token_ids for g in separate]
+    assert [g.seed for g in shared] == [g.seed for g in separate]
+    # the first batch's prompts were encoded once: 2 rows of P - 1 tokens, then 2k rows of 1
+    width = max(len(x) for x in ids[:2])
+    assert rows[0] == (2, width - 1) and rows[1] == (2 * k, 1)
+
+
+def test_int8_engine_is_close_and_refreshes(tiny_model_dir):
+    """rollout.quantize=int8: greedy log-probabilities within 0.05 nats a token of the fp32
+    model's; sync() takes the policy's new weights."""
+    from instructrl.config import RolloutConfig
+
+    tokenizer = models.load_tokenizer(str(tiny_model_dir))
+    model = models.load_policy(str(tiny_model_dir))
+    engine = rollout.Engine(model, tokenizer, RolloutConfig(quantize="int8"))
+    assert not engine.exact and engine.model is not model
+    ids = rollout.encode_prompts(tokenizer, ["Explain why the sky is blue", "hi"])
+    gens = engine.generate(ids, max_new_tokens=6, temperature=0, return_logprobs=True)
+    for prompt, g in zip(ids, gens, strict=True):
+        seq = torch.tensor([prompt + g.token_ids])
+        with torch.no_grad():
+            logits = model(seq).logits[0, len(prompt) - 1 : -1]
+        fp32 = losses.token_logprobs(logits, torch.tensor(g.token_ids))
+        assert (fp32 - torch.tensor(g.logprobs)).abs().max().item() < 0.05
+    with torch.no_grad():
+        model.lm_head.weight.mul_(0)  # a changed policy: every logit 0
+    engine.sync(model)
+    [g] = engine.generate(ids[:1], max_new_tokens=2, temperature=0, return_logprobs=True)
+    vocab = model.config.vocab_size
+    assert g.logprobs[0] == pytest.approx(-math.log(vocab), abs=1e-3)
+
+
+def test_unknown_engine_is_a_config_error():
+    from instructrl.config import RolloutConfig
+    from instructrl.errors import ConfigError
+
+    with pytest.raises(
+        ConfigError, match=re.escape("rollout.engine: expected one of hf, got 'vllm'")
+    ):
+        RolloutConfig(engine="vllm")
+    with pytest.raises(
+        ConfigError, match=re.escape("rollout.quantize: expected one of none, int8")
+    ):
+        RolloutConfig(quantize="int4")

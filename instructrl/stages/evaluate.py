@@ -87,6 +87,7 @@ def generate_cached(
                 "model": _fingerprint(path),
                 "prompts": [p.id for p in prompts],
                 "sampling": vars(cfg.sampling),
+                "rollout": vars(cfg.rollout),
                 "seed": cfg.seed,
             },
             sort_keys=True,
@@ -102,8 +103,7 @@ def generate_cached(
     model = models.load_policy(path, device=device)
     ids = rollout.encode_prompts(tokenizer, [p.prompt for p in prompts])
     samples = rollout.sample_records(
-        model,
-        tokenizer,
+        rollout.Engine(model, tokenizer, cfg.rollout),
         prompts,
         ids,
         cfg.sampling,

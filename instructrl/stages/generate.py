@@ -32,8 +32,7 @@ def run(cfg: GenerateConfig) -> Path | None:
         chat_template=cfg.chat_template,
     )
     samples = rollout.sample_records(
-        model,
-        tokenizer,
+        rollout.Engine(model, tokenizer, cfg.rollout),
         [p for p, _ in kept],
         [ids for _, ids in kept],
         cfg.sampling,

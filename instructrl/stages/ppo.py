@@ -48,7 +48,9 @@ class Rollout:
     prompt_width: int
     ended: torch.Tensor  # (B,) bool: the response ended with EOS or a stop string
     texts: list[str]
-    logprobs: torch.Tensor | None = None  # (B, T) under the rollout policy
+    logprobs: torch.Tensor | None = None  # (B, T) under the rollout policy (training model)
+    engine_logprobs: torch.Tensor | None = None  # (B, T) the sampler's own, when it is not exact
+    is_weights: torch.Tensor | None = None  # (B, T) truncated importance weights (rollout.tis_cap)
     ref_logprobs: torch.Tensor | None = None  # (B, T) under the SFT reference
     values: torch.Tensor | None = None  # (B, T)
     scores: torch.Tensor | None = None  # (B,)
@@ -95,6 +97,15 @@ def reward_model_scorer(rm: Any) -> ScoreFn:
         return rm(input_ids, attention)
 
     return score
+
+
+def logprob_gap(r: Rollout) -> float:
+    """Mean |log pi_train - log pi_engine| over response tokens: how far the sampling engine's
+    log-probabilities are from the training model's (0 for an exact engine)."""
+    if r.engine_logprobs is None:
+        return 0.0
+    gap = (r.logprobs - r.engine_logprobs).abs()
+    return losses.masked_mean(gap, r.response_mask).item()
 
 
 class PPOTrainer:
@@ -149,6 +160,7 @@ class PPOTrainer:
             if cfg.adaptive_kl
             else losses.FixedKLController(cfg.kl_coef)
         )
+        self.engine = rollout.Engine(models.unwrap(self.policy), tokenizer, cfg.rollout)
         self.ema = (
             {n: p.detach().clone() for n, p in self._policy_params()} if cfg.ema_decay else None
         )
@@ -164,13 +176,12 @@ class PPOTrainer:
         the full vocabulary) through the one generation path, in one batch seeded `seed`."""
         cfg = self.cfg
         policy = models.unwrap(self.policy)
-        # the sampler's own logits (divided by the temperature, as when sampling) give the old
-        # logprobs: no second forward pass over the rollout (lm-human-preferences keeps these too)
-        reuse = cfg.reuse_rollout_logprobs and not cfg.stop
+        # an exact engine's logits (divided by the temperature, as when sampling) are the old
+        # logprobs: no second forward pass (lm-human-preferences keeps these too); another
+        # engine's are kept to measure the gap and weight the loss (rollout.tis_cap)
+        reuse = (cfg.reuse_rollout_logprobs or not self.engine.exact) and not cfg.stop
         policy.eval()
-        generations = rollout.generate(
-            policy,
-            self.tokenizer,
+        generations = self.engine.generate(
             prompt_ids,
             max_new_tokens=cfg.max_new_tokens,
             temperature=cfg.temperature,
@@ -204,9 +215,13 @@ class PPOTrainer:
         texts = [g.text for g in generations]
         r = Rollout(full, attention, response_mask, input_ids.shape[1], ended, texts)
         if with_logprobs:
-            r.logprobs = torch.zeros((len(generations), T))
+            logprobs = torch.zeros((len(generations), T))
             for i, g in enumerate(generations):
-                r.logprobs[i, : len(g.logprobs)] = torch.tensor(g.logprobs)
+                logprobs[i, : len(g.logprobs)] = torch.tensor(g.logprobs)
+            if self.engine.exact:
+                r.logprobs = logprobs
+            else:
+                r.engine_logprobs = logprobs
         return r
 
     @torch.no_grad()
@@ -216,10 +231,17 @@ class PPOTrainer:
         ids, attn, T = r.input_ids.to(dev), r.attention.to(dev), r.response_mask.shape[1]
         self.policy.eval()
         self.value_model.eval()
-        if r.logprobs is None:
+        if r.logprobs is None:  # the training model's logprobs of the sampled tokens
             r.logprobs = response_logprobs(
                 self.policy, ids, attn, r.prompt_width, T, cfg.temperature
             )[0].cpu()
+        if r.engine_logprobs is not None and cfg.rollout.tis_cap > 0:
+            r.is_weights = losses.tis_weights(
+                logprobs=r.logprobs,
+                engine_logprobs=r.engine_logprobs,
+                mask=r.response_mask,
+                cap=cfg.rollout.tis_cap,
+            )
         if (
             self.ref_policy is None
         ):  # LoRA: the reference is the base model with the adapter disabled
@@ -289,6 +311,7 @@ class PPOTrainer:
             advantages=advantages[idx].to(dev),
             mask=mask,
             clip=cfg.clip,
+            is_weights=None if r.is_weights is None else r.is_weights[idx].to(dev),
         )
         stats["entropy"] = losses.masked_mean(entropy, mask).detach()
         if ptx is not None:
@@ -347,6 +370,7 @@ class PPOTrainer:
                 n += 1
         self.policy_sched.step()
         self.value_sched.step()
+        self.engine.sync(models.unwrap(self.policy))
         if self.ema is not None:
             with torch.no_grad():
                 for name, p in self._policy_params():
@@ -379,6 +403,7 @@ class PPOTrainer:
             ).item(),
             response_length=lengths.mean().item(),
             ended_frac=rollout.ended.float().mean().item(),
+            logprob_gap=logprob_gap(rollout),
             lr=self.policy_sched.get_last_lr()[0],
             iteration_s=time.perf_counter() - start,
         )

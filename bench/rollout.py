@@ -1,0 +1,152 @@
+"""Rollout speed: our engine against transformers' `generate` as shipped, and against the roof.
+
+    python bench/rollout.py [--model default] [--new-tokens 48] [--batches 1,8,32] [--k 4]
+
+For each batch size: HF `generate` (sampling at temperature 1 over the full vocabulary, every
+row made to write all its new tokens, so every method does the same work) on the policy, then our `rollout.Engine` with quantize=none (the same path, K samples sharing a prefill
+where a prompt repeats) and quantize=int8 (a dynamically int8-quantised copy), all on the same
+prompts and seeds; tokens/s counts the response tokens actually produced. The roof is a batched
+no-grad forward (32 x 96 tokens) measured in the same run. The K row is the samples step's
+shape: batch/K prompts x K samples each. Last line: JSON with ratio = the best engine's
+tokens/s over HF generate's at the largest batch (goal >= 2.5, about half the roof).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+
+import torch
+
+
+def tokens_per_s(fn, n_runs: int = 1) -> float:
+    fn()  # warm-up (allocations, first-call overheads)
+    tokens, start = 0, time.perf_counter()
+    for _ in range(n_runs):
+        tokens += fn()
+    return tokens / (time.perf_counter() - start)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default="default")
+    parser.add_argument("--new-tokens", type=int, default=48)
+    parser.add_argument("--batches", default="1,8,32")
+    parser.add_argument("--k", type=int, default=4, help="samples per prompt in the K row")
+    args = parser.parse_args()
+
+    from transformers import GenerationConfig
+
+    from instructrl import models, rollout
+    from instructrl.config import RolloutConfig
+    from instructrl.data import load_prompts
+
+    tokenizer = models.load_tokenizer(args.model)
+    policy = models.load_policy(args.model).eval()
+    batches = [int(b) for b in args.batches.split(",")]
+    prompts = [p.prompt for p in load_prompts("train")[: max(batches)]]
+    ids = rollout.encode_prompts(tokenizer, prompts)
+    eos = sorted(rollout.eos_token_ids(policy, tokenizer))
+    T = args.new_tokens
+
+    def hf_generate(rows: list[list[int]]) -> int:
+        input_ids, mask = rollout.left_pad(rows, tokenizer.pad_token_id)
+        torch.manual_seed(0)
+        with torch.no_grad():
+            out = policy.generate(
+                input_ids=input_ids,
+                attention_mask=mask.long(),
+                generation_config=GenerationConfig(
+                    max_new_tokens=T,
+                    min_new_tokens=T,
+                    do_sample=True,
+                    temperature=1.0,
+                    top_k=0,
+                    top_p=1.0,
+                    pad_token_id=tokenizer.pad_token_id,
+                    eos_token_id=eos,
+                ),
+            )
+        return sum(
+            len(rollout.cut_response(r, set(eos))[0]) for r in out[:, input_ids.shape[1] :].tolist()
+        )
+
+    start = time.perf_counter()
+    engines = {
+        q: rollout.Engine(policy, tokenizer, RolloutConfig(quantize=q)) for q in ("none", "int8")
+    }
+    int8_s = time.perf_counter() - start
+
+    def engine(q: str, rows: list[list[int]], k: int = 1) -> int:
+        gens = engines[q].generate(
+            rows,
+            max_new_tokens=T,
+            min_new_tokens=T,
+            temperature=1.0,
+            batch_size=len(rows) * k,
+            samples_per_prompt=k,
+        )
+        return sum(len(g.token_ids) for g in gens)
+
+    x = torch.randint(0, 1000, (32, 96))
+    with torch.no_grad():
+        roof = tokens_per_s(lambda: policy(x).logits.shape[0] * 96)
+
+    rows_out = []
+    for b in batches:
+        batch = ids[:b]
+        row = {
+            "batch": b,
+            "hf_generate": tokens_per_s(lambda batch=batch: hf_generate(batch)),
+            "engine_fp32": tokens_per_s(lambda batch=batch: engine("none", batch)),
+            "engine_int8": tokens_per_s(lambda batch=batch: engine("int8", batch)),
+        }
+        rows_out.append(row)
+    k_prompts = ids[: max(1, max(batches) // args.k)]
+    k_row = {
+        "batch": f"{len(k_prompts)}x{args.k}",
+        "hf_generate": tokens_per_s(
+            lambda: hf_generate([p for p in k_prompts for _ in range(args.k)])
+        ),
+        "engine_fp32": tokens_per_s(lambda: engine("none", k_prompts, args.k)),
+        "engine_int8": tokens_per_s(lambda: engine("int8", k_prompts, args.k)),
+    }
+    rows_out.append(k_row)
+
+    print(
+        f"model {args.model}, {T} new tokens, temperature 1, full vocabulary, "
+        f"{torch.get_num_threads()} threads; roof (forward 32 x 96): {roof:.0f} tokens/s; "
+        f"int8 copy made in {int8_s:.1f} s"
+    )
+    print(
+        f"{'batch':>7} {'HF generate':>12} {'engine fp32':>12} {'engine int8':>12} {'best/HF':>8}"
+    )
+    for r in rows_out:
+        best = max(r["engine_fp32"], r["engine_int8"])
+        print(
+            f"{r['batch']!s:>7} {r['hf_generate']:12.1f} {r['engine_fp32']:12.1f} "
+            f"{r['engine_int8']:12.1f} {best / r['hf_generate']:8.2f}"
+        )
+    largest = rows_out[len(batches) - 1]
+    best = max(largest["engine_fp32"], largest["engine_int8"])
+    print(
+        json.dumps(
+            {
+                "bench": "rollout",
+                "ratio": round(best / largest["hf_generate"], 2),
+                "goal": ">= 2.5",
+                "batch": largest["batch"],
+                "roof_tokens_per_s": round(roof, 1),
+                "int8_copy_s": round(int8_s, 2),
+                "rows": [
+                    {k: (round(v, 1) if isinstance(v, float) else v) for k, v in r.items()}
+                    for r in rows_out
+                ],
+            }
+        )
+    )
+
+
+if __name__ == "__main__":
+    main()
