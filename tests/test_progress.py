@@ -29,3 +29,19 @@ def test_no_progress_file_unless_asked(tmp_path, monkeypatch):
     with progress_bar("x", total=1) as update:
         update(1, loss=0.5)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_plain_lines_when_stderr_is_not_a_terminal(monkeypatch, capsys):
+    monkeypatch.setenv("INSTRUCTRL_PROGRESS", "1")
+    monkeypatch.setenv("INSTRUCTRL_PROGRESS_EVERY", "0")
+    with progress_bar("samples", total=4) as update:
+        update(1, tokens_per_s=80.0)
+        update(3, tokens_per_s=90.0)
+    lines = capsys.readouterr().err.splitlines()
+    assert lines[0].startswith("samples: 1/4 (25 %) tokens_per_s 80,")
+    assert lines[1].startswith("samples: 4/4 (100 %) tokens_per_s 90,")
+    assert lines[-1].startswith("samples: 4/4 (100 %)") and "eta 0 s" in lines[-1]
+    monkeypatch.setenv("INSTRUCTRL_PROGRESS", "0")
+    with progress_bar("quiet", total=1) as update:
+        update(1)
+    assert capsys.readouterr().err == ""
