@@ -55,13 +55,13 @@ def progress_bar(description: str, total: int) -> Iterator[Callable[..., None]]:
             progress.update(task, advance=advance, figures=state["shown"])
             now = time.monotonic()
             if plain and advance and now - state["last"] >= every_s:
-                state["last"] = now
+                state["last"], state["printed"] = now, state["done"]
                 _plain_line(description, state, total)
             if progress_file:
                 _write_progress(progress_file, description, state["done"], total)
 
         yield update
-        if plain and state["done"]:
+        if plain and state["done"] and state.get("printed") != state["done"]:
             _plain_line(description, state, total)
 
 

@@ -164,9 +164,9 @@ def generate(
         out = model.generate(
             input_ids=input_ids,
             attention_mask=mask,
-            cache=cache,
             generation_config=gen_config,
             logits_processor=processors,
+            **({_cache_keyword(model): cache} if cache is not None else {}),
         )
         new_tokens = out.sequences[:, input_ids.shape[1] :].cpu()  # (B, T' <= max_new_tokens)
         logprobs = (
@@ -242,12 +242,24 @@ def _shared_prefill(model, input_ids: torch.Tensor, mask: torch.Tensor, k: int) 
         input_ids=input_ids[:, :-1],
         attention_mask=mask[:, :-1],
         position_ids=position_ids[:, :-1],
-        cache=cache,
+        **{_cache_keyword(model): cache},
         use_cache=True,
         logits_to_keep=1,
     )
     cache.batch_repeat_interleave(k)
     return cache
+
+
+def _cache_keyword(model) -> str:
+    """`cache` where transformers names the KV cache so (5.2x on), else `past_key_values`."""
+    import inspect
+
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    return (
+        "cache"
+        if "cache" in inspect.signature(type(base).forward).parameters
+        else "past_key_values"
+    )
 
 
 def _sampled_logprobs(
@@ -275,6 +287,7 @@ class Engine:
                 f"on {device}; use rollout.quantize=none there"
             )
         self.cfg, self.tokenizer = cfg, tokenizer
+        self.model, self._source = None, None
         self.sync(model)
 
     @property
@@ -282,8 +295,15 @@ class Engine:
         return self.cfg.quantize == "none"
 
     def sync(self, model) -> None:
-        """Take the policy's current weights (in process: no save and reload)."""
-        self.model = model if self.exact else int8_copy(model)
+        """Take the policy's current weights, in process (no save and reload). The int8 copy is
+        refreshed where the policy trains (frozen layers stay as quantised) unless the policy
+        carries LoRA adapters, which are merged into a fresh copy."""
+        if self.exact:
+            self.model = model
+        elif self._source is model and not hasattr(model, "merge_and_unload"):
+            refresh_int8(self.model, model)
+        else:
+            self.model, self._source = int8_copy(model), model
 
     def generate(self, prompt_ids: Sequence[Sequence[int]], **kw: Any) -> list[Generation]:
         return generate(
@@ -305,6 +325,35 @@ def int8_copy(model) -> Any:
         return torch.ao.quantization.quantize_dynamic(
             inner.eval(), {torch.nn.Linear}, dtype=torch.qint8
         )
+
+
+def refresh_int8(copy_model, source) -> None:
+    """Bring an int8_copy up to date with its source's trainable weights: trainable Linear
+    layers re-quantised, other trainable parameters (norms, embeddings) copied."""
+    import copy
+    import warnings
+
+    quantized = dict(copy_model.named_modules())
+    with torch.no_grad():
+        for name, module in source.named_modules():
+            own = [p for p in module.parameters(recurse=False) if p.requires_grad]
+            if not own:
+                continue
+            if isinstance(module, torch.nn.Linear):
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore")
+                    fresh = torch.ao.quantization.quantize_dynamic(
+                        torch.nn.Sequential(copy.deepcopy(module).eval()),
+                        {torch.nn.Linear},
+                        dtype=torch.qint8,
+                    )[0]
+                parent, _, child = name.rpartition(".")
+                setattr(quantized[parent] if parent else copy_model, child, fresh)
+            else:
+                target = dict(quantized[name].named_parameters(recurse=False))
+                for pname, p in module.named_parameters(recurse=False):
+                    if p.requires_grad:
+                        target[pname].copy_(p)
 
 
 def encode_within(

@@ -237,3 +237,31 @@ def test_unknown_engine_is_a_config_error():
         ConfigError, match=re.escape("rollout.quantize: expected one of none, int8")
     ):
         RolloutConfig(quantize="int4")
+
+
+def test_int8_refresh_equals_a_fresh_copy(tiny_model_dir):
+    """After an update of the trainable layers, refreshing the int8 copy in place gives the same
+    logits as quantising the whole policy again (frozen layers are reused as they are)."""
+    from instructrl.config import RolloutConfig
+    from instructrl.trainer import freeze_lower
+
+    model = models.load_policy(str(tiny_model_dir))
+    freeze_lower(model, 1)  # layer 0 and the embeddings frozen
+    tokenizer = models.load_tokenizer(str(tiny_model_dir))
+    engine = rollout.Engine(model, tokenizer, RolloutConfig(quantize="int8"))
+    before = engine.model
+    frozen_q = before.model.layers[0].mlp.up_proj
+    with torch.no_grad():  # a training step's worth of change in every trainable weight
+        for p in model.parameters():
+            if p.requires_grad:
+                p.add_(0.05 * torch.randn_like(p))
+    engine.sync(model)
+    assert engine.model is before and engine.model.model.layers[0].mlp.up_proj is frozen_q
+    ids = torch.tensor([[5, 9, 14, 3, 8, 21]])
+    with torch.no_grad():
+        refreshed = engine.model(ids).logits
+        fresh = rollout.int8_copy(model)(ids).logits
+    torch.testing.assert_close(refreshed, fresh, atol=1e-6, rtol=0)
+    stale = rollout.int8_copy(models.load_policy(str(tiny_model_dir)))
+    with torch.no_grad():
+        assert (stale(ids).logits - fresh).abs().max() > 1e-3  # the update did change outputs
