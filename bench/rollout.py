@@ -3,9 +3,10 @@
     python bench/rollout.py [--model default] [--new-tokens 48] [--batches 1,8,32] [--k 4]
 
 For each batch size: HF `generate` (sampling at temperature 1 over the full vocabulary, every
-row made to write all its new tokens, so every method does the same work) on the policy, then our `rollout.Engine` with quantize=none (the same path, K samples sharing a prefill
-where a prompt repeats) and quantize=int8 (a dynamically int8-quantised copy), all on the same
-prompts and seeds; tokens/s counts the response tokens actually produced. The roof is a batched
+row made to write all its new tokens, so every method does the same work) on the policy, then
+our `rollout.Engine` with quantize=none (the same path, K samples sharing a prefill where a
+prompt repeats) and quantize=int8 (a dynamically int8-quantised copy), and CTranslate2 int8
+where that package is installed (its conversion timed), all on the same prompts and seeds; tokens/s counts the response tokens actually produced. The roof is a batched
 no-grad forward (32 x 96 tokens) measured in the same run. The K row is the samples step's
 shape: batch/K prompts x K samples each. Last line: JSON with ratio = the best engine's
 tokens/s over HF generate's at the largest batch (goal >= 2.5, about half the roof).
@@ -14,6 +15,7 @@ tokens/s over HF generate's at the largest batch (goal >= 2.5, about half the ro
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import time
 
@@ -26,6 +28,26 @@ def tokens_per_s(fn, n_runs: int = 1) -> float:
     for _ in range(n_runs):
         tokens += fn()
     return tokens / (time.perf_counter() - start)
+
+
+def ctranslate2_generator(model: str) -> dict:
+    """CTranslate2 (an inference engine for CPUs), where installed: the policy converted to int8
+    in process, as a PPO loop would have to after every update, timed."""
+    import tempfile
+
+    import ctranslate2
+
+    from instructrl import models
+
+    out = tempfile.mkdtemp(prefix="ct2-")
+    start = time.perf_counter()
+    converter = ctranslate2.converters.TransformersConverter(models.resolve_model(model))
+    converter.convert(out, quantization="int8", force=True)
+    convert_s = time.perf_counter() - start
+    generator = ctranslate2.Generator(
+        out, device="cpu", compute_type="int8", intra_threads=torch.get_num_threads()
+    )
+    return {"generator": generator, "convert_s": convert_s, "version": ctranslate2.__version__}
 
 
 def main() -> None:
@@ -93,6 +115,20 @@ def main() -> None:
     with torch.no_grad():
         roof = tokens_per_s(lambda: policy(x).logits.shape[0] * 96)
 
+    ct2 = ctranslate2_generator(args.model) if importlib.util.find_spec("ctranslate2") else None
+
+    def ctranslate2_rows(rows: list[list[int]]) -> int:
+        tokens = [tokenizer.convert_ids_to_tokens(r) for r in rows]
+        out = ct2["generator"].generate_batch(
+            tokens,
+            max_length=T,
+            min_length=T,
+            sampling_topk=0,  # the full vocabulary
+            sampling_temperature=1.0,
+            include_prompt_in_result=False,
+        )
+        return sum(len(r.sequences_ids[0]) for r in out)
+
     rows_out = []
     for b in batches:
         batch = ids[:b]
@@ -102,6 +138,8 @@ def main() -> None:
             "engine_fp32": tokens_per_s(lambda batch=batch: engine("none", batch)),
             "engine_int8": tokens_per_s(lambda batch=batch: engine("int8", batch)),
         }
+        if ct2:
+            row["ctranslate2_int8"] = tokens_per_s(lambda batch=batch: ctranslate2_rows(batch))
         rows_out.append(row)
     k_prompts = ids[: max(1, max(batches) // args.k)]
     k_row = {
@@ -112,6 +150,10 @@ def main() -> None:
         "engine_fp32": tokens_per_s(lambda: engine("none", k_prompts, args.k)),
         "engine_int8": tokens_per_s(lambda: engine("int8", k_prompts, args.k)),
     }
+    if ct2:
+        k_row["ctranslate2_int8"] = tokens_per_s(
+            lambda: ctranslate2_rows([p for p in k_prompts for _ in range(args.k)])
+        )
     rows_out.append(k_row)
 
     print(
@@ -119,17 +161,23 @@ def main() -> None:
         f"{torch.get_num_threads()} threads; roof (forward 32 x 96): {roof:.0f} tokens/s; "
         f"int8 copy made in {int8_s:.1f} s"
     )
+    if ct2:
+        print(f"ctranslate2 {ct2['version']}: int8 conversion {ct2['convert_s']:.1f} s")
+    columns = ["engine_fp32", "engine_int8", *(["ctranslate2_int8"] if ct2 else [])]
     print(
-        f"{'batch':>7} {'HF generate':>12} {'engine fp32':>12} {'engine int8':>12} {'best/HF':>8}"
+        f"{'batch':>7} {'hf_generate':>12} "
+        + " ".join(f"{c:>16}" for c in columns)
+        + f" {'best/HF':>8}"
     )
     for r in rows_out:
-        best = max(r["engine_fp32"], r["engine_int8"])
+        best = max(r[c] for c in columns)
         print(
-            f"{r['batch']!s:>7} {r['hf_generate']:12.1f} {r['engine_fp32']:12.1f} "
-            f"{r['engine_int8']:12.1f} {best / r['hf_generate']:8.2f}"
+            f"{r['batch']!s:>7} {r['hf_generate']:12.1f} "
+            + " ".join(f"{r[c]:16.1f}" for c in columns)
+            + f" {best / r['hf_generate']:8.2f}"
         )
     largest = rows_out[len(batches) - 1]
-    best = max(largest["engine_fp32"], largest["engine_int8"])
+    best = max(largest[c] for c in columns)
     print(
         json.dumps(
             {
@@ -139,6 +187,7 @@ def main() -> None:
                 "batch": largest["batch"],
                 "roof_tokens_per_s": round(roof, 1),
                 "int8_copy_s": round(int8_s, 2),
+                "ctranslate2_convert_s": round(ct2["convert_s"], 2) if ct2 else None,
                 "rows": [
                     {k: (round(v, 1) if isinstance(v, float) else v) for k, v in r.items()}
                     for r in rows_out
