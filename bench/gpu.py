@@ -19,8 +19,9 @@ import time
 if os.path.isdir(".gpu/site"):
     sys.path.insert(0, ".gpu/site")
 sys.path.insert(0, ".")
+import peers
 import torch
-from transformers import AutoTokenizer, GenerationConfig, LlamaConfig, LlamaForCausalLM
+from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
 from instructrl import models, rollout
 from instructrl.config import PPOConfig, RolloutConfig, build
@@ -71,26 +72,9 @@ def measure(cfg: LlamaConfig) -> dict:
     torch.manual_seed(0)
     model = LlamaForCausalLM(cfg).to(dev, torch.bfloat16 if dev == "cuda" else torch.float32).eval()
     n_params = sum(p.numel() for p in model.parameters())
-    eos = sorted(rollout.eos_token_ids(model, tok))
 
     def hf(rows):
-        input_ids, mask = rollout.left_pad(rows, tok.pad_token_id)
-        with torch.no_grad():
-            out = model.generate(
-                input_ids=input_ids.to(dev),
-                attention_mask=mask.long().to(dev),
-                generation_config=GenerationConfig(
-                    max_new_tokens=T,
-                    min_new_tokens=T,
-                    do_sample=True,
-                    temperature=1.0,
-                    top_k=0,
-                    top_p=1.0,
-                    pad_token_id=tok.pad_token_id,
-                    eos_token_id=eos,
-                ),
-            )
-        return (out.shape[1] - input_ids.shape[1]) * len(rows)
+        return peers.hf_generate(model, tok, rows, new_tokens=T, device=dev)
 
     engine = rollout.Engine(model, tok, RolloutConfig())
 

@@ -19,6 +19,7 @@ import importlib.util
 import json
 import time
 
+import peers
 import torch
 
 
@@ -58,8 +59,6 @@ def main() -> None:
     parser.add_argument("--k", type=int, default=4, help="samples per prompt in the K row")
     args = parser.parse_args()
 
-    from transformers import GenerationConfig
-
     from instructrl import models, rollout
     from instructrl.config import RolloutConfig
     from instructrl.data import load_prompts
@@ -69,30 +68,10 @@ def main() -> None:
     batches = [int(b) for b in args.batches.split(",")]
     prompts = [p.prompt for p in load_prompts("train")[: max(batches)]]
     ids = rollout.encode_prompts(tokenizer, prompts)
-    eos = sorted(rollout.eos_token_ids(policy, tokenizer))
     T = args.new_tokens
 
     def hf_generate(rows: list[list[int]]) -> int:
-        input_ids, mask = rollout.left_pad(rows, tokenizer.pad_token_id)
-        torch.manual_seed(0)
-        with torch.no_grad():
-            out = policy.generate(
-                input_ids=input_ids,
-                attention_mask=mask.long(),
-                generation_config=GenerationConfig(
-                    max_new_tokens=T,
-                    min_new_tokens=T,
-                    do_sample=True,
-                    temperature=1.0,
-                    top_k=0,
-                    top_p=1.0,
-                    pad_token_id=tokenizer.pad_token_id,
-                    eos_token_id=eos,
-                ),
-            )
-        return sum(
-            len(rollout.cut_response(r, set(eos))[0]) for r in out[:, input_ids.shape[1] :].tolist()
-        )
+        return peers.hf_generate(policy, tokenizer, rows, new_tokens=T)
 
     start = time.perf_counter()
     engines = {

@@ -1,0 +1,34 @@
+"""The peer a rollout bench measures against: transformers' `generate` as shipped, sampling at
+temperature 1 over the full vocabulary, every row made to write all its new tokens."""
+
+from __future__ import annotations
+
+import torch
+
+
+def hf_generate(model, tokenizer, rows: list[list[int]], *, new_tokens: int, device="cpu") -> int:
+    """Response tokens produced by one `model.generate` call over left-padded prompt ids."""
+    from transformers import GenerationConfig
+
+    from instructrl import rollout
+
+    eos = sorted(rollout.eos_token_ids(model, tokenizer))
+    input_ids, mask = rollout.left_pad(rows, tokenizer.pad_token_id)
+    torch.manual_seed(0)
+    with torch.no_grad():
+        out = model.generate(
+            input_ids=input_ids.to(device),
+            attention_mask=mask.long().to(device),
+            generation_config=GenerationConfig(
+                max_new_tokens=new_tokens,
+                min_new_tokens=new_tokens,
+                do_sample=True,
+                temperature=1.0,
+                top_k=0,
+                top_p=1.0,
+                pad_token_id=tokenizer.pad_token_id,
+                eos_token_id=eos,
+            ),
+        )
+    new = out[:, input_ids.shape[1] :].tolist()
+    return sum(len(rollout.cut_response(r, set(eos))[0]) for r in new)
