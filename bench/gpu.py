@@ -79,15 +79,7 @@ def measure(cfg: LlamaConfig) -> dict:
     engine = rollout.Engine(model, tok, RolloutConfig())
 
     def ours(rows, k=1):
-        gens = engine.generate(
-            rows,
-            max_new_tokens=T,
-            min_new_tokens=T,
-            temperature=1.0,
-            batch_size=len(rows) * k,
-            samples_per_prompt=k,
-        )
-        return sum(len(g.token_ids) for g in gens)
+        return peers.engine_tokens(engine, rows, new_tokens=T, k=k)
 
     row = {"params": n_params}
     row["hf_generate_b64"] = timed(lambda: hf(ids))

@@ -32,3 +32,17 @@ def hf_generate(model, tokenizer, rows: list[list[int]], *, new_tokens: int, dev
         )
     new = out[:, input_ids.shape[1] :].tolist()
     return sum(len(rollout.cut_response(r, set(eos))[0]) for r in new)
+
+
+def engine_tokens(engine, rows: list[list[int]], *, new_tokens: int, k: int = 1) -> int:
+    """Response tokens produced by our rollout engine on the same work: every row writes all its
+    new tokens; with k > 1, each prompt's k samples share one prefill."""
+    gens = engine.generate(
+        rows,
+        max_new_tokens=new_tokens,
+        min_new_tokens=new_tokens,
+        temperature=1.0,
+        batch_size=len(rows) * k,
+        samples_per_prompt=k,
+    )
+    return sum(len(g.token_ids) for g in gens)

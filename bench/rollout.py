@@ -80,15 +80,7 @@ def main() -> None:
     int8_s = time.perf_counter() - start
 
     def engine(q: str, rows: list[list[int]], k: int = 1) -> int:
-        gens = engines[q].generate(
-            rows,
-            max_new_tokens=T,
-            min_new_tokens=T,
-            temperature=1.0,
-            batch_size=len(rows) * k,
-            samples_per_prompt=k,
-        )
-        return sum(len(g.token_ids) for g in gens)
+        return peers.engine_tokens(engines[q], rows, new_tokens=T, k=k)
 
     x = torch.randint(0, 1000, (32, 96))
     with torch.no_grad():
