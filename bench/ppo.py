@@ -9,9 +9,9 @@ reward and value models built from the same backbone with a scalar head, fp32 on
 epoch, one minibatch, no pretraining mix; first at 8 prompts x 32 new tokens, then 32 x 64.
 Each side runs in its own process; iteration time excludes the first iteration (warm-up).
 Last line: {"bench": "ppo", "ratio": TRL s/iter / ours s/iter at 8 x 32, "goal": ">= 1.0", ...}.
-Measured on the 2-core machine (full-size reward and value models on both sides):
-8 x 32: ours 22.2 s/it, TRL 22.5 s/it (1.01x), peak RSS 7.7 GB vs 8.5 GB (0.90x);
-32 x 64: ours 91.3 s/it, TRL 102.1 s/it (1.12x), peak RSS 15.7 GB vs 24.1 GB (0.65x).
+Measured on the 2-core machine (full-size reward and value models on both sides, 2026-11-26):
+8 x 32: ours 20.7 s/it, TRL 25.3 s/it (1.22x), peak RSS 7.7 GB vs 8.5 GB (0.90x);
+32 x 64: ours 100.4 s/it, TRL 105.5 s/it (1.05x), peak RSS 15.8 GB vs 24.1 GB (0.66x).
 """
 
 from __future__ import annotations
