@@ -220,7 +220,7 @@ class InverseCDFSampler:
         cdf = torch.softmax(scores, dim=-1).cumsum(-1)  # (B, V)
         u = torch.rand((scores.shape[0], 1), device=scores.device)
         chosen = torch.searchsorted(cdf, u * cdf[:, -1:]).clamp(max=scores.shape[1] - 1)
-        # a token of probability 0 cannot be drawn: step back to the last one that can
+        # a token of probability 0 cannot be drawn (u = 0 lands on one): take the likeliest
         chosen = torch.where(
             torch.isinf(scores.gather(1, chosen)), scores.argmax(-1, keepdim=True), chosen
         )
@@ -315,15 +315,21 @@ def int8_copy(model) -> Any:
     """A copy of a policy (LoRA merged) whose Linear layers hold int8 weights and quantise
     their inputs per batch (torch's dynamic quantisation; fbgemm int8 GEMMs on x86 CPUs)."""
     import copy
-    import warnings
 
     inner = copy.deepcopy(model)
     if hasattr(inner, "merge_and_unload"):
         inner = inner.merge_and_unload()
+    return _quantize_linears(inner.eval())
+
+
+def _quantize_linears(module: torch.nn.Module) -> torch.nn.Module:
+    """`module` with its Linear layers replaced by dynamically quantised int8 ones (in place)."""
+    import warnings
+
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the eager API is deprecated in favour of torchao
         return torch.ao.quantization.quantize_dynamic(
-            inner.eval(), {torch.nn.Linear}, dtype=torch.qint8
+            module, {torch.nn.Linear}, dtype=torch.qint8, inplace=True
         )
 
 
@@ -331,7 +337,6 @@ def refresh_int8(copy_model, source) -> None:
     """Bring an int8_copy up to date with its source's trainable weights: trainable Linear
     layers re-quantised, other trainable parameters (norms, embeddings) copied."""
     import copy
-    import warnings
 
     quantized = dict(copy_model.named_modules())
     with torch.no_grad():
@@ -340,13 +345,7 @@ def refresh_int8(copy_model, source) -> None:
             if not own:
                 continue
             if isinstance(module, torch.nn.Linear):
-                with warnings.catch_warnings():
-                    warnings.simplefilter("ignore")
-                    fresh = torch.ao.quantization.quantize_dynamic(
-                        torch.nn.Sequential(copy.deepcopy(module).eval()),
-                        {torch.nn.Linear},
-                        dtype=torch.qint8,
-                    )[0]
+                fresh = _quantize_linears(torch.nn.Sequential(copy.deepcopy(module).eval()))[0]
                 parent, _, child = name.rpartition(".")
                 setattr(quantized[parent] if parent else copy_model, child, fresh)
             else:
