@@ -17,7 +17,7 @@ import torch
 
 from instructrl import losses, models
 from instructrl.errors import UserError
-from instructrl.rollout import encode_response
+from instructrl.rollout import encode_response, ended
 
 
 @dataclass
@@ -139,12 +139,18 @@ def score_texts(
     batch_size: int,
     max_length: int,
     device: Any,
+    finish_reasons: Sequence[str | None] | None = None,
 ) -> list[float]:
-    """Rewards of (prompt, response) pairs; a prompt too long for max_length is an error."""
+    """Rewards of (prompt, response) pairs; a prompt too long for max_length is an error.
+    A response whose finish reason is "length" is scored without EOS (rollout.encode_response)."""
+    reasons = list(finish_reasons) if finish_reasons is not None else [None] * len(pairs)
     out: list[float] = []
     for i in range(0, len(pairs), batch_size):
         chunk = pairs[i : i + batch_size]
-        encoded = [encode_response(tokenizer, p, r, max_length=max_length) for p, r in chunk]
+        encoded = [
+            encode_response(tokenizer, p, r, max_length=max_length, ended=ended(f))
+            for (p, r), f in zip(chunk, reasons[i : i + batch_size], strict=True)
+        ]
         if any(e is None for e in encoded):
             raise UserError(
                 f"score: a prompt is longer than max_length={max_length} - 8 tokens; raise max_length"

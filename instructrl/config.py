@@ -365,6 +365,11 @@ class PPOConfig(TrainConfig):
     value_lr: float = _f(1e-5, "value learning rate (paper: 9e-6)")
     warmup_iterations: int = _f(10, "linear warmup from 0.1x the lr (paper: 10 iterations)")
     kl_coef: float = _f(0.02, "beta: per-token KL penalty to the SFT policy (paper: 0.02)")
+    kl_estimator: str = _f(
+        "k1",
+        "per-token KL penalty: k1 = log pi - log pi_ref (paper), k2 = half its square, "
+        "k3 = exp(-k1) - 1 + k1 (verl / OpenRLHF 'low_var_kl')",
+    )
     adaptive_kl: bool = _f(False, "adapt beta toward kl_target (lm-human-preferences)")
     kl_target: float = _f(6.0, "with adaptive_kl: target KL (nats per response)")
     kl_horizon: int = _f(10000, "with adaptive_kl: horizon in episodes")
@@ -415,6 +420,10 @@ class PPOConfig(TrainConfig):
             raise ConfigError(f"config: ema_decay: expected 0 <= x < 1, got {self.ema_decay}")
         if self.split not in ("train", "val", "test"):
             raise ConfigError(f"config: split: expected train, val or test, got {self.split!r}")
+        if self.kl_estimator not in ("k1", "k2", "k3"):
+            raise ConfigError(
+                f"config: kl_estimator: expected k1, k2 or k3, got {self.kl_estimator!r}"
+            )
 
 
 @dataclass

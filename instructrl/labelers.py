@@ -452,6 +452,11 @@ class Panel:
                         ranking=ranking,
                         prompt_id=item.prompt.id,
                         labeler=labeler.name,
+                        finish_reasons=(
+                            list(item.finish_reasons)
+                            if any(f is not None for f in item.finish_reasons)
+                            else None
+                        ),
                     )
                 )
         return out

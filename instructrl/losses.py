@@ -107,11 +107,36 @@ def whiten(values: Tensor, mask: Tensor, *, shift_mean: bool = True) -> Tensor:
     return torch.where(mask, out, torch.zeros_like(out))
 
 
+KL_ESTIMATORS = ("k1", "k2", "k3")
+
+
+def kl_estimate(logprobs: Tensor, ref_logprobs: Tensor, estimator: str = "k1") -> Tensor:
+    """Per-token estimate of KL(pi || pi_ref) from tokens sampled from pi (Schulman, "Approximating
+    KL divergence"), with d = log pi(y_t) - log pi_ref(y_t), all (B, T):
+    k1 = d (the paper's; unbiased, can be negative), k2 = d^2 / 2 (biased, >= 0),
+    k3 = exp(-d) - 1 + d (unbiased, >= 0)."""
+    d = logprobs - ref_logprobs
+    if estimator == "k1":
+        return d
+    if estimator == "k2":
+        return 0.5 * d.square()
+    if estimator == "k3":
+        return torch.expm1(-d) + d
+    raise ValueError(f"kl estimator must be one of {KL_ESTIMATORS}, got {estimator!r}")
+
+
 def kl_rewards(
-    *, logprobs: Tensor, ref_logprobs: Tensor, scores: Tensor, mask: Tensor, beta: float
+    *,
+    logprobs: Tensor,
+    ref_logprobs: Tensor,
+    scores: Tensor,
+    mask: Tensor,
+    beta: float,
+    estimator: str = "k1",
 ) -> tuple[Tensor, Tensor]:
-    """Per-token rewards R_t = -beta * (log pi(y_t) - log pi_ref(y_t)), plus the RM score at
-    the last response token (paper, eq. 2). logprobs, ref_logprobs, mask: (B, T); scores: (B,).
+    """Per-token rewards R_t = -beta * KL_t, with KL_t = log pi(y_t) - log pi_ref(y_t) for the
+    paper's k1 (or k2 / k3, see kl_estimate), plus the RM score at the last response token
+    (paper, eq. 2). logprobs, ref_logprobs, mask: (B, T); scores: (B,).
     Returns (rewards (B, T), kl (B, T)), both 0 where mask is False.
     """
     _same_shape(logprobs=logprobs, ref_logprobs=ref_logprobs, mask=mask)
@@ -120,7 +145,7 @@ def kl_rewards(
             f"scores must be (B,) = {tuple(logprobs.shape[:1])}, got {tuple(scores.shape)}"
         )
     zeros = torch.zeros_like(logprobs)
-    kl = torch.where(mask, logprobs - ref_logprobs, zeros)
+    kl = torch.where(mask, kl_estimate(logprobs, ref_logprobs, estimator), zeros)
     rewards = -beta * kl
     last = (
         mask.long().cumsum(1) == mask.long().sum(1, keepdim=True)

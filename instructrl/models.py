@@ -204,6 +204,36 @@ def model_name(spec: str) -> str:
     return DEFAULT_NAME if spec == DEFAULT_MODEL else spec.rstrip("/")
 
 
+# ----------------------------------------------------------------------------- dropout
+DROPOUT_KEYS = (
+    "attention_dropout",
+    "hidden_dropout",
+    "resid_pdrop",
+    "embd_pdrop",
+    "attn_pdrop",
+    "dropout",
+)
+
+
+def set_dropout(model: Any, p: float) -> Any:
+    """Set every dropout probability of a built model to p: the config's keys and, since modules
+    copy them when built (Llama's attention keeps its own `attention_dropout`), each module's
+    nn.Dropout and float dropout attributes too."""
+    from torch import nn
+
+    config = getattr(model, "config", None)
+    for key in DROPOUT_KEYS:
+        if config is not None and isinstance(getattr(config, key, None), float):
+            setattr(config, key, p)
+    for module in model.modules():
+        if isinstance(module, nn.Dropout):
+            module.p = p
+        for key in DROPOUT_KEYS:
+            if isinstance(getattr(module, key, None), float):
+                setattr(module, key, p)
+    return model
+
+
 # ----------------------------------------------------------------------------- forward helpers
 def position_ids(attention_mask: Any) -> Any:
     """(B, L) positions that count real tokens only, so a left-padded row sees the same positions

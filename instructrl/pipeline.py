@@ -520,11 +520,15 @@ def _rm_values(cfg: RunConfig, init: Path, rankings: Path, demos: Path) -> dict[
 
 
 def _ppo_values(cfg: RunConfig, policy: Path, rm: Path, prompts: Path) -> dict[str, Any]:
+    """PPO samples like the RM's samples step (length cap, temperature) unless the ppo section
+    says otherwise: the RM learned what a cut-off response looks like at that length."""
     return {
         "policy": str(policy),
         "reward": str(rm),
         "seed": cfg.seed,
         "prompts": str(prompts),
+        "max_new_tokens": cfg.sampling.max_new_tokens,
+        "temperature": cfg.sampling.temperature or 1.0,
         **cfg.ppo,
     }
 

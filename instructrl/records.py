@@ -264,6 +264,8 @@ class Comparison:
     ranking: list[int | list[int]]
     prompt_id: str | None = None
     labeler: str | None = None
+    # per response, how its sampling ended ("length": cut off, scored without EOS); None: ended
+    finish_reasons: list[str] | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
@@ -284,13 +286,29 @@ class Comparison:
         for i, r in enumerate(responses):
             if not isinstance(r, str):
                 raise FieldError(f"responses[{i}]", f"expected a string, got {_show(r)}")
+        reasons = d.get("finish_reasons")
+        if reasons is not None:
+            if not isinstance(reasons, list) or len(reasons) != len(responses):
+                raise FieldError(
+                    "finish_reasons",
+                    f"expected a list of {len(responses)} finish reasons (one per response), got {_show(reasons)}",
+                )
+            for i, r in enumerate(reasons):
+                if r not in FINISH_REASONS:
+                    raise FieldError(
+                        f"finish_reasons[{i}]",
+                        f"expected one of {', '.join(FINISH_REASONS)}, got {_show(r)}",
+                    )
         return cls(
             prompt=_prompt_text(d),
             responses=responses,
             ranking=_ranking(_required(d, "ranking"), len(responses)),
             prompt_id=_str(d, "prompt_id", required=False),
             labeler=_str(d, "labeler", required=False),
-            extra=_extra(d, ("prompt", "responses", "ranking", "prompt_id", "labeler")),
+            finish_reasons=reasons,
+            extra=_extra(
+                d, ("prompt", "responses", "ranking", "prompt_id", "labeler", "finish_reasons")
+            ),
         )
 
     @property
@@ -314,6 +332,7 @@ class Comparison:
                 "responses": self.responses,
                 "ranking": self.ranking,
                 "labeler": self.labeler,
+                "finish_reasons": self.finish_reasons,
             },
             self.extra,
         )

@@ -50,21 +50,35 @@ def encode_prompts(
     ]
 
 
+def ended(finish_reason: str | None) -> bool:
+    """Whether a response with this finish reason ended (EOS or a stop string) rather than being
+    cut off at the length limit; None (a demonstration, an imported record) counts as ended."""
+    return finish_reason != "length"
+
+
 def encode_response(
-    tokenizer, prompt: PromptText, response: str, *, max_length: int
+    tokenizer, prompt: PromptText, response: str, *, max_length: int, ended: bool = True
 ) -> tuple[list[int], int, bool] | None:
-    """(prompt + response + EOS ids, prompt length, truncated) as the policy would produce them:
-    the chat-templated prompt, then the response tokens and EOS. None when the prompt leaves
-    fewer than 8 tokens for the response; an overflowing response is cut (and loses its EOS)."""
+    """(prompt + response [+ EOS] ids, prompt length, truncated) as the policy would produce
+    them: the chat-templated prompt, the response tokens, and EOS when the response ended (a
+    response cut off at the length limit has none, as in a PPO rollout; the RM learns from, and
+    PPO scores, the same sequences). None when the prompt leaves fewer than 8 tokens for the
+    response; an overflowing response is cut (and loses its EOS)."""
     prompt_ids = tokenizer(render_prompt(tokenizer, prompt), add_special_tokens=False)["input_ids"]
-    response_ids = [
-        *tokenizer(response, add_special_tokens=False)["input_ids"],
-        tokenizer.eos_token_id,
-    ]
     if len(prompt_ids) > max_length - 8:
         return None
-    truncated = len(prompt_ids) + len(response_ids) > max_length
-    return (prompt_ids + response_ids)[:max_length], len(prompt_ids), truncated
+    ids = scored_sequence(tokenizer, prompt_ids, response, ended=ended)
+    return ids[:max_length], len(prompt_ids), len(ids) > max_length
+
+
+def scored_sequence(tokenizer, prompt_ids: Sequence[int], response: str, *, ended: bool) -> list[int]:
+    """What a reward model reads: the prompt ids, the response text's tokens, EOS if it ended.
+    RM training (encode_response) and PPO's scoring both build their inputs here."""
+    return [
+        *prompt_ids,
+        *tokenizer(response, add_special_tokens=False)["input_ids"],
+        *([tokenizer.eos_token_id] if ended else []),
+    ]
 
 
 def left_pad(seqs: Sequence[Sequence[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:

@@ -102,6 +102,39 @@ def make_scheduler(optimizer: torch.optim.Optimizer, cfg: TrainConfig, total_ste
     )
 
 
+class WeightEMA:
+    """An exponential moving average of a model's trainable weights (the paper saves the PPO
+    policy's EMA, decay 0.992). It has state_dict / load_state_dict, so registered with
+    `accelerator.register_for_checkpointing` it is saved and restored with each checkpoint."""
+
+    def __init__(self, model: Any, decay: float):
+        self.decay = decay
+        self.shadow = {n: p.detach().clone() for n, p in self._params(model)}
+
+    @staticmethod
+    def _params(model: Any) -> list[tuple[str, torch.Tensor]]:
+        return [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+
+    @torch.no_grad()
+    def update(self, model: Any) -> None:
+        for name, p in self._params(model):
+            self.shadow[name].mul_(self.decay).add_(p.detach(), alpha=1 - self.decay)
+
+    @torch.no_grad()
+    def copy_to(self, model: Any) -> None:
+        for name, p in model.named_parameters():
+            if name in self.shadow:
+                p.copy_(self.shadow[name])
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"decay": self.decay, "shadow": self.shadow}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.decay = state["decay"]
+        for name, value in state["shadow"].items():
+            self.shadow[name].copy_(value)
+
+
 def epoch_order(n: int, *, seed: int, epoch: int) -> list[int]:
     """A permutation of range(n) that depends only on (seed, epoch)."""
     g = torch.Generator().manual_seed(seed * 1_000_003 + epoch)

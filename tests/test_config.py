@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from instructrl.config import GenerateConfig, load_config
+from instructrl.config import GenerateConfig, PPOConfig, load_config
 from instructrl.errors import ConfigError
 
 
@@ -70,3 +70,9 @@ def test_bad_files_and_args(tmp_path):
 def test_direct_values_keep_free_text():
     cfg = load_config(GenerateConfig, [], {"prompt": "a, b: [c] ${d}"})
     assert cfg.prompt == "a, b: [c] ${d}"
+
+
+def test_kl_estimator_is_checked():
+    assert load_config(PPOConfig, ["kl_estimator=k3"]).kl_estimator == "k3"
+    with pytest.raises(ConfigError, match="kl_estimator: expected k1, k2 or k3, got 'k4'"):
+        load_config(PPOConfig, ["kl_estimator=k4"])

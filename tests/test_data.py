@@ -79,6 +79,9 @@ def test_heldout_text():
     assert manifest["tokens"] >= 200_000 and "PSF" in manifest["licence"]
     docs = data.load_heldout_text()
     assert {d["split"] for d in docs} == {"ptx", "eval"}
+    # the regression text comes from another source than the ptx mix (not circular)
+    sources = {s: {d["source"] for d in docs if d["split"] == s} for s in ("ptx", "eval")}
+    assert sources["eval"] and not sources["eval"] & sources["ptx"]
     assert len({d["id"] for d in docs}) == len(docs)
     prompts = " ".join(prompt_as_text(p.prompt) for p in data.load_prompts()[:200])
     assert not any(d["text"][:200] in prompts for d in docs)

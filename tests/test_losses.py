@@ -90,6 +90,29 @@ def test_kl_rewards_by_hand():
         )
 
 
+def test_kl_estimators_by_hand():
+    # d = log pi - log pi_ref = [0.5, -0.2]: k1 = d; k2 = d^2 / 2 = [0.125, 0.02];
+    # k3 = e^-d - 1 + d = [e^-0.5 - 0.5, e^0.2 - 1.2] = [0.10653066, 0.02140276]
+    logp, ref = torch.tensor([[-1.0, -2.0]]), torch.tensor([[-1.5, -1.8]])
+    torch.testing.assert_close(losses.kl_estimate(logp, ref, "k1"), torch.tensor([[0.5, -0.2]]))
+    torch.testing.assert_close(losses.kl_estimate(logp, ref, "k2"), torch.tensor([[0.125, 0.02]]))
+    torch.testing.assert_close(
+        losses.kl_estimate(logp, ref, "k3"), torch.tensor([[0.10653066, 0.02140276]])
+    )
+    rewards, kl = losses.kl_rewards(
+        logprobs=logp,
+        ref_logprobs=ref,
+        scores=torch.tensor([1.0]),
+        mask=torch.tensor([[T, T]]),
+        beta=0.1,
+        estimator="k2",
+    )
+    torch.testing.assert_close(kl, torch.tensor([[0.125, 0.02]]))
+    torch.testing.assert_close(rewards, torch.tensor([[-0.0125, -0.002 + 1.0]]))
+    with pytest.raises(ValueError, match="kl estimator must be one of"):
+        losses.kl_estimate(logp, ref, "k4")
+
+
 def test_policy_loss_by_hand():
     # ratio e^0.5 = 1.6487 > 1.2 with A = 1: clipped term -1.2 is the max -> loss -1.2, clipped
     # ratio e^-0.5 = 0.6065 with A = 1: unclipped -0.6065 vs clipped -0.8 -> -0.6065, not clipped

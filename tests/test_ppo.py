@@ -23,13 +23,17 @@ PROMPTS = [
 ]
 
 
-def low_half_score(ids: torch.Tensor, attention: torch.Tensor, width: int = 8) -> torch.Tensor:
-    """Synthetic reward: the share of response tokens with an id below 192 (half the vocabulary)."""
-    resp, mask = ids[:, -width:], attention[:, -width:]
-    return ((resp < 192) & mask).sum(1).float() / mask.sum(1).clamp(min=1)
+def high_half_score(ids: torch.Tensor, attention: torch.Tensor, width: int = 8) -> torch.Tensor:
+    """Synthetic reward on the RM's (right-padded) input: the share of the last `width` real
+    tokens with an id of 192 or more (the upper half of the vocabulary)."""
+    out = []
+    for row, mask in zip(ids, attention.bool(), strict=True):
+        tail = row[mask][-width:]
+        out.append((tail >= 192).float().mean())
+    return torch.stack(out)
 
 
-def make_trainer(tiny_model_dir, score_fn=low_half_score, **over):
+def make_trainer(tiny_model_dir, score_fn=high_half_score, **over):
     args = {
         "policy": str(tiny_model_dir),
         "reward": "unused",
@@ -283,3 +287,124 @@ def test_tis_weights_reach_the_loss(tiny_model_dir):
     r.is_weights = None
     plain, _ = t.policy_objective(r, idx, advantages, None)
     assert weighted.item() != pytest.approx(plain.item(), abs=1e-7)
+
+
+def test_rm_scores_exactly_the_sequences_it_was_trained_on(tiny_model_dir):
+    """A response cut off at the length limit has no EOS in the RM's training comparisons and in
+    PPO's scoring alike; ended responses (EOS or stop string) have one in both."""
+    from instructrl.records import Comparison
+    from instructrl.rollout import Generation
+    from instructrl.stages.reward import encode_comparisons
+
+    seen = []
+
+    def capture(ids, attn):
+        seen.extend(row[mask.bool()].tolist() for row, mask in zip(ids, attn, strict=True))
+        return torch.zeros(ids.shape[0])
+
+    t, tok = make_trainer(tiny_model_dir, score_fn=capture, ptx_coef=0, max_new_tokens=16)
+    eos = tok.eos_token_id
+    texts = ["Paris is the capital.", "The quick brown fox jumps", "red, green"]
+    ids = [tok(x, add_special_tokens=False)["input_ids"] for x in texts]
+    generations = [
+        Generation(texts[0], [*ids[0], eos], "eos", 0),
+        Generation(texts[1], ids[1], "length", 0),
+        Generation(texts[2], [*ids[2], *ids[0]], "stop", 0),  # cut at a stop string
+    ]
+    prompt = "List three colours"
+    prompt_ids = encode_prompts(tok, [prompt] * 3)
+    r = t._rollout(prompt_ids, generations, with_logprobs=False)
+    t.evaluate(r)
+    comparison = Comparison(
+        prompt=prompt,
+        responses=texts,
+        ranking=[0, 1, 2],
+        finish_reasons=["eos", "length", "stop"],
+    )
+    examples, _ = encode_comparisons(tok, [comparison], max_length=256, where="test")
+    assert seen == r.scored == examples[0].completions
+    p = len(prompt_ids[0])
+    assert r.scored[0][p:] == [*ids[0], eos]  # the sampled tokens, EOS included
+    assert r.scored[1][p:] == ids[1]  # cut off: no EOS
+    assert r.scored[2][p:] == [*ids[2], eos]  # stopped: ends there
+    assert r.finish_reasons == ["eos", "length", "stop"]
+    assert r.ended.tolist() == [True, False, True]
+
+
+def test_finish_reasons_match_the_sampled_tokens(tiny_model_dir):
+    t, tok = make_trainer(tiny_model_dir, ptx_coef=0, max_new_tokens=6)
+    with torch.no_grad():  # make EOS likely, so that some responses end and some are cut off
+        models.unwrap(t.policy).get_output_embeddings().weight[tok.eos_token_id] *= 6
+    r = t.sample(encode_prompts(tok, PROMPTS * 4), seed=0)
+    T = r.response_mask.shape[1]
+    reasons = set()
+    for b, reason in enumerate(r.finish_reasons):
+        n = int(r.response_mask[b].sum())
+        tokens = r.input_ids[b, r.prompt_width : r.prompt_width + n].tolist()
+        has_eos = tok.eos_token_id in tokens
+        assert reason == ("eos" if has_eos else "length"), (reason, tokens)
+        assert has_eos or n == T
+        reasons.add(reason)
+    assert reasons == {"eos", "length"}
+
+
+def test_no_dropout_module_is_active_in_rl(tmp_path, rm_dir):
+    """A policy saved with attention dropout (SFT's `dropout`) is deterministic in PPO's train
+    mode: the modules' own dropout is off, not only the config's."""
+    from instructrl.testing import make_tiny_model
+
+    path = make_tiny_model(tmp_path / "dropout")
+    config = json.loads((path / "config.json").read_text())
+    (path / "config.json").write_text(json.dumps({**config, "attention_dropout": 0.5}))
+    loaded = models.load_policy(str(path)).train()
+    ids = torch.tensor([[5, 6, 7, 8, 9, 10]])
+    torch.manual_seed(0)
+    assert not torch.equal(loaded(ids).logits, loaded(ids).logits)  # dropout acts when built
+    policy = ppo._no_dropout(loaded)
+    value = ppo._no_dropout(models.load_reward_model(rm_dir)).train()
+    for model in (policy, value):
+        for module in model.modules():
+            assert getattr(module, "p", 0.0) == 0.0 or not isinstance(module, torch.nn.Dropout)
+            assert getattr(module, "attention_dropout", 0.0) == 0.0
+    assert torch.equal(policy(ids).logits, policy(ids).logits)
+
+
+def test_ema_weights_survive_a_kill_and_resume(tiny_model_dir, rm_dir, tmp_path, monkeypatch):
+    over = {"ema_decay": 0.5, "ptx": "none"}
+    straight = ppo.run(_stage_cfg(tiny_model_dir, rm_dir, tmp_path, tmp_path / "a", **over))
+    original = ppo.PPOTrainer.step
+    calls = {"n": 0}
+
+    def killed_at_4(self, prompt_ids):
+        calls["n"] += 1
+        if calls["n"] == 4:
+            raise KeyboardInterrupt("killed")
+        return original(self, prompt_ids)
+
+    monkeypatch.setattr(ppo.PPOTrainer, "step", killed_at_4)
+    with pytest.raises(KeyboardInterrupt):
+        ppo.run(_stage_cfg(tiny_model_dir, rm_dir, tmp_path, tmp_path / "b", **over))
+    monkeypatch.setattr(ppo.PPOTrainer, "step", original)
+    resumed = ppo.run(
+        _stage_cfg(tiny_model_dir, rm_dir, tmp_path, tmp_path / "b", resume=True, **over)
+    )
+    a, b = load_file(straight / "model.safetensors"), load_file(resumed / "model.safetensors")
+    assert max((a[k] - b[k]).abs().max().item() for k in a) < 1e-6
+    # the output is the EMA, not the last weights: a run without EMA ends elsewhere
+    plain = ppo.run(
+        _stage_cfg(tiny_model_dir, rm_dir, tmp_path, tmp_path / "c", ptx="none")
+    )
+    c = load_file(plain / "model.safetensors")
+    assert max((a[k] - c[k]).abs().max().item() for k in a) > 1e-4
+
+
+def test_minibatches_and_epochs_clip(tiny_model_dir):
+    """With minibatch < batch and 2 epochs, later gradient steps see a moved policy: the ratio
+    leaves 1 and clipping acts (with one minibatch and one epoch it never can)."""
+    t, tok = make_trainer(tiny_model_dir, ptx_coef=0, lr=1e-2)
+    ids = encode_prompts(tok, [f"Question {i}: say something." for i in range(16)])
+    stats, _ = t.step(ids)
+    assert stats["clip_frac"] > 0
+    t1, _ = make_trainer(tiny_model_dir, ptx_coef=0, lr=1e-2, minibatch_size=16, ppo_epochs=1)
+    stats1, _ = t1.step(ids)
+    assert stats1["clip_frac"] == 0

@@ -53,6 +53,19 @@ def test_ranking_not_a_permutation(tmp_path):
             comp([[0, 1], []], k=2),
             "ranking: expected a permutation of 0..1 (tie groups non-empty), got [[0, 1], []]",
         ),
+        (
+            {"prompt": "x", "responses": ["a", "b"], "ranking": [0, 1], "finish_reasons": ["eos"]},
+            "finish_reasons: expected a list of 2 finish reasons (one per response), got [\"eos\"]",
+        ),
+        (
+            {
+                "prompt": "x",
+                "responses": ["a", "b"],
+                "ranking": [0, 1],
+                "finish_reasons": ["eos", "cut"],
+            },
+            "finish_reasons[1]: expected one of eos, length, stop, got \"cut\"",
+        ),
     ],
 )
 def test_comparison_errors(tmp_path, record, message):
@@ -177,11 +190,14 @@ def test_round_trip_keeps_unknown_keys(tmp_path):
     src = write_lines(tmp_path / "in.jsonl", rows)
     out = write_records(tmp_path / "out.jsonl", read_records(src))
     assert [json.loads(line) for line in out.read_text().splitlines()] == rows
-    comps = [comp([[0, 2], 1, 3], labeler="L1", time_s=12.5)]
+    comps = [
+        comp([[0, 2], 1, 3], labeler="L1", time_s=12.5),
+        {**comp([1, 0, 2, 3]), "finish_reasons": ["eos", "length", "stop", "eos"]},
+    ]
     out = write_records(
         tmp_path / "c.jsonl", read_records(write_lines(tmp_path / "cin.jsonl", comps))
     )
-    assert json.loads(out.read_text()) == {**comps[0]}
+    assert [json.loads(line) for line in out.read_text().splitlines()] == comps
 
 
 def test_pairwise_adapter_is_k2(tmp_path):

@@ -401,6 +401,7 @@ def rm_scores(
             batch_size=8,
             max_length=max_length,
             device=device,
+            finish_reasons=[s.finish_reason for s in samples],
         )
         result[name] = stats.mean_ci(scores, seed=cfg.seed)
     return result

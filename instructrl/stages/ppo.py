@@ -48,6 +48,8 @@ class Rollout:
     prompt_width: int
     ended: torch.Tensor  # (B,) bool: the response ended with EOS or a stop string
     texts: list[str]
+    finish_reasons: list[str]  # per episode: "eos", "length" or "stop"
+    scored: list[list[int]]  # per episode, what the RM reads (rollout.scored_sequence)
     logprobs: torch.Tensor | None = None  # (B, T) under the rollout policy (training model)
     engine_logprobs: torch.Tensor | None = None  # (B, T) the sampler's own, when it is not exact
     is_weights: torch.Tensor | None = None  # (B, T) truncated importance weights (rollout.tis_cap)
@@ -162,12 +164,11 @@ class PPOTrainer:
         )
         self.engine = rollout.Engine(models.unwrap(self.policy), tokenizer, cfg.rollout)
         self.ema = (
-            {n: p.detach().clone() for n, p in self._policy_params()} if cfg.ema_decay else None
+            trainer.WeightEMA(models.unwrap(self.policy), cfg.ema_decay) if cfg.ema_decay else None
         )
+        if self.ema is not None:  # saved with every checkpoint, restored on resume
+            accelerator.register_for_checkpointing(self.ema)
         self.iteration = 0
-
-    def _policy_params(self):
-        return [(n, p) for n, p in models.unwrap(self.policy).named_parameters() if p.requires_grad]
 
     # ------------------------------------------------------------------ rollout
     @torch.no_grad()
@@ -213,7 +214,16 @@ class PPOTrainer:
         full = torch.cat([input_ids, responses], dim=1)
         attention = torch.cat([mask, response_mask], dim=1)
         texts = [g.text for g in generations]
-        r = Rollout(full, attention, response_mask, input_ids.shape[1], ended, texts)
+        # the RM reads the text's tokens (+ EOS when it ended), exactly as in its training
+        # comparisons: a cut-off response is scored without EOS there and here
+        scored = [
+            rollout.scored_sequence(self.tokenizer, p, g.text, ended=rollout.ended(g.finish_reason))
+            for p, g in zip(prompt_ids, generations, strict=True)
+        ]
+        reasons = [g.finish_reason for g in generations]
+        r = Rollout(
+            full, attention, response_mask, input_ids.shape[1], ended, texts, reasons, scored
+        )
         if with_logprobs:
             logprobs = torch.zeros((len(generations), T))
             for i, g in enumerate(generations):
@@ -254,7 +264,8 @@ class PPOTrainer:
                 self.ref_policy, ids, attn, r.prompt_width, T, cfg.temperature
             )[0].cpu()
         r.values = response_values(self.value_model, ids, attn, r.prompt_width, T).float().cpu()
-        scores = self.score_fn(ids, attn).float().cpu()
+        rm_ids, rm_attn = right_pad(r.scored, self.pad_id)
+        scores = self.score_fn(rm_ids.to(dev), rm_attn.to(dev)).float().cpu()
         if cfg.missing_eos_penalty is not None:
             scores = torch.where(r.ended, scores, torch.full_like(scores, cfg.missing_eos_penalty))
         r.scores = scores
@@ -272,6 +283,7 @@ class PPOTrainer:
             scores=r.scores,
             mask=r.response_mask,
             beta=self.kl_ctl.value,
+            estimator=cfg.kl_estimator,
         )
         if cfg.whiten_rewards:
             rewards = losses.whiten(rewards, r.response_mask, shift_mean=False)
@@ -372,9 +384,7 @@ class PPOTrainer:
         self.value_sched.step()
         self.engine.sync(models.unwrap(self.policy))
         if self.ema is not None:
-            with torch.no_grad():
-                for name, p in self._policy_params():
-                    self.ema[name].mul_(cfg.ema_decay).add_(p.detach(), alpha=1 - cfg.ema_decay)
+            self.ema.update(models.unwrap(self.policy))
         return {k: v / n for k, v in sums.items()}
 
     # ------------------------------------------------------------------ one iteration
@@ -391,11 +401,15 @@ class PPOTrainer:
         advantages, returns, rewards, kl = self.advantages(rollout)
         stats = self.update(rollout, advantages, returns, seed)
         mask = rollout.response_mask
-        kl_per_episode = kl.sum(1)  # (B,) nats per response
+        kl_per_episode = kl.sum(1)  # (B,) nats per response, by cfg.kl_estimator
+        # k3 as well: an unbiased estimate that is never negative, for the logs
+        k3 = losses.kl_estimate(rollout.logprobs, rollout.ref_logprobs, "k3")
+        k3 = torch.where(mask, k3, torch.zeros_like(k3)).sum(1)
         lengths = mask.sum(1).float()
         stats.update(
             score=rollout.scores.mean().item(),
             kl=kl_per_episode.mean().item(),
+            kl_k3=k3.mean().item(),
             kl_coef=self.kl_ctl.value,
             reward=rewards.sum(1).mean().item(),
             explained_variance=losses.explained_variance(
@@ -465,20 +479,7 @@ def load_ptx(cfg: PPOConfig, tokenizer: Any) -> list[Any]:
 
 def _no_dropout(model: Any) -> Any:
     """No dropout in RL (lm-human-preferences): old and new logprobs must come from one function."""
-    for key in (
-        "attention_dropout",
-        "hidden_dropout",
-        "resid_pdrop",
-        "embd_pdrop",
-        "attn_pdrop",
-        "dropout",
-    ):
-        if hasattr(model.config, key) and isinstance(getattr(model.config, key), float):
-            setattr(model.config, key, 0.0)
-    for module in model.modules():
-        if isinstance(module, torch.nn.Dropout):
-            module.p = 0.0
-    return model
+    return models.set_dropout(model, 0.0)
 
 
 def run(cfg: PPOConfig) -> Path:
@@ -557,8 +558,12 @@ def train(ppo: PPOTrainer, prompts: list[tuple[Prompt, list[int]]], out: Path) -
                 )
             metrics.write(row)
             if cfg.sample_every and (ppo.iteration % cfg.sample_every == 0 or ppo.iteration == 1):
-                for (p, _), text, score in zip(
-                    batch[:3], rollout.texts, rollout.scores.tolist(), strict=False
+                for (p, _), text, reason, score in zip(
+                    batch[:3],
+                    rollout.texts,
+                    rollout.finish_reasons,
+                    rollout.scores.tolist(),
+                    strict=False,
                 ):
                     samples.append(
                         {
@@ -567,7 +572,7 @@ def train(ppo: PPOTrainer, prompts: list[tuple[Prompt, list[int]]], out: Path) -
                                 prompt=p.prompt,
                                 response=text,
                                 model=str(out),
-                                finish_reason="eos",
+                                finish_reason=reason,
                                 seed=cfg.seed,
                             ).to_dict(),
                             "iteration": ppo.iteration,
@@ -589,10 +594,7 @@ def finish(ppo: PPOTrainer, out: Path) -> Path:
     cfg, acc = ppo.cfg, ppo.accelerator
     policy = acc.unwrap_model(ppo.policy)
     if ppo.ema is not None:
-        with torch.no_grad():
-            for name, p in policy.named_parameters():
-                if name in ppo.ema:
-                    p.copy_(ppo.ema[name])
+        ppo.ema.copy_to(policy)
     source = rundir.save_hf_model(acc, policy, ppo.tokenizer, out / ".final", merge=cfg.lora.merge)
     if acc.is_main_process:
         value = acc.unwrap_model(ppo.value_model)

@@ -21,7 +21,7 @@ from instructrl.config import RMConfig, ScoreConfig, save_config
 from instructrl.errors import UserError
 from instructrl.plots import plot_curves
 from instructrl.records import Comparison, read_records, write_records
-from instructrl.rollout import encode_response
+from instructrl.rollout import encode_response, ended
 
 log = logging.getLogger(__name__)
 
@@ -31,8 +31,10 @@ def encode_comparisons(
 ) -> tuple[list[RankedExample], dict[str, int]]:
     examples, dropped, truncated = [], 0, 0
     for c in comparisons:
+        reasons = c.finish_reasons or [None] * c.k
         encoded = [
-            encode_response(tokenizer, c.prompt, r, max_length=max_length) for r in c.responses
+            encode_response(tokenizer, c.prompt, r, max_length=max_length, ended=ended(f))
+            for r, f in zip(c.responses, reasons, strict=True)
         ]
         if any(e is None for e in encoded):
             dropped += 1
@@ -267,6 +269,7 @@ def run_score(cfg: ScoreConfig) -> Path:
         batch_size=cfg.batch_size,
         max_length=max_length,
         device=device,
+        finish_reasons=[getattr(r, "finish_reason", None) for r in records],
     )
     rows = []
     for record, reward in zip(records, rewards, strict=True):

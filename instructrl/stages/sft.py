@@ -95,6 +95,7 @@ class RMJudge:
             batch_size=self.cfg.batch_size,
             max_length=int(getattr(self.rm.config, "max_position_embeddings", 2048)),
             device=next(self.rm.parameters()).device,
+            finish_reasons=[g.finish_reason for g in outs],
         )
         return sum(scores) / len(scores)
 
@@ -142,8 +143,7 @@ def run(cfg: SFTConfig) -> Path:
         )
 
     model = models.load_policy(cfg.model, device="cpu", dtype=torch.float32)
-    if cfg.dropout > 0 and hasattr(model.config, "attention_dropout"):
-        model.config.attention_dropout = cfg.dropout
+    models.set_dropout(model, cfg.dropout)  # the modules' own, not only the config's
     model = trainer.prepare_model(model, cfg).train()
     run = trainer.setup(accelerator, cfg, model, len(train))
     model, pad_id = run.model, tokenizer.pad_token_id

@@ -73,6 +73,7 @@ def records(s: Session, *, project: Project, group: str = "training") -> dict[st
                     ranking=sub.payload["ranking"],
                     prompt_id=prompt.key,
                     labeler=user.username,
+                    finish_reasons=[o.finish_reason for o in prompt.outputs],
                     extra={**extra, "models": models},
                 )
             )
