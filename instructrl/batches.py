@@ -113,6 +113,26 @@ def mean_nll(
     return total / max(tokens, 1)
 
 
+@torch.no_grad()
+def example_nlls(
+    model: Any, examples: list[Example], pad_id: int, batch_size: int, device: Any
+) -> list[float]:
+    """(N,) mean NLL of each example's loss-mask tokens: the per-chunk values behind a
+    perplexity, for paired intervals between two models on the same chunks."""
+    was_training = model.training
+    model.eval()
+    out: list[float] = []
+    for i in range(0, len(examples), batch_size):
+        ids, attn, mask = (t.to(device) for t in collate(examples[i : i + batch_size], pad_id))
+        logits, labels = masked_logits(model, ids, attn, mask)  # (N, V), (N,)
+        nll = -losses.token_logprobs(logits.float(), labels)  # (N,) in the batch's row order
+        counts = mask.sum(1).tolist()
+        for chunk in torch.split(nll, counts):
+            out.append(chunk.mean().item())
+    model.train(was_training)
+    return out
+
+
 def ptx_examples(
     tokenizer: Any, *, n: int, max_length: int, seed: int, split: str = "ptx"
 ) -> list[Example]:

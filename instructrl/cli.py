@@ -9,9 +9,11 @@ traceback, and exit 2.
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import sys
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from instructrl import __version__
@@ -88,8 +90,6 @@ def _cmd_generate(args: argparse.Namespace) -> int:
 
 def _cmd_label(args: argparse.Namespace) -> int:
     if args.agreement:
-        import json
-
         from instructrl.labelers import calibration_agreement
 
         result = calibration_agreement(args.input, seed=args.seed or 0)
@@ -144,6 +144,48 @@ def _cmd_run(args: argparse.Namespace) -> int:
     return _with_config(args, {}, go)
 
 
+def _cmd_report(args: argparse.Namespace) -> int:
+    """Re-render report.html from a run's (or an eval directory's) summary.json; print the
+    headline figures as Markdown; write them into a README between its markers."""
+    from instructrl import report
+
+    root = Path(args.dir)
+    eval_dir = root if (root / "summary.json").is_file() else root / "eval"
+    if not (eval_dir / "summary.json").is_file():
+        raise UserError(
+            f"report: {root}: expected summary.json there or in {root / 'eval'} "
+            "(written by instructrl eval / run)"
+        )
+    summary = json.loads((eval_dir / "summary.json").read_text())
+    run = None
+    stages = eval_dir.parent / "stages.json"
+    if eval_dir != root or stages.is_file():
+        from omegaconf import OmegaConf
+
+        config = eval_dir.parent / "config.yaml"
+        resolved = OmegaConf.load(config) if config.is_file() else {}
+        rows = json.loads(stages.read_text()) if stages.is_file() else []
+        run = {
+            "name": resolved.get("name", eval_dir.parent.name),
+            "seed": resolved.get("seed", "?"),
+            "config": f"`{config}`",
+            "wall_s": sum(r.get("wall_s", 0.0) for r in rows),
+        }
+    text = report.markdown(summary, run)
+    if args.readme:
+        readme = Path(args.readme)
+        try:
+            readme.write_text(report.replace_block(readme.read_text(), text))
+        except (OSError, ValueError) as e:
+            raise UserError(f"report: {readme}: {e}") from None
+        print(f"wrote the figures into {readme}", file=sys.stderr)
+    if args.markdown:
+        print(text, end="")
+    if not args.markdown and not args.readme:
+        print(report.render(summary, eval_dir))
+    return 0
+
+
 def _cmd_validate(args: argparse.Namespace) -> int:
     from instructrl.records import read_records, summarize
 
@@ -153,8 +195,6 @@ def _cmd_validate(args: argparse.Namespace) -> int:
 
 
 def _cmd_data_stats(args: argparse.Namespace) -> int:
-    import json
-
     from instructrl import data
 
     stats = data.stats()
@@ -302,6 +342,23 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--json", action="store_true", help="with --agreement: print JSON")
     p.set_defaults(func=_cmd_label)
+
+    p = sub.add_parser(
+        "report",
+        help="report.html again from summary.json; the headline figures as Markdown",
+        description="Re-render DIR's report.html from its summary.json (DIR: a run directory "
+        "or an eval directory), or print the headline figures, with date, machine and config, "
+        "as Markdown.",
+    )
+    p.add_argument("dir", metavar="DIR")
+    p.add_argument("--markdown", action="store_true", help="print the figures as Markdown")
+    p.add_argument(
+        "--readme",
+        metavar="FILE",
+        help="write the Markdown into FILE between its '<!-- instructrl report --markdown: "
+        "begin/end -->' markers",
+    )
+    p.set_defaults(func=_cmd_report)
 
     p = sub.add_parser(
         "validate",

@@ -459,6 +459,11 @@ class EvalConfig:
     )
     out: str = _f("runs/eval", "output directory (report.html, summary.json, generations/)")
     agreement: bool = _f(True, "report the panel's agreement on the shipped calibration samples")
+    best_of: int = _f(
+        4,
+        "diagnostic: K samples of the baseline per prompt, the best by the RM and by the held-out "
+        "panel itself judged against the baseline's sample (needs reward=; 0 = off)",
+    )
     ppl_chunks: int = _f(32, "held-out text chunks for perplexity (the alignment tax)")
     ppl_length: int = _f(128, "tokens per held-out chunk")
     seed: int = _f(0, "seed for sampling, panels and bootstrap")
@@ -480,6 +485,8 @@ class EvalConfig:
             raise ConfigError(
                 f"config: baseline: expected one of the policies ({', '.join(names)}), got {self.baseline!r}"
             )
+        if self.best_of == 1 or self.best_of < 0:
+            raise ConfigError(f"config: best_of: expected 0 (off) or K >= 2, got {self.best_of}")
 
     @property
     def policy_pairs(self) -> list[tuple[str, str]]:

@@ -434,6 +434,13 @@ class Panel:
             for r, f in zip(item.responses, item.finish_reasons, strict=True)
         ]
 
+    def mean_scores(self, item: Item) -> list[float]:
+        """Each response's score averaged over the whole group (no ranking noise): the "gold"
+        score of diagnostics such as best-of-K reranking and over-optimisation curves."""
+        self.judge.prefetch([(item.prompt, r) for r in item.responses])
+        per_labeler = [self.scores(labeler, item) for labeler in self.labelers]
+        return [sum(col) / len(col) for col in zip(*per_labeler, strict=True)]
+
     def rank(self, items: Sequence[Item], *, labelers_per_item: int = 1) -> list[Comparison]:
         self.judge.prefetch([(it.prompt, r) for it in items for r in it.responses])
         out = []

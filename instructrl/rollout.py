@@ -71,7 +71,9 @@ def encode_response(
     return ids[:max_length], len(prompt_ids), len(ids) > max_length
 
 
-def scored_sequence(tokenizer, prompt_ids: Sequence[int], response: str, *, ended: bool) -> list[int]:
+def scored_sequence(
+    tokenizer, prompt_ids: Sequence[int], response: str, *, ended: bool
+) -> list[int]:
     """What a reward model reads: the prompt ids, the response text's tokens, EOS if it ended.
     RM training (encode_response) and PPO's scoring both build their inputs here."""
     return [

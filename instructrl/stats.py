@@ -132,3 +132,77 @@ def agreement(
         "pairs": compared,
         "prompts": len(per_prompt),
     }
+
+
+# ----------------------------------------------------------------------------- diagnostics
+def verdict(
+    ci: Sequence[float], n: int, *, threshold: float, min_n: int, above: bool = True
+) -> str:
+    """A claim's verdict from its 95 % CI: "reproduced" only when the whole interval lies on the
+    paper's side of `threshold` (above it, or below it with above=False), "too few to tell"
+    under `min_n` observations, "not reproduced" otherwise."""
+    if n < min_n:
+        return "too few to tell"
+    lo, hi = ci
+    return "reproduced" if (lo > threshold if above else hi < threshold) else "not reproduced"
+
+
+def paired_difference(
+    a: Sequence[float], b: Sequence[float], *, seed: int = 0
+) -> dict[str, float | list[float] | int]:
+    """Mean of a_i - b_i over paired observations (the same prompts or text chunks), with a 95 %
+    bootstrap CI over the pairs."""
+    if len(a) != len(b):
+        raise ValueError(f"paired_difference: {len(a)} and {len(b)} observations")
+    diffs = [x - y for x, y in zip(a, b, strict=True)]
+    return mean_ci(diffs, seed=seed)
+
+
+def by_category(
+    outcomes: Sequence[float], categories: Sequence[str | None], *, seed: int = 0
+) -> dict[str, dict[str, Any]]:
+    """Win rate (with its CI over prompts) of each category's outcomes."""
+    groups: dict[str, list[float]] = {}
+    for outcome, category in zip(outcomes, categories, strict=True):
+        groups.setdefault(category or "other", []).append(outcome)
+    return {c: win_rate(v, seed=seed) for c, v in sorted(groups.items())}
+
+
+def identical_share(a: Sequence[str], b: Sequence[str]) -> dict[str, float | list[float] | int]:
+    """Share of prompts where two policies wrote exactly the same text (whitespace-stripped)."""
+    return proportion([x.strip() == y.strip() for x, y in zip(a, b, strict=True)])
+
+
+def best_of(scores: Sequence[Sequence[float]]) -> list[int]:
+    """Per prompt, the index of the best of its K candidates by the given scores (the first of
+    equals): best-of-K sampling reranked by a reward model or by the labelers themselves."""
+    return [max(range(len(s)), key=lambda i: (s[i], -i)) for s in scores]
+
+
+def overoptimization(
+    episodes: Sequence[tuple[int, float, float, float]], *, bins: int = 4
+) -> list[dict[str, float]]:
+    """Gao et al. (2022)'s over-optimisation curve from PPO episodes (iteration, KL to the
+    reference, proxy = RM score, gold = held-out labelers' score): the iterations are cut into
+    `bins` consecutive groups of about equal size; each point is the group's mean KL, proxy and
+    gold, with its iterations and episode count."""
+    steps = sorted({e[0] for e in episodes})
+    if not steps:
+        return []
+    bins = max(1, min(bins, len(steps)))
+    points = []
+    for b in range(bins):
+        chosen = set(steps[b * len(steps) // bins : (b + 1) * len(steps) // bins])
+        group = [e for e in episodes if e[0] in chosen]
+        n = len(group)
+        points.append(
+            {
+                "first": min(chosen),
+                "last": max(chosen),
+                "kl": sum(e[1] for e in group) / n,
+                "proxy": sum(e[2] for e in group) / n,
+                "gold": sum(e[3] for e in group) / n,
+                "n": n,
+            }
+        )
+    return points

@@ -3,6 +3,7 @@ the resolved config printed, unknown commands refused."""
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 
@@ -48,3 +49,48 @@ def test_unknown_command_and_flag_are_refused():
     assert bad.returncode == 2 and "invalid choice: 'train'" in bad.stderr
     flag = subprocess.run([*run, "sft", "--lr", "1"], capture_output=True, text=True, check=False)
     assert flag.returncode == 2 and "unrecognized arguments: --lr" in flag.stderr
+
+
+def test_report_markdown_and_readme_block(tmp_path, capsys):
+    from test_report import SUMMARY
+
+    from instructrl.report import README_BEGIN, README_END
+
+    run = tmp_path / "runs" / "demo"
+    (run / "eval").mkdir(parents=True)
+    summary = {
+        **SUMMARY,
+        "environment": {
+            "date": "2026-11-26 12:00 UTC",
+            "cpus": 2,
+            "platform": "Linux x86_64",
+            "device": "cpu",
+            "torch": "2.13.0",
+        },
+    }
+    (run / "eval" / "summary.json").write_text(json.dumps(summary))
+    (run / "config.yaml").write_text("name: demo\nseed: 2\n")
+    (run / "stages.json").write_text(json.dumps([{"wall_s": 600.0}, {"wall_s": 300.0}]))
+    assert main(["report", str(run), "--markdown"]) == 0
+    text = capsys.readouterr().out
+    assert text.startswith("Run `demo` (seed 2, config ")
+    assert (
+        "stages 15.0 min in all; measured 2026-11-26 12:00 UTC on Linux x86_64 with 2 CPU cores"
+        in text
+    )
+    assert (
+        "| PPO-ptx preferred over SFT | 65.0 % [55.0, 75.0] (n = 50, held-out labelers) | reproduced |"
+        in text
+    )
+    readme = tmp_path / "README.md"
+    readme.write_text(f"# x\n{README_BEGIN}\nold figures\n{README_END}\ntail\n")
+    assert main(["report", str(run), "--readme", str(readme)]) == 0
+    new = readme.read_text()
+    assert "old figures" not in new and text in new and new.endswith(f"{README_END}\ntail\n")
+    readme.write_text("no markers\n")
+    assert main(["report", str(run), "--readme", str(readme)]) == 2
+    assert "expected the markers" in capsys.readouterr().err
+    assert main(["report", str(tmp_path / "nowhere")]) == 2
+    assert "expected summary.json" in capsys.readouterr().err
+    assert main(["report", str(run)]) == 0  # report.html again
+    assert (run / "eval" / "report.html").is_file()

@@ -113,17 +113,21 @@ def test_truth_outcomes_and_constraints_by_hand():
 def test_perplexity_equals_an_independent_computation(tiny_model_dir):
     from instructrl.batches import ptx_examples
 
-    ppl = evaluate.perplexity(str(tiny_model_dir), chunks=3, length=32, seed=0, device="cpu")
+    ppl, chunks = evaluate.perplexity(
+        str(tiny_model_dir), chunks=3, length=32, seed=0, device="cpu"
+    )
     tok = models.load_tokenizer(str(tiny_model_dir))
     model = models.load_policy(str(tiny_model_dir))
-    total, count = 0.0, 0
+    total, count, per_chunk = 0.0, 0, []
     for e in ptx_examples(tok, n=3, max_length=32, seed=0, split="eval"):
         with torch.no_grad():
             logp = torch.log_softmax(model(torch.tensor([e.input_ids])).logits[0], -1)
-        for t in range(1, len(e.input_ids)):
-            total -= logp[t - 1, e.input_ids[t]].item()
-            count += 1
+        nll = [-logp[t - 1, e.input_ids[t]].item() for t in range(1, len(e.input_ids))]
+        per_chunk.append(sum(nll) / len(nll))
+        total += sum(nll)
+        count += len(nll)
     assert ppl == pytest.approx(math.exp(total / count), rel=1e-5)
+    assert chunks == pytest.approx(per_chunk, rel=1e-5)  # one batch of 3 against one at a time
 
 
 def test_eval_end_to_end_on_tiny_models(tiny_model_dir, tmp_path):

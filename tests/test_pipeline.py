@@ -16,6 +16,7 @@ import pytest
 
 from instructrl import models
 from instructrl.records import read_records
+from instructrl.rundir import read_metrics
 
 CONFIG = Path(__file__).resolve().parent.parent / "configs" / "tiny.yaml"
 
@@ -37,6 +38,12 @@ def statuses(log: str) -> dict[str, str]:
     return {
         m.group(2): m.group(1) for m in re.finditer(r"^(skip|run|resume) (\S+)", log, re.MULTILINE)
     }
+
+
+def summary_chunks(run_dir):
+    from omegaconf import OmegaConf
+
+    return OmegaConf.load(run_dir / "eval" / "config.yaml").ppl_chunks
 
 
 @pytest.fixture(scope="module")
@@ -66,6 +73,17 @@ def test_every_stage_writes_valid_outputs(first_run):
     summary = json.loads((run_dir / "eval" / "summary.json").read_text())
     assert set(summary["win_rates"]) == {"base", "ppo", "ptx"} and summary["baseline"] == "sft"
     assert (run_dir / "eval" / "report.html").is_file()
+    # the diagnostics: best-of-K, RM accuracy with its interval, over-optimisation from every
+    # PPO episode, identical text, paired NLL differences, the machine
+    assert summary["best_of"]["k"] == 4 and {"rm", "panel"} <= set(summary["best_of"])
+    assert summary["rm"]["accuracy"]["prompts"] == 3 and "by_category" in summary["rm"]["accuracy"]
+    episodes = read_metrics(run_dir / "ppo" / "rollouts.jsonl")
+    assert len(episodes) == 2 * 4  # iterations x batch_size
+    assert {e["finish_reason"] for e in episodes} <= {"eos", "length", "stop"}
+    assert sum(p["n"] for p in summary["overoptimization"]["ppo"]) == len(episodes)
+    assert {"ptx vs sft", "ptx vs ppo"} <= set(summary["identical"])
+    assert summary["alignment_tax"]["ppo - ptx"]["n"] == summary_chunks(run_dir)
+    assert summary["environment"]["cpus"] >= 1
     manifest = json.loads((run_dir / "rm" / "manifest.json").read_text())
     assert {"config", "inputs", "versions", "wall_s", "figures", "key"} <= set(manifest)
 

@@ -229,6 +229,12 @@ def test_stage_resume_matches_straight_run_and_reloads(
     assert diff < 1e-6, f"resumed vs straight: max abs weight diff {diff:.3g}"
     rows = rundir.read_metrics(resumed / "metrics.jsonl")
     assert [r["step"] for r in rows] == [1, 2, 3, 4] and all("ppo/ptx_loss" in r for r in rows)
+    episodes = [
+        (r["step"], r["prompt_id"]) for r in rundir.read_metrics(resumed / "rollouts.jsonl")
+    ]
+    straight_episodes = rundir.read_metrics(straight / "rollouts.jsonl")
+    assert episodes == [(r["step"], r["prompt_id"]) for r in straight_episodes]
+    assert [s for s, _ in episodes] == [1] * 4 + [2] * 4 + [3] * 4 + [4] * 4  # no duplicates
     from transformers import AutoModelForCausalLM
 
     AutoModelForCausalLM.from_pretrained(resumed)  # a plain HF policy
@@ -391,9 +397,7 @@ def test_ema_weights_survive_a_kill_and_resume(tiny_model_dir, rm_dir, tmp_path,
     a, b = load_file(straight / "model.safetensors"), load_file(resumed / "model.safetensors")
     assert max((a[k] - b[k]).abs().max().item() for k in a) < 1e-6
     # the output is the EMA, not the last weights: a run without EMA ends elsewhere
-    plain = ppo.run(
-        _stage_cfg(tiny_model_dir, rm_dir, tmp_path, tmp_path / "c", ptx="none")
-    )
+    plain = ppo.run(_stage_cfg(tiny_model_dir, rm_dir, tmp_path, tmp_path / "c", ptx="none"))
     c = load_file(plain / "model.safetensors")
     assert max((a[k] - c[k]).abs().max().item() for k in a) > 1e-4
 

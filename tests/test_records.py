@@ -55,7 +55,7 @@ def test_ranking_not_a_permutation(tmp_path):
         ),
         (
             {"prompt": "x", "responses": ["a", "b"], "ranking": [0, 1], "finish_reasons": ["eos"]},
-            "finish_reasons: expected a list of 2 finish reasons (one per response), got [\"eos\"]",
+            'finish_reasons: expected a list of 2 finish reasons (one per response), got ["eos"]',
         ),
         (
             {
@@ -64,7 +64,7 @@ def test_ranking_not_a_permutation(tmp_path):
                 "ranking": [0, 1],
                 "finish_reasons": ["eos", "cut"],
             },
-            "finish_reasons[1]: expected one of eos, length, stop, got \"cut\"",
+            'finish_reasons[1]: expected one of eos, length, stop, got "cut"',
         ),
     ],
 )

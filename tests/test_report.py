@@ -29,7 +29,7 @@ SUMMARY = {
     "flags": {
         n: {
             "fails_to_follow_instruction": {"rate": 0.3, "ci95": [0.2, 0.4], "n": 50},
-            "hallucination": {"rate": h, "ci95": [h - 0.1, h + 0.1], "n": 12},
+            "hallucination": {"rate": h, "ci95": [h - 0.05, h + 0.05], "n": 30},
             "satisfies_constraint": {"rate": 0.4, "ci95": [0.3, 0.5], "n": 20},
             "inappropriate_for_customer_assistant": {"rate": 0.05, "ci95": [0.01, 0.1], "n": 50},
         }
@@ -56,7 +56,35 @@ SUMMARY = {
         "train": {"agreement": 0.72, "ci95": [0.7, 0.74], "pairs": 100},
         "heldout": {"agreement": 0.77, "ci95": [0.75, 0.79], "pairs": 50},
     },
-    "rm": {"val_accuracy": 0.68},
+    "rm": {
+        "val_accuracy": 0.68,
+        "accuracy": {
+            "agreement": 0.68,
+            "ci95": [0.64, 0.72],
+            "pairs": 300,
+            "prompts": 20,
+            "by_category": {
+                "qa": {"agreement": 0.7, "ci95": [0.6, 0.8], "pairs": 150, "prompts": 10}
+            },
+        },
+    },
+    "alignment_tax": {
+        "ppo - ptx": {"mean": 0.1, "ci95": [0.05, 0.15], "n": 16},
+        "ptx - sft": {"mean": 0.02, "ci95": [-0.01, 0.05], "n": 16},
+    },
+    "best_of": {
+        "k": 4,
+        "baseline": "sft",
+        "rm": {"win_rate": 0.6, "ci95": [0.5, 0.7], "n": 50, "picked_baseline_sample": 0.25},
+        "panel": {"win_rate": 0.8, "ci95": [0.7, 0.9], "n": 50, "picked_baseline_sample": 0.2},
+    },
+    "identical": {"ptx vs sft": {"rate": 0.1, "ci95": [0.04, 0.2], "n": 50}},
+    "overoptimization": {
+        "ppo": [
+            {"first": 1, "last": 2, "kl": 0.1, "proxy": 0.2, "gold": 0.6, "n": 16},
+            {"first": 3, "last": 4, "kl": 1.5, "proxy": 0.9, "gold": 0.55, "n": 16},
+        ]
+    },
     "runs": {},
     "samples": [
         {
@@ -71,10 +99,23 @@ SUMMARY = {
 
 def test_report_renders_tables_and_images(tmp_path):
     html = render(SUMMARY, tmp_path).read_text()
-    for cls in ("claims", "wins", "likert", "safety", "tax", "agreement", "samples"):
+    for cls in (
+        "claims",
+        "wins",
+        "likert",
+        "safety",
+        "tax",
+        "agreement",
+        "samples",
+        "best_of",
+        "rm_accuracy",
+        "identical",
+        "tax_pairs",
+    ):
         assert f'class="{cls}"' in html or f"class='{cls}'" in html, cls
     images = re.findall(r'src="data:image/png;base64,([^"]+)"', html)
-    assert len(images) >= 3
+    assert len(images) >= 4  # the over-optimisation chart among them
+    assert "over-optimisation" in html
     for data in images:
         assert base64.b64decode(data).startswith(b"\x89PNG")
     assert "Write &lt;b&gt;bold&lt;/b&gt;" in html  # prompts are escaped
@@ -94,9 +135,21 @@ def test_claims_verdicts_from_the_summary():
     assert verdicts["Less hallucination on closed-domain tasks than the base model"] == "reproduced"
     weak = json.loads(json.dumps(SUMMARY))
     weak["win_rates"]["ptx"]["heldout"].update(win_rate=0.55, ci95=[0.45, 0.65])
-    assert {c["claim"]: c["verdict"] for c in claims(weak)}[
-        "PPO-ptx preferred over SFT"
-    ] == "not reproduced"
+    weak["flags"]["ptx"]["hallucination"].update(n=4)
+    weak["alignment_tax"]["ppo - ptx"].update(ci95=[-0.02, 0.15])
+    weak["rm"]["accuracy"].update(ci95=[0.55, 0.70])  # agreement 72 %: could be 17 points off
+    got = {c["claim"]: c["verdict"] for c in claims(weak)}
+    assert got["PPO-ptx preferred over SFT"] == "not reproduced"  # the CI spans 50 %
+    assert got["Less hallucination on closed-domain tasks than the base model"] == "too few to tell"
+    assert got["PPO-ptx regresses less on held-out text than PPO"] == "not reproduced"
+    assert (
+        got["RM validation accuracy close to labeler agreement (within 10 points)"]
+        == "not reproduced"
+    )
+    del weak["win_rates"]["ptx"]
+    assert {c["claim"]: c["verdict"] for c in claims(weak)}["PPO-ptx preferred over SFT"] == (
+        "not measured"
+    )
 
 
 def test_curves_from_metrics_files(tmp_path):

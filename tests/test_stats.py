@@ -82,3 +82,49 @@ def test_proportion_and_mean_by_hand():
     assert p["ci95"] == pytest.approx(list(stats.wilson(3, 4)))
     m = stats.mean_ci([1.0, 2.0, 6.0])
     assert m["mean"] == 3.0 and m["n"] == 3 and m["ci95"][0] <= 3.0 <= m["ci95"][1]
+
+
+def test_verdict_rests_on_the_interval():
+    assert stats.verdict([0.52, 0.70], 64, threshold=0.5, min_n=30) == "reproduced"
+    assert stats.verdict([0.45, 0.70], 64, threshold=0.5, min_n=30) == "not reproduced"
+    assert stats.verdict([0.60, 0.90], 4, threshold=0.5, min_n=30) == "too few to tell"
+    assert stats.verdict([-0.3, -0.1], 16, threshold=0.0, min_n=8, above=False) == "reproduced"
+    assert stats.verdict([-0.3, 0.1], 16, threshold=0.0, min_n=8, above=False) == "not reproduced"
+
+
+def test_best_of_picks_the_first_best():
+    assert stats.best_of([[0.1, 0.5, 0.5], [3.0, -1.0], [0.0, 0.0, 0.0, 0.2]]) == [1, 0, 3]
+
+
+def test_overoptimization_bins_by_hand():
+    # iterations 1..4, two episodes each: (iteration, kl, proxy, gold)
+    episodes = [
+        (1, 0.0, 0.0, 0.5),
+        (1, 0.2, 0.2, 0.7),
+        (2, 0.4, 0.4, 0.6),
+        (2, 0.6, 0.6, 0.6),
+        (3, 1.0, 1.0, 0.5),
+        (3, 1.0, 1.2, 0.5),
+        (4, 2.0, 2.0, 0.3),
+        (4, 3.0, 2.2, 0.1),
+    ]
+    points = stats.overoptimization(episodes, bins=2)
+    assert [(p["first"], p["last"], p["n"]) for p in points] == [(1, 2, 4), (3, 4, 4)]
+    assert points[0]["kl"] == pytest.approx(0.3) and points[1]["kl"] == pytest.approx(1.75)
+    assert points[0]["proxy"] == pytest.approx(0.3) and points[1]["proxy"] == pytest.approx(1.6)
+    assert points[0]["gold"] == pytest.approx(0.6) and points[1]["gold"] == pytest.approx(0.35)
+    assert len(stats.overoptimization(episodes, bins=10)) == 4  # at most one bin per iteration
+    assert stats.overoptimization([], bins=4) == []
+
+
+def test_identical_share_and_categories_and_pairs():
+    share = stats.identical_share(["a", "b ", "c", "d"], ["a", "b", "x", "y"])
+    assert share["rate"] == 0.5 and share["n"] == 4
+    cats = stats.by_category([1, 0, 0.5, 1], ["qa", "qa", None, "qa"])
+    assert cats["qa"]["win_rate"] == pytest.approx(2 / 3) and cats["qa"]["n"] == 3
+    assert cats["other"]["win_rate"] == 0.5
+    diff = stats.paired_difference([3.0, 2.0, 4.0], [1.0, 1.0, 1.0])
+    assert diff["mean"] == pytest.approx(2.0) and diff["n"] == 3
+    assert 1.0 <= diff["ci95"][0] <= diff["ci95"][1] <= 3.0
+    with pytest.raises(ValueError, match="3 and 2 observations"):
+        stats.paired_difference([1, 2, 3], [1, 2])

@@ -13,6 +13,7 @@ from typing import Any
 
 from instructrl.plots import curve_figure, pyplot, series
 from instructrl.records import FIGURE4_FLAGS
+from instructrl.stats import verdict
 
 PAPER = {
     "agreement_train": "72.6 ± 1.5 %",
@@ -64,74 +65,96 @@ def preference(
     return None
 
 
-def _claim(claim: str, paper: str, ours: str | None, ok: bool = False) -> dict[str, str]:
+# below these sizes a verdict says "too few to tell" whatever its interval
+MIN_N = {"preference": 30, "rm_accuracy": 10, "chunks": 8, "hallucination": 20}
+
+
+def _claim(
+    claim: str, paper: str, ours: str | None, verdict: str = "not reproduced"
+) -> dict[str, str]:
     """One row of the claims table; ours None means the run did not measure it."""
     if ours is None:
         return {"claim": claim, "paper": paper, "ours": "not measured", "verdict": "not measured"}
-    return {
-        "claim": claim,
-        "paper": paper,
-        "ours": ours,
-        "verdict": "reproduced" if ok else "not reproduced",
-    }
+    return {"claim": claim, "paper": paper, "ours": ours, "verdict": verdict}
 
 
 def claims(summary: dict[str, Any]) -> list[dict[str, str]]:
-    """Each claim of the paper we can check: paper, ours, reproduced yes / no / not measured."""
+    """Each claim of the paper we can check, with a verdict that rests on its 95 % CI
+    (stats.verdict): reproduced only when the interval clears the paper's direction, too few to
+    tell under MIN_N, not reproduced otherwise; not measured when the run lacks the figure."""
     rows = []
     for a, b, label, paper in (
         ("sft", "base", "SFT preferred over the base model", PAPER["sft_over_base"]),
         ("ptx", "sft", "PPO-ptx preferred over SFT", PAPER["ptx_over_sft"]),
     ):
         p = preference(summary, a, b)
-        ours = (
-            None
-            if p is None
-            else f"{_pct(p['rate'])} {_ci(p['ci95'])} (n = {p['n']}, held-out labelers)"
-        )
-        rows.append(_claim(label, paper, ours, p is not None and p["ci95"][0] > 0.5))
-    agreement = summary.get("agreement", {}).get("train", {}).get("agreement")
-    rm_acc = (summary.get("rm") or {}).get("val_accuracy")
-    if agreement is not None and rm_acc is not None:
-        rows.append(
-            _claim(
-                "RM validation accuracy close to labeler agreement (within 10 points)",
-                f"{PAPER['rm_accuracy']}; agreement {PAPER['agreement_train']}",
-                f"RM {_pct(rm_acc)}; agreement {_pct(agreement)}",
-                abs(rm_acc - agreement) <= 0.10,
-            )
-        )
-    else:
-        rows.append(
-            _claim("RM validation accuracy close to labeler agreement", PAPER["rm_accuracy"], None)
-        )
-    ppl = summary.get("perplexity", {})
-    tax = None
-    if {"ppo", "ptx"} <= set(ppl):
-        tax = f"held-out perplexity: PPO {ppl['ppo']:.2f}, PPO-ptx {ppl['ptx']:.2f}"
-        tax += f", SFT {ppl['sft']:.2f}" if ppl.get("sft") else ""
-    rows.append(
-        _claim(
-            "PPO-ptx regresses less on held-out text than PPO",
-            PAPER["alignment_tax"],
-            tax,
-            tax is not None and ppl["ptx"] < ppl["ppo"],
-        )
-    )
+        if p is None:
+            rows.append(_claim(label, paper, None))
+            continue
+        ours = f"{_pct(p['rate'])} {_ci(p['ci95'])} (n = {p['n']}, held-out labelers)"
+        v = verdict(p["ci95"], p["n"], threshold=0.5, min_n=MIN_N["preference"])
+        rows.append(_claim(label, paper, ours, v))
+    rows.append(_rm_claim(summary))
+    rows.append(_tax_claim(summary))
     hall = {
         k: v["hallucination"] for k, v in summary.get("flags", {}).items() if "hallucination" in v
     }
+    label = "Less hallucination on closed-domain tasks than the base model"
     if {"base", "ptx"} <= set(hall) and hall["base"]["n"]:
         base, ptx = hall["base"], hall["ptx"]
-        rows.append(
-            _claim(
-                "Less hallucination on closed-domain tasks than the base model",
-                PAPER["hallucination"],
-                f"base {_pct(base['rate'])}, PPO-ptx {_pct(ptx['rate'])} (n = {ptx['n']})",
-                ptx["rate"] < base["rate"],
-            )
+        # two intervals on the same prompts: reproduced when they do not overlap
+        v = verdict(
+            [0.0, ptx["ci95"][1] - base["ci95"][0]],
+            ptx["n"],
+            threshold=0.0,
+            min_n=MIN_N["hallucination"],
+            above=False,
         )
+        ours = (
+            f"base {_pct(base['rate'])} {_ci(base['ci95'])}, PPO-ptx {_pct(ptx['rate'])} "
+            f"{_ci(ptx['ci95'])} (n = {ptx['n']})"
+        )
+        rows.append(_claim(label, PAPER["hallucination"], ours, v))
+    else:
+        rows.append(_claim(label, PAPER["hallucination"], None))
     return rows
+
+
+def _rm_claim(summary: dict[str, Any]) -> dict[str, str]:
+    label = "RM validation accuracy close to labeler agreement (within 10 points)"
+    agreement = summary.get("agreement", {}).get("train", {}).get("agreement")
+    rm = summary.get("rm") or {}
+    paper = f"{PAPER['rm_accuracy']}; agreement {PAPER['agreement_train']}"
+    if agreement is None or (rm.get("accuracy") is None and rm.get("val_accuracy") is None):
+        return _claim(label, paper, None)
+    acc = rm.get("accuracy")
+    if acc is None:  # no recomputed interval: only the training log's figure
+        ours = f"RM {_pct(rm['val_accuracy'])} (no interval); agreement {_pct(agreement)}"
+        return _claim(label, paper, ours, "too few to tell")
+    ours = (
+        f"RM {_pct(acc['agreement'])} {_ci(acc['ci95'])} ({acc['pairs']} pairs, "
+        f"{acc['prompts']} prompts); agreement {_pct(agreement)}"
+    )
+    v = verdict(acc["ci95"], acc["prompts"], threshold=agreement - 0.10, min_n=MIN_N["rm_accuracy"])
+    return _claim(label, paper, ours, v)
+
+
+def _tax_claim(summary: dict[str, Any]) -> dict[str, str]:
+    label = "PPO-ptx regresses less on held-out text than PPO"
+    ppl, tax = summary.get("perplexity", {}), summary.get("alignment_tax", {})
+    if not {"ppo", "ptx"} <= set(ppl):
+        return _claim(label, PAPER["alignment_tax"], None)
+    ours = f"held-out perplexity: PPO {ppl['ppo']:.2f}, PPO-ptx {ppl['ptx']:.2f}"
+    ours += f", SFT {ppl['sft']:.2f}" if ppl.get("sft") else ""
+    diff = tax.get("ppo - ptx")
+    if diff is None:
+        return _claim(label, PAPER["alignment_tax"], ours + " (no interval)", "too few to tell")
+    ours += (
+        f"; NLL PPO - PPO-ptx {diff['mean']:+.3f} nats [{diff['ci95'][0]:+.3f}, "
+        f"{diff['ci95'][1]:+.3f}] over {diff['n']} chunks"
+    )
+    v = verdict(diff["ci95"], diff["n"], threshold=0.0, min_n=MIN_N["chunks"])
+    return _claim(label, PAPER["alignment_tax"], ours, v)
 
 
 def chart_win_rates(summary: dict[str, Any]) -> str | None:
@@ -214,6 +237,76 @@ def chart_curves(runs: dict[str, str]) -> str | None:
     if not panels:
         return None
     return _png(curve_figure(panels, title="Training curves by stage", cols=4))
+
+
+def chart_overoptimization(curves: dict[str, list[dict[str, float]]]) -> str | None:
+    """Proxy (RM) and gold (held-out panel) score against KL to the SFT policy, per PPO run."""
+    curves = {k: v for k, v in curves.items() if v}
+    if not curves:
+        return None
+    plt = _plt()
+    fig, axes = plt.subplots(1, 2, figsize=(9, 3.2))
+    for name, points in curves.items():
+        kl = [pt["kl"] for pt in points]
+        axes[0].plot(kl, [pt["proxy"] for pt in points], marker="o", label=name)
+        axes[1].plot(kl, [pt["gold"] for pt in points], marker="o", label=name)
+    axes[0].set_title("proxy: RM score")
+    axes[1].set_title("gold: held-out panel score")
+    for ax in axes:
+        ax.set_xlabel("KL to SFT (nats per response)")
+        ax.legend(fontsize=8)
+    fig.suptitle("Over-optimisation over PPO iterations (Gao et al. 2022)", y=1.03)
+    return _png(fig)
+
+
+def _diagnostics(summary: dict[str, Any]) -> dict[str, list[list[Any]]]:
+    """Rows of the tables that show where the chain breaks."""
+    best = summary.get("best_of") or {}
+    rm = summary.get("rm") or {}
+    rm_rows = []
+    for key, label in (
+        ("accuracy", "training labelers (validation)"),
+        ("heldout", "held-out labelers"),
+    ):
+        acc = rm.get(key)
+        if not acc:
+            continue
+        rm_rows.append(
+            [label, "all", _pct(acc["agreement"]), _ci(acc["ci95"]), acc["pairs"], acc["prompts"]]
+        )
+        for cat, a in acc.get("by_category", {}).items():
+            rm_rows.append(
+                [label, cat, _pct(a["agreement"]), _ci(a["ci95"]), a["pairs"], a["prompts"]]
+            )
+    categories = [
+        [name, cat, _pct(w["win_rate"]), _ci(w["ci95"]), w["n"]]
+        for name, by in summary.get("win_rates", {}).items()
+        for cat, w in by.get("heldout", {}).get("by_category", {}).items()
+    ]
+    tax = [
+        [pair, f"{d['mean']:+.3f}", f"[{d['ci95'][0]:+.3f}, {d['ci95'][1]:+.3f}]", d["n"]]
+        for pair, d in summary.get("alignment_tax", {}).items()
+    ]
+    return {
+        "best_of": [
+            [
+                f"best of {best['k']} {best['baseline']} samples by {label}",
+                _pct(best[key]["win_rate"]),
+                _ci(best[key]["ci95"]),
+                best[key]["n"],
+                _pct(best[key]["picked_baseline_sample"]),
+            ]
+            for key, label in (("rm", "the RM"), ("panel", "the held-out panel (ceiling)"))
+            if key in best
+        ],
+        "rm_accuracy": rm_rows,
+        "identical": [
+            [pair, _pct(x["rate"]), _ci(x["ci95"]), x["n"]]
+            for pair, x in summary.get("identical", {}).items()
+        ],
+        "categories": categories,
+        "tax_pairs": tax,
+    }
 
 
 def _template() -> Any:
@@ -301,6 +394,7 @@ def render(summary: dict[str, Any], out: str | Path) -> Path:
             summary.get("perplexity", {}), "Held-out perplexity (lower is better)", "perplexity"
         ),
         "curves": chart_curves(summary.get("runs", {})),
+        "overoptimization": chart_overoptimization(summary.get("overoptimization", {})),
     }
     html = _template().render(
         summary=summary,
@@ -315,7 +409,68 @@ def render(summary: dict[str, Any], out: str | Path) -> Path:
             *[k.replace("_", " ") for k in FIGURE4_FLAGS],
         ],
         **_rows(summary),
+        **_diagnostics(summary),
     )
     path = Path(out) / "report.html"
     path.write_text(html, encoding="utf-8")
     return path
+
+
+# ----------------------------------------------------------------------------- markdown
+README_BEGIN = "<!-- instructrl report --markdown: begin -->"
+README_END = "<!-- instructrl report --markdown: end -->"
+
+
+def markdown(summary: dict[str, Any], run: dict[str, Any] | None = None) -> str:
+    """The headline figures as Markdown, with when, where and on which config they were
+    measured (`instructrl report --markdown RUN_DIR`; the README's table is this output)."""
+    env = summary.get("environment", {})
+    run = run or {}
+    where = (
+        f"{env.get('date', 'date unknown')} on {env.get('platform', '?')} with "
+        f"{env.get('cpus', '?')} CPU cores ({env.get('device', '?')}), torch {env.get('torch', '?')}"
+    )
+    lines = []
+    if run:
+        minutes = run.get("wall_s", 0) / 60
+        lines.append(
+            f"Run `{run.get('name')}` (seed {run.get('seed')}, config "
+            f"{run.get('config', '?')}), stages {minutes:.1f} min in all; measured {where}."
+        )
+    else:
+        lines.append(f"Measured {where}.")
+    lines += ["", "| claim | ours | verdict |", "|---|---|---|"]
+    lines += [f"| {c['claim']} | {c['ours']} | {c['verdict']} |" for c in claims(summary)]
+    lines += ["", "| figure | value |", "|---|---|"]
+    for name, by in summary.get("win_rates", {}).items():
+        w = by["heldout"]
+        lines.append(
+            f"| {name} vs {w['baseline']}, held-out labelers | {_pct(w['win_rate'])} "
+            f"{_ci(w['ci95'])} (n = {w['n']}) |"
+        )
+    acc = (summary.get("rm") or {}).get("accuracy")
+    if acc:
+        lines.append(f"| RM validation accuracy | {_pct(acc['agreement'])} {_ci(acc['ci95'])} |")
+    for group, a in summary.get("agreement", {}).items():
+        lines.append(f"| labeler agreement ({group}) | {_pct(a['agreement'])} {_ci(a['ci95'])} |")
+    best = summary.get("best_of") or {}
+    for key, label in (("rm", "RM"), ("panel", "held-out panel")):
+        if key in best:
+            b = best[key]
+            lines.append(
+                f"| best of {best['k']} {best['baseline']} samples by the {label} vs one | "
+                f"{_pct(b['win_rate'])} {_ci(b['ci95'])} |"
+            )
+    for name, ppl in summary.get("perplexity", {}).items():
+        lines.append(f"| held-out perplexity, {name} | {ppl:.2f} |")
+    for name, c in summary.get("constraints", {}).items():
+        lines.append(f"| constraints followed, {name} | {_pct(c['rate'])} {_ci(c['ci95'])} |")
+    return "\n".join(lines) + "\n"
+
+
+def replace_block(text: str, block: str) -> str:
+    """text with the part between README_BEGIN and README_END replaced by block."""
+    start, end = text.find(README_BEGIN), text.find(README_END)
+    if start < 0 or end < start:
+        raise ValueError(f"expected the markers {README_BEGIN} and {README_END}")
+    return text[: start + len(README_BEGIN)] + "\n" + block + text[end:]

@@ -15,6 +15,7 @@ policy, keyed by model, prompts and sampling). Then:
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import logging
@@ -27,7 +28,7 @@ import torch
 
 from instructrl import constraints as C
 from instructrl import data, models, rollout, stats
-from instructrl.batches import mean_nll, ptx_examples, score_texts
+from instructrl.batches import example_nlls, ptx_examples, score_texts
 from instructrl.config import EvalConfig, save_config
 from instructrl.labelers import (
     CALIBRATION_SAMPLES,
@@ -116,12 +117,17 @@ def generate_cached(
 
 
 @torch.no_grad()
-def perplexity(path: str, *, chunks: int, length: int, seed: int, device: str) -> float:
-    """exp(token-weighted mean NLL) on held-out prose chunks (`eval` split)."""
+def perplexity(
+    path: str, *, chunks: int, length: int, seed: int, device: str
+) -> tuple[float, list[float]]:
+    """exp(mean NLL) on held-out prose chunks (`eval` split, another source than the ptx mix),
+    and each chunk's mean NLL (chunks are equally long, so the mean of these is the
+    token-weighted mean), for paired intervals between policies."""
     tokenizer = models.load_tokenizer(path, padding_side="right")
     model = models.load_policy(path, device=device)
     examples = ptx_examples(tokenizer, n=chunks, max_length=length, seed=seed, split="eval")
-    return math.exp(mean_nll(model, examples, tokenizer.pad_token_id, 8, device))
+    nlls = example_nlls(model, examples, tokenizer.pad_token_id, 8, device)
+    return math.exp(sum(nlls) / len(nlls)), nlls
 
 
 def win_outcomes(
@@ -290,17 +296,16 @@ def win_rates(
     """Win rates of one policy against the baseline by the held-out and the training panel
     (and by people, where `human` comparisons rank both)."""
     baseline = cfg.baseline_name
-    result = {
-        panel: {
+    categories = [p.category for p in prompts]
+    result = {}
+    for panel in ("heldout", "train"):
+        outcomes = win_outcomes(Panel(panel, seed=cfg.seed, judge=judge), prompts, ours, base)
+        result[panel] = {
             "baseline": baseline,
             "panel": panel,
-            **stats.win_rate(
-                win_outcomes(Panel(panel, seed=cfg.seed, judge=judge), prompts, ours, base),
-                seed=cfg.seed,
-            ),
+            **stats.win_rate(outcomes, seed=cfg.seed),
+            "by_category": stats.by_category(outcomes, categories, seed=cfg.seed),
         }
-        for panel in ("heldout", "train")
-    }
     if human:
         outcomes = human_outcomes(human, name, baseline)
         if outcomes:
@@ -333,6 +338,7 @@ def run(cfg: EvalConfig) -> Path:
         else {}
     )
     summary: dict[str, Any] = {
+        "environment": environment(device),
         "baseline": baseline,
         "policies": dict(cfg.policy_pairs),
         "prompts": len(prompts),
@@ -347,6 +353,7 @@ def run(cfg: EvalConfig) -> Path:
         "rm_score": {},
         "response_length": {},
     }
+    chunk_nll: dict[str, list[float]] = {}
     for name, path in cfg.policy_pairs:
         ours, adv = generations[name]
         if name != baseline:
@@ -369,12 +376,23 @@ def run(cfg: EvalConfig) -> Path:
                 summary.setdefault("human_flags", {})[name] = people[name][1]
             else:
                 log.warning("human_ratings=%s: no rating names policy %s", cfg.human_ratings, name)
-        summary["perplexity"][name] = perplexity(
+        summary["perplexity"][name], chunk_nll[name] = perplexity(
             path, chunks=cfg.ppl_chunks, length=cfg.ppl_length, seed=cfg.seed, device=device
         )
+    summary["alignment_tax"] = alignment_tax(chunk_nll, baseline, seed=cfg.seed)
+    summary["identical"] = identical_text(generations, baseline)
     if cfg.reward:
         summary["rm_score"] = rm_scores(cfg, prompts, generations, device)
+        if cfg.best_of:
+            summary["best_of"] = best_of_k(
+                cfg, prompts, generations[baseline][0], judge, device, out
+            )
     summary.update(reference_figures(cfg))
+    if cfg.reward:
+        accuracy = rm_accuracy(cfg, device)
+        if accuracy:
+            summary.setdefault("rm", {}).update(accuracy)
+    summary["overoptimization"] = overoptimization(cfg, judge)
     summary["samples"] = side_by_side(prompts, generations)
     (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     from instructrl.report import render
@@ -404,6 +422,189 @@ def rm_scores(
             finish_reasons=[s.finish_reason for s in samples],
         )
         result[name] = stats.mean_ci(scores, seed=cfg.seed)
+    return result
+
+
+def environment(device: str) -> dict[str, Any]:
+    """When and where the figures were measured (the README names these beside them)."""
+    import datetime
+    import os
+    import platform
+
+    import transformers
+
+    from instructrl import __version__
+
+    return {
+        "date": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC"),
+        "cpus": len(os.sched_getaffinity(0))
+        if hasattr(os, "sched_getaffinity")
+        else os.cpu_count(),
+        "platform": f"{platform.system()} {platform.machine()}",
+        "device": device,
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "instructrl": __version__,
+        "python": platform.python_version(),
+    }
+
+
+# ----------------------------------------------------------------------------- diagnostics
+def alignment_tax(chunk_nll: dict[str, list[float]], baseline: str, *, seed: int) -> dict[str, Any]:
+    """Paired differences in mean NLL per held-out chunk (nats; the same chunks for every
+    policy): each policy against the baseline, and PPO against PPO-ptx (positive: PPO-ptx
+    regresses less)."""
+    out = {
+        f"{name} - {baseline}": stats.paired_difference(nll, chunk_nll[baseline], seed=seed)
+        for name, nll in chunk_nll.items()
+        if name != baseline and baseline in chunk_nll
+    }
+    if {"ppo", "ptx"} <= set(chunk_nll):
+        out["ppo - ptx"] = stats.paired_difference(chunk_nll["ppo"], chunk_nll["ptx"], seed=seed)
+    return out
+
+
+def identical_text(generations: dict[str, Any], baseline: str) -> dict[str, Any]:
+    """Share of test prompts where two policies wrote the same text: a policy that RL barely
+    moved answers like its initialisation under the same seeds."""
+    pairs = [(name, baseline) for name in generations if name != baseline]
+    if {"ppo", "ptx"} <= set(generations):
+        pairs.append(("ptx", "ppo"))
+    return {
+        f"{a} vs {b}": stats.identical_share(
+            [s.response for s in generations[a][0]], [s.response for s in generations[b][0]]
+        )
+        for a, b in pairs
+    }
+
+
+def best_of_k(
+    cfg: EvalConfig,
+    prompts: list[Prompt],
+    base: list[Sample],
+    judge: Judge,
+    device: str,
+    out: Path,
+) -> dict[str, Any]:
+    """Best-of-K from the baseline: its evaluation sample plus K - 1 more per prompt, the best
+    by the RM (what the RM could buy without RL) and the best by the held-out panel's own mean
+    score (the ceiling a perfect RM would reach), each judged against the baseline's sample by
+    the held-out panel."""
+    k, name = cfg.best_of, cfg.baseline_name
+    path = dict(cfg.policy_pairs)[name]
+    more_cfg = dataclasses.replace(cfg, seed=cfg.seed + 7919)  # other draws than the eval's
+    more = generate_cached(
+        f"{name}-best-of-{k}", path, [p for p in prompts for _ in range(k - 1)], more_cfg, out
+    )
+    candidates = [[b, *more[i * (k - 1) : (i + 1) * (k - 1)]] for i, b in enumerate(base)]
+    proxy = rm_candidate_scores(cfg, prompts, candidates, device)
+    heldout = Panel("heldout", seed=cfg.seed, judge=judge)
+    gold = [
+        heldout.mean_scores(Item(p, [c.response for c in cs], [c.finish_reason for c in cs]))
+        for p, cs in zip(prompts, candidates, strict=True)
+    ]
+    result: dict[str, Any] = {"k": k, "baseline": name}
+    for key, scores in (("rm", proxy), ("panel", gold)):
+        picks = stats.best_of(scores)
+        chosen = [cs[i] for cs, i in zip(candidates, picks, strict=True)]
+        result[key] = {
+            **stats.win_rate(win_outcomes(heldout, prompts, chosen, base), seed=cfg.seed),
+            "picked_baseline_sample": sum(i == 0 for i in picks) / len(picks),
+        }
+    return result
+
+
+@torch.no_grad()
+def rm_candidate_scores(
+    cfg: EvalConfig, prompts: list[Prompt], candidates: list[list[Sample]], device: str
+) -> list[list[float]]:
+    rm = models.load_reward_model(cfg.reward, device=device)
+    tok = models.load_tokenizer(cfg.reward, padding_side="right")
+    flat = [(p, c) for p, cs in zip(prompts, candidates, strict=True) for c in cs]
+    scores = score_texts(
+        rm,
+        tok,
+        [(p.prompt, c.response) for p, c in flat],
+        batch_size=8,
+        max_length=int(getattr(rm.config, "max_position_embeddings", 2048)),
+        device=device,
+        finish_reasons=[c.finish_reason for _, c in flat],
+    )
+    k = len(candidates[0])
+    return [scores[i * k : (i + 1) * k] for i in range(len(candidates))]
+
+
+@torch.no_grad()
+def rm_accuracy(cfg: EvalConfig, device: str) -> dict[str, Any]:
+    """The RM's pairwise accuracy on its validation comparisons (and the held-out labelers'),
+    recomputed here with a 95 % CI over prompts and per prompt category."""
+    from omegaconf import OmegaConf
+
+    config = Path(cfg.reward) / "config.yaml"
+    if not config.is_file():
+        return {}
+    rm_cfg = OmegaConf.load(config)
+    rm = models.load_reward_model(cfg.reward, device=device)
+    tok = models.load_tokenizer(cfg.reward, padding_side="right")
+    categories = {p.id: p.category for p in [*data.load_prompts(), *data.load_adversarial()]}
+    result: dict[str, Any] = {}
+    for key, path in (
+        ("accuracy", rm_cfg.get("val_data")),
+        ("heldout", rm_cfg.get("heldout_data")),
+    ):
+        if not path or not Path(path).is_file():
+            continue
+        comparisons = [c for c in read_records(path, "comparison") if c.pairs()]
+        flat = [
+            (c.prompt, r, f)
+            for c in comparisons
+            for r, f in zip(c.responses, c.finish_reasons or [None] * c.k, strict=True)
+        ]
+        scores = score_texts(
+            rm,
+            tok,
+            [(p, r) for p, r, _ in flat],
+            batch_size=8,
+            max_length=int(rm_cfg.get("max_length", 512)),
+            device=device,
+            finish_reasons=[f for _, _, f in flat],
+        )
+        per_prompt, by_cat, start = [], defaultdict(list), 0
+        for c in comparisons:
+            s = scores[start : start + c.k]
+            start += c.k
+            pairs = c.pairs()
+            counts = (sum(s[w] > s[lo] for w, lo in pairs), len(pairs))
+            per_prompt.append(counts)
+            by_cat[categories.get(c.prompt_id or "") or "other"].append(counts)
+        result[key] = {
+            **stats.agreement(per_prompt, seed=cfg.seed),
+            "by_category": {
+                cat: stats.agreement(rows, seed=cfg.seed) for cat, rows in sorted(by_cat.items())
+            },
+        }
+    return result
+
+
+def overoptimization(cfg: EvalConfig, judge: Judge) -> dict[str, Any]:
+    """For each PPO run (runs= pairs whose directory has rollouts.jsonl): every episode's RM
+    score (proxy) and the held-out panel's mean score (gold) against its KL to the reference,
+    in groups of consecutive iterations (Gao et al. 2022)."""
+    from instructrl.labelers import prompt_index
+
+    heldout = Panel("heldout", seed=cfg.seed, judge=judge)
+    prompts = prompt_index(None)
+    result = {}
+    for name, path in cfg.run_pairs:
+        rows = read_metrics(Path(path) / "rollouts.jsonl")
+        if not rows:
+            continue
+        episodes = []
+        for r in rows:
+            prompt = prompts.get(r["prompt_id"]) or Prompt(id=r["prompt_id"], prompt="")
+            gold = heldout.mean_scores(Item(prompt, [r["response"]], [r["finish_reason"]]))[0]
+            episodes.append((r["step"], r["kl"], r["score"], gold))
+        result[name] = stats.overoptimization(episodes, bins=4)
     return result
 
 

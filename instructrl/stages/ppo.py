@@ -56,6 +56,7 @@ class Rollout:
     ref_logprobs: torch.Tensor | None = None  # (B, T) under the SFT reference
     values: torch.Tensor | None = None  # (B, T)
     scores: torch.Tensor | None = None  # (B,)
+    kl: torch.Tensor | None = None  # (B,) KL to the reference per response (k1, nats)
 
 
 def response_logprobs(
@@ -405,6 +406,7 @@ class PPOTrainer:
         # k3 as well: an unbiased estimate that is never negative, for the logs
         k3 = losses.kl_estimate(rollout.logprobs, rollout.ref_logprobs, "k3")
         k3 = torch.where(mask, k3, torch.zeros_like(k3)).sum(1)
+        rollout.kl = torch.where(mask, rollout.logprobs - rollout.ref_logprobs, 0.0).sum(1)
         lengths = mask.sum(1).float()
         stats.update(
             score=rollout.scores.mean().item(),
@@ -532,6 +534,11 @@ def train(ppo: PPOTrainer, prompts: list[tuple[Prompt, list[int]]], out: Path) -
     metrics = rundir.MetricsLog(
         out / "metrics.jsonl", truncate_after_step=ppo.iteration if latest else None
     )
+    # every episode's response, RM score and KL: the eval's over-optimisation diagnostic
+    # scores them with the held-out panel (gold) against the RM (proxy)
+    rollouts = rundir.MetricsLog(
+        out / "rollouts.jsonl", truncate_after_step=ppo.iteration if latest else None
+    )
     samples_path = out / "samples.jsonl"
     samples = (
         [json.loads(line) for line in samples_path.read_text().splitlines()]
@@ -557,6 +564,24 @@ def train(ppo: PPOTrainer, prompts: list[tuple[Prompt, list[int]]], out: Path) -
                     f"checkpoint is {checkpoints.latest()}"
                 )
             metrics.write(row)
+            for (p, _), text, reason, score, kl in zip(
+                batch,
+                rollout.texts,
+                rollout.finish_reasons,
+                rollout.scores.tolist(),
+                rollout.kl.tolist(),
+                strict=True,
+            ):
+                rollouts.write(
+                    {
+                        "step": ppo.iteration,
+                        "prompt_id": p.id,
+                        "response": text,
+                        "finish_reason": reason,
+                        "score": score,
+                        "kl": kl,
+                    }
+                )
             if cfg.sample_every and (ppo.iteration % cfg.sample_every == 0 or ppo.iteration == 1):
                 for (p, _), text, reason, score in zip(
                     batch[:3],
