@@ -322,6 +322,16 @@ class RMConfig(SupervisedConfig):
     )
     max_length: int = _f(256, "prompt + response tokens per completion")
     lr: float = _f(2e-5, "peak learning rate (paper: 9e-6, cosine to 10 %)")
+    head_only: bool = _f(
+        False,
+        "train only the scalar head, on the frozen backbone's last-token features computed once "
+        "(many full-batch epochs in seconds; the CPU preset's choice at a few hundred prompts)",
+    )
+    head_epochs: int = _f(300, "with head_only: full-batch Adam steps")
+    head_lr: float = _f(1e-2, "with head_only: learning rate of the head")
+    head_weight_decay: float = _f(
+        0.1, "with head_only: L2 penalty on the head's weights over standardised features"
+    )
 
 
 @dataclass

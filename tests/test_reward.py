@@ -192,3 +192,47 @@ def test_rm_stage_normalises_and_reloads(tiny_model_dir, tmp_path):
     )
     assert rows[-1]["rm/heldout_accuracy"] > 0.7  # learns the shared order
     assert json.loads((out / "config.json").read_text())["instructrl"]["type"] == "reward"
+
+
+def test_head_only_rm_learns_a_feature_and_is_a_plain_reward_model(tiny_model_dir, tmp_path):
+    """head_only: the head is fitted on frozen features; after folding the standardisation in,
+    the saved model scores like any reward model, and ranks by the feature it was shown."""
+    from instructrl.config import RMConfig, load_config
+    from instructrl.stages import reward
+
+    rows = []
+    for i in range(12):  # the longer response always wins: a feature the head can find
+        responses = ["ok", "ok then fine", "ok then fine and good, yes indeed quite so"]
+        rows.append(
+            {
+                "prompt_id": f"p{i}",
+                "prompt": f"Question {i}?",
+                "responses": responses,
+                "ranking": [2, 1, 0],
+            }
+        )
+    data = tmp_path / "c.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    cfg = load_config(
+        RMConfig,
+        [
+            f"model={tiny_model_dir}",
+            f"data={data}",
+            f"out={tmp_path / 'rm'}",
+            "head_only=true",
+            "head_epochs=100",
+            "val_fraction=0.25",
+        ],
+    )
+    out = reward.run(cfg)
+    metrics = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert metrics[-1]["rm/accuracy"] == 1.0 and metrics[-1]["rm/val_accuracy"] == 1.0
+    rm = models.load_reward_model(out)
+    tok = models.load_tokenizer(str(out), padding_side="right")
+    comparisons = [Comparison.from_dict(r) for r in rows[:3]]
+    examples, _ = reward.encode_comparisons(tok, comparisons, max_length=64, where="t")
+    accuracy = reward.evaluate(rm, examples, tok.pad_token_id, 4, "cpu")["accuracy"]
+    assert accuracy == 1.0  # the saved model (head folded, bias) ranks as the fitted head did
+    base = models.new_reward_model(str(tiny_model_dir))
+    for name, p in base.backbone.named_parameters():  # the backbone did not move
+        torch.testing.assert_close(p, dict(rm.backbone.named_parameters())[name])

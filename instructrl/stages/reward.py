@@ -16,10 +16,11 @@ from typing import Any
 import torch
 
 from instructrl import losses, models, rundir, trainer
-from instructrl.batches import RankedExample, collate_ranked, score_texts
+from instructrl.batches import RankedExample, collate_ranked, right_pad, score_texts
 from instructrl.config import RMConfig, ScoreConfig, save_config
 from instructrl.errors import UserError
 from instructrl.plots import plot_curves
+from instructrl.progress import progress_bar
 from instructrl.records import Comparison, read_records, write_records
 from instructrl.rollout import encode_response, ended
 
@@ -122,6 +123,82 @@ def _split(
     ]
 
 
+@torch.no_grad()
+def last_token_features(
+    model: Any, examples: list[RankedExample], pad_id: int, batch_size: int
+) -> torch.Tensor:
+    """(sum K, H) the backbone's final hidden state at each completion's last token, in the
+    examples' order: what the scalar head reads."""
+    rows = [ids for e in examples for ids in e.completions]
+    out = []
+    with progress_bar("rm features", total=len(rows)) as update:
+        for i in range(0, len(rows), batch_size):
+            ids, attn = right_pad(rows[i : i + batch_size], pad_id)
+            hidden = models.final_hidden(model.backbone, ids, attn)  # (B, L, H)
+            last = models.last_true(attn.bool())
+            out.append(hidden[torch.arange(hidden.shape[0]), last].float())
+            update(len(ids))
+    return torch.cat(out)
+
+
+def fit_head(
+    cfg: RMConfig, model: Any, splits: dict[str, list[RankedExample]], pad_id: int, out: Path
+) -> dict[str, Any]:
+    """head_only: the scalar head fitted to the ranking loss over the frozen backbone's
+    features (computed once), full batch, L2 on standardised features; then the
+    standardisation is folded into the head, so the saved model is a plain reward model."""
+    model.eval()
+    feats = {
+        name: last_token_features(model, examples, pad_id, 2 * cfg.batch_size * 4)
+        for name, examples in splits.items()
+        if examples
+    }
+    mu, sd = feats["train"].mean(0), feats["train"].std(0).clamp(min=1e-5)
+    tensors = {}
+    for name, examples in splits.items():
+        if examples:
+            _, _, ranks, valid, rows = collate_ranked(examples, pad_id)
+            tensors[name] = ((feats[name] - mu) / sd, ranks, valid, rows)
+
+    w = torch.zeros(mu.shape[0], requires_grad=True)
+    b = torch.zeros((), requires_grad=True)
+    opt = torch.optim.Adam([w, b], lr=cfg.head_lr)
+
+    def rewards(name: str) -> tuple[torch.Tensor, ...]:
+        x, ranks, valid, rows = tensors[name]
+        flat = x @ w + b  # (sum K,)
+        r = torch.where(valid, flat[rows.clamp(min=0)], torch.zeros_like(rows, dtype=flat.dtype))
+        return r, ranks, valid
+
+    metrics = rundir.MetricsLog(out / "metrics.jsonl")
+    metrics.write(
+        {"step": 0, **{f"rm/{k}_comparisons": len(v) for k, v in splits.items()}, "rm/head_only": 1}
+    )
+    for epoch in range(1, cfg.head_epochs + 1):
+        r, ranks, valid = rewards("train")
+        loss, stats = losses.ranking_loss(rewards=r, ranks=ranks, valid=valid)
+        total = loss + cfg.head_weight_decay * w.square().sum()
+        opt.zero_grad()
+        total.backward()
+        opt.step()
+        if epoch % max(1, cfg.head_epochs // 20) == 0 or epoch == cfg.head_epochs:
+            row = {"step": epoch, "rm/loss": loss.item(), "rm/accuracy": float(stats["accuracy"])}
+            with torch.no_grad():
+                for name, key in (("val", "val_accuracy"), ("heldout", "heldout_accuracy")):
+                    if name in tensors:
+                        r, ranks, valid = rewards(name)
+                        row[f"rm/{key}"] = float(
+                            losses.ranking_loss(rewards=r, ranks=ranks, valid=valid)[1]["accuracy"]
+                        )
+            metrics.write(row)
+    with torch.no_grad():
+        scale = w.detach() / sd
+        model.head.weight.copy_(scale.unsqueeze(0))
+        model.head.bias.fill_(float(b.detach() - (scale * mu).sum()))
+    log.info("head fitted on frozen features (%d epochs): %s", cfg.head_epochs, row)
+    return {"step": cfg.head_epochs}
+
+
 def run(cfg: RMConfig) -> Path:
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -149,6 +226,33 @@ def run(cfg: RMConfig) -> Path:
         )[0]
 
     model = models.new_reward_model(cfg.model, dtype=torch.float32)
+    if cfg.head_only:
+        splits = {"train": train, "val": val, "heldout": heldout}
+        state = fit_head(cfg, model, splits, tokenizer.pad_token_id, out)
+    else:
+        state, model = fine_tune(cfg, accelerator, model, tokenizer, train, val, heldout, report)
+    final = _finish(accelerator, model, tokenizer, out, cfg, state)
+    plot_curves(
+        out / "metrics.jsonl",
+        ["rm/loss", "rm/accuracy", "rm/val_accuracy", "rm/heldout_accuracy"],
+        out / "accuracy.png",
+        f"reward model from {cfg.model}",
+    )
+    return final
+
+
+def fine_tune(
+    cfg: RMConfig,
+    accelerator: Any,
+    model: Any,
+    tokenizer: Any,
+    train: list[RankedExample],
+    val: list[RankedExample],
+    heldout: list[RankedExample],
+    report: dict[str, int],
+) -> tuple[dict[str, Any], Any]:
+    """The RM loss through the backbone's trainable layers (trainer.fit: checkpoints, resume);
+    the training state and the (prepared) model."""
     model.backbone = trainer.prepare_model(model.backbone, cfg)
     run = trainer.setup(accelerator, cfg, model.train(), len(train))
     model, pad_id = run.model, tokenizer.pad_token_id
@@ -178,14 +282,7 @@ def run(cfg: RMConfig) -> Path:
     }
     evaluation = trainer.Evaluation(eval_fn) if (val or heldout) else None
     state = trainer.fit(run, prefix="rm", loss_fn=loss_fn, evaluation=evaluation, first_row=first)
-    final = _finish(accelerator, model, tokenizer, out, cfg, state)
-    plot_curves(
-        out / "metrics.jsonl",
-        ["rm/loss", "rm/accuracy", "rm/val_accuracy", "rm/heldout_accuracy"],
-        out / "accuracy.png",
-        f"reward model from {cfg.model}",
-    )
-    return final
+    return state, model
 
 
 def normalising_bias(
