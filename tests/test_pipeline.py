@@ -144,7 +144,7 @@ def test_sigkilled_stage_resumes(tiny_model_dir, tmp_path):
     assert steps[-1] == 30 and len([s for s in steps if s > 0]) == len({s for s in steps if s > 0})
 
 
-@pytest.mark.parametrize("name", ["default.yaml", "paper.yaml", "tiny.yaml"])
+@pytest.mark.parametrize("name", ["default.yaml", "laptop-long.yaml", "paper.yaml", "tiny.yaml"])
 def test_shipped_run_configs_build_every_stage(name):
     from omegaconf import OmegaConf
 
