@@ -206,24 +206,34 @@ def _stage_cfg(tiny_model_dir, rm_dir, tmp_path, out, **over):
     return load_config(PPOConfig, [f"{k}={v}" for k, v in args.items()])
 
 
-def test_stage_resume_matches_straight_run_and_reloads(
-    tiny_model_dir, rm_dir, tmp_path, monkeypatch
-):
-    straight = ppo.run(_stage_cfg(tiny_model_dir, rm_dir, tmp_path, tmp_path / "a"))
+def _straight_and_resumed(tiny_model_dir, rm_dir, tmp_path, monkeypatch, *, kill_at, **over):
+    """A straight stage run, and one killed in iteration `kill_at` then resumed."""
+    straight = ppo.run(_stage_cfg(tiny_model_dir, rm_dir, tmp_path, tmp_path / "a", **over))
     original = ppo.PPOTrainer.step
     calls = {"n": 0}
 
-    def killed_at_3(self, prompt_ids):
+    def killed(self, prompt_ids):
         calls["n"] += 1
-        if calls["n"] == 3:
+        if calls["n"] == kill_at:
             raise KeyboardInterrupt("killed")
         return original(self, prompt_ids)
 
-    monkeypatch.setattr(ppo.PPOTrainer, "step", killed_at_3)
+    monkeypatch.setattr(ppo.PPOTrainer, "step", killed)
     with pytest.raises(KeyboardInterrupt):
-        ppo.run(_stage_cfg(tiny_model_dir, rm_dir, tmp_path, tmp_path / "b"))
+        ppo.run(_stage_cfg(tiny_model_dir, rm_dir, tmp_path, tmp_path / "b", **over))
     monkeypatch.setattr(ppo.PPOTrainer, "step", original)
-    resumed = ppo.run(_stage_cfg(tiny_model_dir, rm_dir, tmp_path, tmp_path / "b", resume=True))
+    resumed = ppo.run(
+        _stage_cfg(tiny_model_dir, rm_dir, tmp_path, tmp_path / "b", resume=True, **over)
+    )
+    return straight, resumed
+
+
+def test_stage_resume_matches_straight_run_and_reloads(
+    tiny_model_dir, rm_dir, tmp_path, monkeypatch
+):
+    straight, resumed = _straight_and_resumed(
+        tiny_model_dir, rm_dir, tmp_path, monkeypatch, kill_at=3
+    )
     a, b = load_file(straight / "model.safetensors"), load_file(resumed / "model.safetensors")
     diff = max((a[k] - b[k]).abs().max().item() for k in a)
     assert diff < 1e-6, f"resumed vs straight: max abs weight diff {diff:.3g}"
@@ -376,23 +386,8 @@ def test_no_dropout_module_is_active_in_rl(tmp_path, rm_dir):
 
 
 def test_ema_weights_survive_a_kill_and_resume(tiny_model_dir, rm_dir, tmp_path, monkeypatch):
-    over = {"ema_decay": 0.5, "ptx": "none"}
-    straight = ppo.run(_stage_cfg(tiny_model_dir, rm_dir, tmp_path, tmp_path / "a", **over))
-    original = ppo.PPOTrainer.step
-    calls = {"n": 0}
-
-    def killed_at_4(self, prompt_ids):
-        calls["n"] += 1
-        if calls["n"] == 4:
-            raise KeyboardInterrupt("killed")
-        return original(self, prompt_ids)
-
-    monkeypatch.setattr(ppo.PPOTrainer, "step", killed_at_4)
-    with pytest.raises(KeyboardInterrupt):
-        ppo.run(_stage_cfg(tiny_model_dir, rm_dir, tmp_path, tmp_path / "b", **over))
-    monkeypatch.setattr(ppo.PPOTrainer, "step", original)
-    resumed = ppo.run(
-        _stage_cfg(tiny_model_dir, rm_dir, tmp_path, tmp_path / "b", resume=True, **over)
+    straight, resumed = _straight_and_resumed(
+        tiny_model_dir, rm_dir, tmp_path, monkeypatch, kill_at=4, ema_decay=0.5, ptx="none"
     )
     a, b = load_file(straight / "model.safetensors"), load_file(resumed / "model.safetensors")
     assert max((a[k] - b[k]).abs().max().item() for k in a) < 1e-6
