@@ -236,3 +236,19 @@ def test_head_only_rm_learns_a_feature_and_is_a_plain_reward_model(tiny_model_di
     base = models.new_reward_model(str(tiny_model_dir))
     for name, p in base.backbone.named_parameters():  # the backbone did not move
         torch.testing.assert_close(p, dict(rm.backbone.named_parameters())[name])
+
+
+def test_shared_prefix_features_equal_one_forward_per_completion(rm_and_tok):
+    """The RM's head_only features: the K completions' common prefix computed once (cached)
+    against each completion's own full forward (uncached)."""
+    rm, tok = rm_and_tok
+    prompt = tok("Question: what colour is the sky?")["input_ids"]
+    rows = [prompt + tok(r)["input_ids"] + [tok.eos_token_id] for r in ["Blue.", "It is blue", "B"]]
+    rows.append(prompt + tok("Grey today, and")["input_ids"])  # cut off: no EOS
+    cached = reward.shared_prefix_last_hidden(rm.backbone, rows, tok.pad_token_id)
+    for i, row in enumerate(rows):
+        ids = torch.tensor([row])
+        full = models.final_hidden(rm.backbone, ids, torch.ones_like(ids))[0, -1]
+        torch.testing.assert_close(cached[i], full, atol=1e-5, rtol=1e-4)
+    same = reward.shared_prefix_last_hidden(rm.backbone, [rows[0], rows[0]], tok.pad_token_id)
+    torch.testing.assert_close(same[0], same[1])

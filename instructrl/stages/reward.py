@@ -124,21 +124,57 @@ def _split(
 
 
 @torch.no_grad()
-def last_token_features(
-    model: Any, examples: list[RankedExample], pad_id: int, batch_size: int
-) -> torch.Tensor:
+def last_token_features(model: Any, examples: list[RankedExample], pad_id: int) -> torch.Tensor:
     """(sum K, H) the backbone's final hidden state at each completion's last token, in the
-    examples' order: what the scalar head reads."""
-    rows = [ids for e in examples for ids in e.completions]
+    examples' order: what the scalar head reads. The K completions of a prompt share their
+    common prefix (the prompt): it is encoded once and its KV cache repeated K times."""
     out = []
-    with progress_bar("rm features", total=len(rows)) as update:
-        for i in range(0, len(rows), batch_size):
-            ids, attn = right_pad(rows[i : i + batch_size], pad_id)
-            hidden = models.final_hidden(model.backbone, ids, attn)  # (B, L, H)
-            last = models.last_true(attn.bool())
-            out.append(hidden[torch.arange(hidden.shape[0]), last].float())
-            update(len(ids))
+    with progress_bar("rm features", total=sum(len(e.completions) for e in examples)) as update:
+        for e in examples:
+            out.append(shared_prefix_last_hidden(model.backbone, e.completions, pad_id))
+            update(len(e.completions))
     return torch.cat(out)
+
+
+@torch.no_grad()
+def shared_prefix_last_hidden(backbone: Any, rows: list[list[int]], pad_id: int) -> torch.Tensor:
+    """(K, H) final hidden states at the last token of each of K sequences, computing their
+    common prefix once (all of it but the token before the shortest row's end)."""
+    from transformers import DynamicCache
+
+    from instructrl.rollout import _cache_keyword
+
+    shortest = min(len(r) for r in rows)
+    n = 0
+    while n < shortest - 1 and all(r[n] == rows[0][n] for r in rows):
+        n += 1
+    if n == 0:  # nothing shared: one plain forward
+        ids, attn = right_pad(rows, pad_id)
+        hidden = models.final_hidden(backbone, ids, attn)
+        return hidden[torch.arange(len(rows)), models.last_true(attn.bool())].float()
+    keyword, cache = _cache_keyword(backbone), DynamicCache()
+    prefix = torch.tensor([rows[0][:n]])
+    backbone(
+        input_ids=prefix,
+        attention_mask=torch.ones_like(prefix),
+        position_ids=torch.arange(n)[None],
+        use_cache=True,
+        logits_to_keep=1,
+        **{keyword: cache},
+    )
+    cache.batch_repeat_interleave(len(rows))
+    rest, mask = right_pad([r[n:] for r in rows], pad_id)  # (K, R), every row >= 1 token
+    out = backbone(
+        input_ids=rest,
+        attention_mask=torch.cat([torch.ones((len(rows), n), dtype=torch.long), mask.long()], 1),
+        position_ids=n + torch.arange(rest.shape[1]).expand_as(rest),
+        use_cache=True,
+        output_hidden_states=True,
+        logits_to_keep=1,
+        **{keyword: cache},
+    )
+    hidden = out.hidden_states[-1]  # (K, R, H)
+    return hidden[torch.arange(len(rows)), models.last_true(mask.bool())].float()
 
 
 def fit_head(
@@ -149,7 +185,7 @@ def fit_head(
     standardisation is folded into the head, so the saved model is a plain reward model."""
     model.eval()
     feats = {
-        name: last_token_features(model, examples, pad_id, 2 * cfg.batch_size * 4)
+        name: last_token_features(model, examples, pad_id)
         for name, examples in splits.items()
         if examples
     }
