@@ -38,6 +38,7 @@ from instructrl.labelers import (
     Panel,
     calibration_agreement,
     contains,
+    prompt_index,
 )
 from instructrl.records import (
     FIGURE4_FLAGS,
@@ -381,15 +382,16 @@ def run(cfg: EvalConfig) -> Path:
         )
     summary["alignment_tax"] = alignment_tax(chunk_nll, baseline, seed=cfg.seed)
     summary["identical"] = identical_text(generations, baseline)
-    if cfg.reward:
-        summary["rm_score"] = rm_scores(cfg, prompts, generations, device)
+    scorer = RewardScorer(cfg.reward, device) if cfg.reward else None
+    if scorer is not None:
+        summary["rm_score"] = rm_scores(cfg, prompts, generations, scorer)
         if cfg.best_of:
             summary["best_of"] = best_of_k(
-                cfg, prompts, generations[baseline][0], judge, device, out
+                cfg, prompts, generations[baseline][0], judge, scorer, out
             )
     summary.update(reference_figures(cfg))
-    if cfg.reward:
-        accuracy = rm_accuracy(cfg, device)
+    if scorer is not None:
+        accuracy = rm_accuracy(cfg, scorer)
         if accuracy:
             summary.setdefault("rm", {}).update(accuracy)
     summary["overoptimization"] = overoptimization(cfg, judge)
@@ -402,27 +404,43 @@ def run(cfg: EvalConfig) -> Path:
     return out
 
 
-@torch.no_grad()
-def rm_scores(
-    cfg: EvalConfig, prompts: list[Prompt], generations: dict[str, Any], device: str
-) -> dict[str, Any]:
-    rm = models.load_reward_model(cfg.reward, device=device)
-    tok = models.load_tokenizer(cfg.reward, padding_side="right")
-    # test prompts may be longer than the RM's training sequences; it reads up to its context
-    max_length = int(getattr(rm.config, "max_position_embeddings", 2048))
-    result = {}
-    for name, (samples, _) in generations.items():
-        scores = score_texts(
-            rm,
-            tok,
-            [(p.prompt, s.response) for p, s in zip(prompts, samples, strict=True)],
+class RewardScorer:
+    """The evaluation's reward model, loaded once: scores of (prompt, sample) pairs."""
+
+    def __init__(self, path: str, device: str):
+        self.rm = models.load_reward_model(path, device=device)
+        self.tok = models.load_tokenizer(path, padding_side="right")
+        self.device = device
+
+    @torch.no_grad()
+    def samples(self, pairs: list[tuple[Prompt, Sample]]) -> list[float]:
+        """Test prompts may be longer than the RM's training sequences: it reads up to its
+        context; cut-off samples are scored without EOS."""
+        return self.texts(
+            [(p.prompt, s.response, s.finish_reason) for p, s in pairs],
+            max_length=int(getattr(self.rm.config, "max_position_embeddings", 2048)),
+        )
+
+    @torch.no_grad()
+    def texts(self, rows: list[tuple[Any, str, str | None]], *, max_length: int) -> list[float]:
+        return score_texts(
+            self.rm,
+            self.tok,
+            [(p, r) for p, r, _ in rows],
             batch_size=8,
             max_length=max_length,
-            device=device,
-            finish_reasons=[s.finish_reason for s in samples],
+            device=self.device,
+            finish_reasons=[f for _, _, f in rows],
         )
-        result[name] = stats.mean_ci(scores, seed=cfg.seed)
-    return result
+
+
+def rm_scores(
+    cfg: EvalConfig, prompts: list[Prompt], generations: dict[str, Any], scorer: RewardScorer
+) -> dict[str, Any]:
+    return {
+        name: stats.mean_ci(scorer.samples(list(zip(prompts, samples, strict=True))), seed=cfg.seed)
+        for name, (samples, _) in generations.items()
+    }
 
 
 def environment(device: str) -> dict[str, Any]:
@@ -483,7 +501,7 @@ def best_of_k(
     prompts: list[Prompt],
     base: list[Sample],
     judge: Judge,
-    device: str,
+    scorer: RewardScorer,
     out: Path,
 ) -> dict[str, Any]:
     """Best-of-K from the baseline: its evaluation sample plus K - 1 more per prompt, the best
@@ -497,7 +515,7 @@ def best_of_k(
         f"{name}-best-of-{k}", path, [p for p in prompts for _ in range(k - 1)], more_cfg, out
     )
     candidates = [[b, *more[i * (k - 1) : (i + 1) * (k - 1)]] for i, b in enumerate(base)]
-    proxy = rm_candidate_scores(cfg, prompts, candidates, device)
+    proxy = rm_candidate_scores(prompts, candidates, scorer)
     heldout = Panel("heldout", seed=cfg.seed, judge=judge)
     gold = [
         heldout.mean_scores(Item(p, [c.response for c in cs], [c.finish_reason for c in cs]))
@@ -514,28 +532,16 @@ def best_of_k(
     return result
 
 
-@torch.no_grad()
 def rm_candidate_scores(
-    cfg: EvalConfig, prompts: list[Prompt], candidates: list[list[Sample]], device: str
+    prompts: list[Prompt], candidates: list[list[Sample]], scorer: RewardScorer
 ) -> list[list[float]]:
-    rm = models.load_reward_model(cfg.reward, device=device)
-    tok = models.load_tokenizer(cfg.reward, padding_side="right")
-    flat = [(p, c) for p, cs in zip(prompts, candidates, strict=True) for c in cs]
-    scores = score_texts(
-        rm,
-        tok,
-        [(p.prompt, c.response) for p, c in flat],
-        batch_size=8,
-        max_length=int(getattr(rm.config, "max_position_embeddings", 2048)),
-        device=device,
-        finish_reasons=[c.finish_reason for _, c in flat],
-    )
+    """(N, K) RM scores of each prompt's K candidates."""
+    scores = scorer.samples([(p, c) for p, cs in zip(prompts, candidates, strict=True) for c in cs])
     k = len(candidates[0])
     return [scores[i * k : (i + 1) * k] for i in range(len(candidates))]
 
 
-@torch.no_grad()
-def rm_accuracy(cfg: EvalConfig, device: str) -> dict[str, Any]:
+def rm_accuracy(cfg: EvalConfig, scorer: RewardScorer) -> dict[str, Any]:
     """The RM's pairwise accuracy on its validation comparisons (and the held-out labelers'),
     recomputed here with a 95 % CI over prompts and per prompt category."""
     from omegaconf import OmegaConf
@@ -544,9 +550,7 @@ def rm_accuracy(cfg: EvalConfig, device: str) -> dict[str, Any]:
     if not config.is_file():
         return {}
     rm_cfg = OmegaConf.load(config)
-    rm = models.load_reward_model(cfg.reward, device=device)
-    tok = models.load_tokenizer(cfg.reward, padding_side="right")
-    categories = {p.id: p.category for p in [*data.load_prompts(), *data.load_adversarial()]}
+    categories = {pid: p.category for pid, p in prompt_index(None).items()}
     result: dict[str, Any] = {}
     for key, path in (
         ("accuracy", rm_cfg.get("val_data")),
@@ -560,15 +564,7 @@ def rm_accuracy(cfg: EvalConfig, device: str) -> dict[str, Any]:
             for c in comparisons
             for r, f in zip(c.responses, c.finish_reasons or [None] * c.k, strict=True)
         ]
-        scores = score_texts(
-            rm,
-            tok,
-            [(p, r) for p, r, _ in flat],
-            batch_size=8,
-            max_length=int(rm_cfg.get("max_length", 512)),
-            device=device,
-            finish_reasons=[f for _, _, f in flat],
-        )
+        scores = scorer.texts(flat, max_length=int(rm_cfg.get("max_length", 512)))
         per_prompt, by_cat, start = [], defaultdict(list), 0
         for c in comparisons:
             s = scores[start : start + c.k]
@@ -590,8 +586,6 @@ def overoptimization(cfg: EvalConfig, judge: Judge) -> dict[str, Any]:
     """For each PPO run (runs= pairs whose directory has rollouts.jsonl): every episode's RM
     score (proxy) and the held-out panel's mean score (gold) against its KL to the reference,
     in groups of consecutive iterations (Gao et al. 2022)."""
-    from instructrl.labelers import prompt_index
-
     heldout = Panel("heldout", seed=cfg.seed, judge=judge)
     prompts = prompt_index(None)
     result = {}
