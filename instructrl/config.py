@@ -414,6 +414,11 @@ class PPOConfig(TrainConfig):
     reuse_rollout_logprobs: bool = _f(
         True, "take old logprobs from the sampler's logits instead of a second forward pass"
     )
+    share_trunk: bool = _f(
+        True,
+        "policy, reference and value model keep one copy of their equal frozen bottom "
+        "freeze_layers layers and run them once per rollout batch",
+    )
 
     def __post_init__(self) -> None:
         self._check_train("ppo")

@@ -19,6 +19,9 @@ import re
 import shutil
 import tempfile
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -246,21 +249,114 @@ def unwrap(model: Any) -> Any:
     return getattr(model, "module", model)
 
 
-def final_hidden(model: Any, input_ids: Any, attention_mask: Any) -> Any:
+def final_hidden(model: Any, input_ids: Any, attention_mask: Any, trunk: Any = None) -> Any:
     """(B, L, H) last-layer hidden states (after the final norm), computing logits for one
     position only: the (B, L, V) logits of a 49k vocabulary are the largest tensor of a step.
 
-    Calls the wrapped model's own forward so DDP / FSDP hooks run as usual.
+    With `trunk` (a `Trunk` of these same rows), only the layers above it run, on its hidden
+    states: the same numbers as the whole forward when the model's lower layers are the trunk's.
+    Calls the wrapped model's own forward so DDP hooks run as usual.
     """
-    out = model(
-        input_ids=input_ids,
-        attention_mask=attention_mask.long(),
-        position_ids=position_ids(attention_mask),
-        output_hidden_states=True,
-        logits_to_keep=1,
-        use_cache=False,
-    )
+    inputs = {"input_ids": input_ids} if trunk is None else {"inputs_embeds": trunk.hidden}
+    with _layer_span(model, trunk.layers if trunk is not None else 0, None, norm=True):
+        out = model(
+            **inputs,
+            attention_mask=attention_mask.long(),
+            position_ids=position_ids(attention_mask),
+            output_hidden_states=True,
+            logits_to_keep=1,
+            use_cache=False,
+        )
     return out.hidden_states[-1]
+
+
+# ----------------------------------------------------------------------------- shared trunk
+@dataclass
+class Trunk:
+    """Hidden states after the embeddings and the first `layers` decoder layers of a batch of
+    rows: computed once when several models share those (frozen) layers, e.g. the PPO policy,
+    its reference and the value model trained from the same SFT model with freeze_layers=N."""
+
+    layers: int
+    hidden: Any  # (B, L, H), no gradient
+
+
+def _decoder(model: Any) -> Any:
+    """The decoder stack (embeddings, layers, norm) of a causal LM, a reward model's backbone,
+    or either inside a DDP wrapper."""
+    model = unwrap(model)
+    return getattr(model, "backbone", model).get_decoder()
+
+
+@contextmanager
+def _layer_span(model: Any, start: int, stop: int | None, *, norm: bool) -> Iterator[None]:
+    """Within the block, the model's forward runs only decoder layers [start:stop] (and the final
+    norm only if `norm`); the layer modules are the model's own, restored on exit."""
+    if start == 0 and stop is None and norm:
+        yield
+        return
+    from torch import nn
+
+    decoder = _decoder(model)
+    _install_output_hooks(decoder)  # on every layer, before the span hides some of them
+    layers, final_norm = decoder.layers, decoder.norm
+    decoder.layers = nn.ModuleList(list(layers)[start:stop])
+    if not norm:
+        decoder.norm = nn.Identity()
+    try:
+        yield
+    finally:
+        decoder.layers, decoder.norm = layers, final_norm
+
+
+def _install_output_hooks(decoder: Any) -> None:
+    """transformers (5.x) collects hidden states through hooks it installs on the decoder's
+    layers at the first forward that asks for them: install them on all layers now."""
+    try:
+        from transformers.utils.output_capturing import maybe_install_capturing_hooks
+    except ImportError:  # older versions collect hidden states in the layer loop itself
+        return
+    maybe_install_capturing_hooks(decoder)
+
+
+def trunk_hidden(model: Any, input_ids: Any, attention_mask: Any, layers: int) -> Trunk:
+    """The `Trunk` of these rows: embeddings and decoder layers [0:layers], no gradients."""
+    import torch
+
+    with torch.no_grad(), _layer_span(model, 0, layers, norm=False):
+        out = model(
+            input_ids=input_ids,
+            attention_mask=attention_mask.long(),
+            position_ids=position_ids(attention_mask),
+            output_hidden_states=True,
+            logits_to_keep=1,
+            use_cache=False,
+        )
+    return Trunk(layers, out.hidden_states[-1])
+
+
+def _same(a: Any, b: Any) -> bool:
+    import torch
+
+    return a.dtype == b.dtype and a.device == b.device and torch.equal(a, b)
+
+
+def share_trunk(source: Any, target: Any, layers: int) -> bool:
+    """Make `target` use `source`'s first `layers` decoder layers (one copy in memory) when their
+    embeddings and those layers hold equal weights (dtype and device included); returns whether
+    they did. Both must keep those layers frozen from then on (trainer.freeze_lower)."""
+    a, b = _decoder(source), _decoder(target)
+    if layers <= 0 or layers > min(len(a.layers), len(b.layers)):
+        return False
+    pairs = [(a.get_input_embeddings(), b.get_input_embeddings())]
+    pairs += [(a.layers[i], b.layers[i]) for i in range(layers)]
+    for x, y in pairs:
+        sx, sy = x.state_dict(), y.state_dict()
+        if sx.keys() != sy.keys() or not all(_same(sx[k], sy[k]) for k in sx):
+            return False
+    for i in range(layers):
+        b.layers[i] = a.layers[i]
+    return True
 
 
 def next_token_logits(model: Any, hidden: Any, predict: Any) -> Any:
@@ -303,10 +399,13 @@ def _reward_module_class() -> type:
             nn.init.zeros_(self.head.bias)
             self.register_buffer("bias", torch.tensor(float(bias)), persistent=False)
 
-        def forward(self, input_ids: Any, attention_mask: Any, per_token: bool = False) -> Any:
+        def forward(
+            self, input_ids: Any, attention_mask: Any, per_token: bool = False, trunk: Any = None
+        ) -> Any:
             """(B,) rewards for right- or left-padded (B, L) sequences; with per_token, (B, L)
-            scores at every position (the value model's V(s_t), initialised from the RM)."""
-            hidden = final_hidden(self.backbone, input_ids, attention_mask)  # (B, L, H)
+            scores at every position (the value model's V(s_t), initialised from the RM);
+            `trunk`: these rows' shared lower layers (final_hidden)."""
+            hidden = final_hidden(self.backbone, input_ids, attention_mask, trunk)  # (B, L, H)
             if per_token:
                 return self.head(hidden.to(self.head.weight.dtype)).squeeze(-1).float() + self.bias
             last = last_true(attention_mask)  # (B,)

@@ -106,3 +106,58 @@ def test_missing_models_say_what_to_pass(tmp_path):
 
 def test_local_directory_resolves_to_itself(tiny_model_dir):
     assert models.resolve_model(str(tiny_model_dir)) == str(tiny_model_dir)
+
+
+def _left_padded(tok, texts):
+    rows = [tok(t)["input_ids"] for t in texts]
+    width = max(len(r) for r in rows)
+    ids = torch.tensor([[tok.pad_token_id] * (width - len(r)) + r for r in rows])
+    mask = torch.tensor([[False] * (width - len(r)) + [True] * len(r) for r in rows])
+    return ids, mask
+
+
+def test_upper_layers_on_a_trunk_equal_the_whole_forward(tmp_path):
+    from instructrl.testing import make_tiny_model
+
+    path = make_tiny_model(tmp_path / "m", seed=3, layers=3)
+    tok = models.load_tokenizer(str(path))
+    policy = models.load_policy(str(path))
+    ids, mask = _left_padded(tok, ["Say hi.", "Write a short poem about the sea."])
+    whole = models.final_hidden(policy, ids, mask)
+    for layers in (1, 2):  # the trunk first, so transformers' output hooks see a span first
+        trunk = models.trunk_hidden(policy, ids, mask, layers)
+        # a plain layer loop, independent of the helpers: embeddings, then the first layers
+        decoder = policy.get_decoder()
+        h = decoder.embed_tokens(ids)
+        pos = models.position_ids(mask)
+        out = decoder(
+            input_ids=ids, attention_mask=mask.long(), position_ids=pos, output_hidden_states=True
+        )
+        assert torch.allclose(trunk.hidden, out.hidden_states[layers], atol=1e-6)
+        assert not torch.allclose(trunk.hidden, h)
+        top = models.final_hidden(policy, ids, mask, trunk)
+        assert torch.allclose(top, whole, atol=1e-5), (top - whole).abs().max()
+    assert len(policy.get_decoder().layers) == 3 and not isinstance(
+        policy.get_decoder().norm, torch.nn.Identity
+    )  # the model is whole again
+    rm = models.new_reward_model(str(path))
+    trunk = models.trunk_hidden(rm.backbone, ids, mask, 2)
+    assert torch.allclose(
+        rm(ids, mask, per_token=True, trunk=trunk), rm(ids, mask, per_token=True), atol=1e-5
+    )
+
+
+def test_share_trunk_only_when_the_weights_are_equal(tmp_path):
+    from instructrl.testing import make_tiny_model
+
+    a = models.load_policy(str(make_tiny_model(tmp_path / "a", seed=0, layers=3)))
+    same = models.new_reward_model(str(make_tiny_model(tmp_path / "b", seed=0, layers=3)))
+    other = models.load_policy(str(make_tiny_model(tmp_path / "c", seed=1, layers=3)))
+    with torch.no_grad():  # equal embeddings and first layer, another second layer
+        same.backbone.model.layers[1].mlp.up_proj.weight.add_(0.01)
+    assert not models.share_trunk(a, other, 1)
+    assert not models.share_trunk(a, same, 2)
+    assert same.backbone.model.layers[0] is not a.model.layers[0]
+    assert models.share_trunk(a, same, 1)
+    assert same.backbone.model.layers[0] is a.model.layers[0]  # one copy in memory
+    assert same.backbone.model.layers[1] is not a.model.layers[1]

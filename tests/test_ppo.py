@@ -407,3 +407,40 @@ def test_minibatches_and_epochs_clip(tiny_model_dir):
     t1, _ = make_trainer(tiny_model_dir, ptx_coef=0, lr=1e-2, minibatch_size=16, ppo_epochs=1)
     stats1, _ = t1.step(ids)
     assert stats1["clip_frac"] == 0
+
+
+def test_shared_trunk_trains_the_same_models(tiny_model_dir, rm_dir, tmp_path, monkeypatch):
+    """freeze_layers=1: policy, reference and value model (from the RM, itself the tiny model
+    plus a head) run their common bottom layer once per batch, with the same result as three
+    whole forwards."""
+    calls = []
+    original = models.trunk_hidden
+    monkeypatch.setattr(
+        models, "trunk_hidden", lambda *a, **k: calls.append(a[-1]) or original(*a, **k)
+    )
+    runs = {}
+    for share in (False, True):
+        out = tmp_path / f"share-{share}"
+        ppo.run(
+            _stage_cfg(
+                tiny_model_dir,
+                rm_dir,
+                tmp_path,
+                out,
+                freeze_layers=1,
+                share_trunk=share,
+                ptx="none",
+                iterations=3,
+            )
+        )
+        runs[share] = out
+        assert len(calls) == (3 if share else 0)  # one trunk per rollout batch
+    assert calls == [1, 1, 1]
+    for name in ("model.safetensors", "value/model.safetensors", "value/reward_head.safetensors"):
+        a, b = load_file(runs[False] / name), load_file(runs[True] / name)
+        assert a.keys() == b.keys()
+        diff = max((a[k] - b[k]).abs().max().item() for k in a)
+        assert diff < 1e-5, f"{name}: max abs diff {diff:.3g}"
+    a, b = (rundir.read_metrics(runs[s] / "metrics.jsonl") for s in (False, True))
+    for key in ("ppo/score", "ppo/kl", "ppo/policy_loss", "ppo/value_loss", "ppo/clip_frac"):
+        assert [r[key] for r in a] == pytest.approx([r[key] for r in b], abs=1e-4), key

@@ -57,6 +57,13 @@ class Rollout:
     values: torch.Tensor | None = None  # (B, T)
     scores: torch.Tensor | None = None  # (B,)
     kl: torch.Tensor | None = None  # (B,) KL to the reference per response (k1, nats)
+    trunk: models.Trunk | None = None  # hidden states after the layers the models share
+
+    def rows(self, idx: torch.Tensor) -> models.Trunk | None:
+        """The shared trunk's hidden states of minibatch `idx`."""
+        if self.trunk is None:
+            return None
+        return models.Trunk(self.trunk.layers, self.trunk.hidden[idx.to(self.trunk.hidden.device)])
 
 
 def response_logprobs(
@@ -68,10 +75,12 @@ def response_logprobs(
     temperature: float,
     *,
     with_entropy: bool = False,
+    trunk: models.Trunk | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """(B, T) log pi(y_t | x, y_<t) of the response tokens, logits divided by the temperature
-    (as when sampling), and optionally (B, T) entropies. Logits only for response positions."""
-    hidden = models.final_hidden(model, input_ids, attention)  # (B, P + T, H)
+    (as when sampling), and optionally (B, T) entropies. Logits only for response positions.
+    `trunk`: these rows' hidden states after the lower layers the models share."""
+    hidden = models.final_hidden(model, input_ids, attention, trunk)  # (B, P + T, H)
     h = hidden[:, prompt_width - 1 : prompt_width - 1 + response_width]  # (B, T, H): predicts y_t
     logits = models.unwrap(model).get_output_embeddings()(h).float() / temperature  # (B, T, V)
     labels = input_ids[:, prompt_width : prompt_width + response_width]
@@ -88,9 +97,10 @@ def response_values(
     attention: torch.Tensor,
     prompt_width: int,
     response_width: int,
+    trunk: models.Trunk | None = None,
 ) -> torch.Tensor:
     """(B, T) V(s_t): the value head at the position that predicts y_t."""
-    per_token = value_model(input_ids, attention, per_token=True)  # (B, P + T)
+    per_token = value_model(input_ids, attention, per_token=True, trunk=trunk)  # (B, P + T)
     return per_token[:, prompt_width - 1 : prompt_width - 1 + response_width]
 
 
@@ -125,6 +135,7 @@ class PPOTrainer:
         tokenizer: Any,
         score_fn: ScoreFn,
         ptx: list[Any] | None = None,
+        trunk_layers: int = 0,
     ):
         self.cfg, self.accelerator, self.tokenizer, self.score_fn = (
             cfg,
@@ -134,6 +145,9 @@ class PPOTrainer:
         )
         self.ptx = ptx or []
         self.pad_id = tokenizer.pad_token_id
+        # policy, reference and value model share their frozen bottom layers (share_trunk): one
+        # forward through them per rollout batch feeds every model's upper layers
+        self.trunk_layers = trunk_layers
 
         def warm(iteration: int) -> float:
             """Constant lr after a linear warmup from 0.1x (paper, C.3)."""
@@ -242,9 +256,11 @@ class PPOTrainer:
         ids, attn, T = r.input_ids.to(dev), r.attention.to(dev), r.response_mask.shape[1]
         self.policy.eval()
         self.value_model.eval()
+        if self.trunk_layers:
+            r.trunk = models.trunk_hidden(self.policy, ids, attn, self.trunk_layers)
         if r.logprobs is None:  # the training model's logprobs of the sampled tokens
             r.logprobs = response_logprobs(
-                self.policy, ids, attn, r.prompt_width, T, cfg.temperature
+                self.policy, ids, attn, r.prompt_width, T, cfg.temperature, trunk=r.trunk
             )[0].cpu()
         if r.engine_logprobs is not None and cfg.rollout.tis_cap > 0:
             r.is_weights = losses.tis_weights(
@@ -262,9 +278,11 @@ class PPOTrainer:
                 )[0].cpu()
         else:
             r.ref_logprobs = response_logprobs(
-                self.ref_policy, ids, attn, r.prompt_width, T, cfg.temperature
+                self.ref_policy, ids, attn, r.prompt_width, T, cfg.temperature, trunk=r.trunk
             )[0].cpu()
-        r.values = response_values(self.value_model, ids, attn, r.prompt_width, T).float().cpu()
+        r.values = (
+            response_values(self.value_model, ids, attn, r.prompt_width, T, r.trunk).float().cpu()
+        )
         rm_ids, rm_attn = right_pad(r.scored, self.pad_id)
         scores = self.score_fn(rm_ids.to(dev), rm_attn.to(dev)).float().cpu()
         if cfg.missing_eos_penalty is not None:
@@ -317,6 +335,7 @@ class PPOTrainer:
             T,
             cfg.temperature,
             with_entropy=True,
+            trunk=r.rows(idx),
         )
         loss, stats = losses.policy_loss(
             logprobs=logprobs,
@@ -365,6 +384,7 @@ class PPOTrainer:
                         r.attention[idx].to(dev),
                         r.prompt_width,
                         r.response_mask.shape[1],
+                        r.rows(idx),
                     )
                     v_loss, v_stats = losses.value_loss(
                         values=values.float(),
@@ -394,13 +414,16 @@ class PPOTrainer:
         start = time.perf_counter()
         seed = self.cfg.seed * 1_000_003 + self.iteration
         rollout = self.sample(prompt_ids, seed)
+        sampled = time.perf_counter()
         self.evaluate(rollout)
+        evaluated = time.perf_counter()
         if not torch.isfinite(rollout.scores).all():
             raise UserError(
                 f"ppo: iteration {self.iteration + 1}: the reward model returned NaN or inf; stopped"
             )
         advantages, returns, rewards, kl = self.advantages(rollout)
         stats = self.update(rollout, advantages, returns, seed)
+        updated = time.perf_counter()
         mask = rollout.response_mask
         kl_per_episode = kl.sum(1)  # (B,) nats per response, by cfg.kl_estimator
         # k3 as well: an unbiased estimate that is never negative, for the logs
@@ -422,6 +445,9 @@ class PPOTrainer:
             logprob_gap=logprob_gap(rollout),
             lr=self.policy_sched.get_last_lr()[0],
             iteration_s=time.perf_counter() - start,
+            sample_s=sampled - start,  # where an iteration's time goes
+            evaluate_s=evaluated - sampled,
+            update_s=updated - evaluated,
         )
         stats["tokens_per_s"] = (
             lengths.sum().item() / stats["iteration_s"]
@@ -510,6 +536,7 @@ def run(cfg: PPOConfig) -> Path:
     rm = models.load_reward_model(cfg.reward, device=str(accelerator.device)).requires_grad_(False)
     value_model = _no_dropout(models.load_reward_model(cfg.value or cfg.reward)).train()
     value_model.backbone = trainer.prepare_model(value_model.backbone, cfg)
+    trunk_layers = _share_trunk(cfg, accelerator, policy, [ref, value_model], rm)
     ppo = PPOTrainer(
         cfg,
         accelerator=accelerator,
@@ -519,8 +546,37 @@ def run(cfg: PPOConfig) -> Path:
         tokenizer=tokenizer,
         score_fn=reward_model_scorer(rm),
         ptx=load_ptx(cfg, tokenizer),
+        trunk_layers=trunk_layers,
     )
     return train(ppo, prompts, out)
+
+
+def _share_trunk(cfg: PPOConfig, accelerator: Any, policy: Any, others: list[Any], rm: Any) -> int:
+    """How many bottom layers the policy, the reference and the value model share (0: none).
+
+    With freeze_layers=N and all three trained from one SFT model (the value model from an RM
+    whose lower N layers stayed frozen, as in the default head-only RM), those layers hold equal
+    weights: one copy is kept in memory and one forward through them per rollout batch feeds the
+    three models' upper layers. Checked weight by weight, never assumed; off under LoRA (adapters
+    sit in every layer) and under FSDP / DeepSpeed (sharded parameters).
+    """
+    from accelerate.utils import DistributedType
+
+    n = cfg.freeze_layers
+    sharded = accelerator.distributed_type in (DistributedType.FSDP, DistributedType.DEEPSPEED)
+    if not cfg.share_trunk or n == 0 or cfg.lora.r > 0 or sharded or None in others:
+        return 0
+    policy.to(accelerator.device)
+    for model in others:
+        model.to(accelerator.device)
+    if not all(models.share_trunk(policy, model, n) for model in others):
+        log.info(
+            "ppo: the value model's lower %d layers differ from the policy's: no shared trunk", n
+        )
+        return 0
+    models.share_trunk(policy, rm, n)  # memory only: the RM reads other rows (scored_sequence)
+    log.info("ppo: policy, reference and value model share their frozen bottom %d layers", n)
+    return n
 
 
 def train(ppo: PPOTrainer, prompts: list[tuple[Prompt, list[int]]], out: Path) -> Path:
