@@ -422,24 +422,36 @@ def new_reward_model(spec: str, *, dtype: Any = None) -> Any:
 
 
 def save_reward_model(
-    model: Any, tokenizer: Any, out: Path, *, bias: float, extra: dict[str, Any] | None = None
+    model: Any,
+    tokenizer: Any,
+    out: Path,
+    *,
+    bias: float,
+    extra: dict[str, Any] | None = None,
+    state_dict: dict[str, Any] | None = None,
 ) -> Path:
     """HF directory: backbone (config + safetensors, loadable as a causal LM), the head in
-    reward_head.safetensors, and `instructrl` fields in config.json (type, bias)."""
+    reward_head.safetensors, and `instructrl` fields in config.json (type, bias). `state_dict`:
+    the whole model's weights gathered from a sharded run (accelerator.get_state_dict), written
+    instead of the module's own."""
     from safetensors.torch import save_file
 
     backbone = model.backbone
+    head = model.head.state_dict()
+    weights = None
+    if state_dict is not None:
+        weights = {k[9:]: v for k, v in state_dict.items() if k.startswith("backbone.")}
+        head = {k[5:]: v for k, v in state_dict.items() if k.startswith("head.")}
     backbone.config.instructrl = {
         "type": "reward",
         "bias": float(bias),
         "head": REWARD_HEAD_FILE,
         **(extra or {}),
     }
-    backbone.save_pretrained(out, safe_serialization=True)
+    backbone.save_pretrained(out, state_dict=weights, safe_serialization=True)
     tokenizer.save_pretrained(out)
     save_file(
-        {k: v.detach().float().contiguous() for k, v in model.head.state_dict().items()},
-        str(out / REWARD_HEAD_FILE),
+        {k: v.detach().float().contiguous() for k, v in head.items()}, str(out / REWARD_HEAD_FILE)
     )
     return out
 

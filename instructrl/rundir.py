@@ -17,10 +17,13 @@ STATE_FILE = "trainer_state.json"
 
 
 class MetricsLog:
-    """Appends one JSON row per call to out/metrics.jsonl (flushed, so a crash loses nothing)."""
+    """Appends one JSON row per call to out/metrics.jsonl (flushed, so a crash loses nothing).
+    Under several processes only the main one writes (`enabled=accelerator.is_main_process`)."""
 
-    def __init__(self, path: Path, *, truncate_after_step: int | None = None):
-        self.path = path
+    def __init__(self, path: Path, *, truncate_after_step: int | None = None, enabled: bool = True):
+        self.path, self.enabled = path, enabled
+        if not enabled:
+            return
         if (
             truncate_after_step is not None and path.exists()
         ):  # resume: drop rows past the checkpoint
@@ -31,6 +34,8 @@ class MetricsLog:
             path.write_text("")
 
     def write(self, row: dict[str, Any]) -> None:
+        if not self.enabled:
+            return
         with self.path.open("a", encoding="utf-8") as f:
             f.write(
                 json.dumps(
@@ -65,7 +70,9 @@ class Checkpointer:
         self.root.mkdir(parents=True, exist_ok=True)
         final = self.root / f"step-{state['step']}"
         tmp = self.root / f".tmp-step-{state['step']}"
-        shutil.rmtree(tmp, ignore_errors=True)
+        if accelerator.is_main_process:  # before any process writes its part of the state
+            shutil.rmtree(tmp, ignore_errors=True)
+        accelerator.wait_for_everyone()
         accelerator.save_state(str(tmp), safe_serialization=True)
         if accelerator.is_main_process:
             (tmp / STATE_FILE).write_text(json.dumps(state))
@@ -92,23 +99,38 @@ def save_hf_model(
     merge: bool = True,
     extra_files: dict[str, str] | None = None,
 ) -> Path:
-    """Save a plain HF directory atomically (LoRA merged unless merge=False)."""
+    """Save a plain HF directory atomically (LoRA merged unless merge=False). Every process
+    calls it: gathering a sharded (FSDP / ZeRO-3) state dict is a collective; the main process
+    writes, and all return once the directory is in place."""
+    accelerator.wait_for_everyone()
+    full = accelerator.get_state_dict(model)  # all ranks: a collective under FSDP / ZeRO-3
+    if accelerator.is_main_process:
+        _write_hf_model(accelerator.unwrap_model(model), full, tokenizer, out, merge, extra_files)
+    accelerator.wait_for_everyone()
+    return out
+
+
+def _write_hf_model(
+    model: Any,
+    full: dict[str, Any],
+    tokenizer: Any,
+    out: Path,
+    merge: bool,
+    extra_files: dict[str, str] | None,
+) -> None:
     import torch
 
-    accelerator.wait_for_everyone()
-    if not accelerator.is_main_process:
-        return out
-    model = accelerator.unwrap_model(model)
     if merge and hasattr(model, "merge_and_unload"):
         import copy
 
-        model = copy.deepcopy(model).merge_and_unload()
+        model = copy.deepcopy(model)
+        with torch.no_grad():  # the gathered weights, then the adapters merged into them
+            model.load_state_dict(full, strict=False)
+        model = model.merge_and_unload()
+        full = model.state_dict()
     tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
-    state = {
-        k: v.detach().to(torch.float32).contiguous()
-        for k, v in accelerator.get_state_dict(model).items()
-    }
+    state = {k: v.detach().to(torch.float32).contiguous() for k, v in full.items()}
     model.save_pretrained(tmp, state_dict=state, safe_serialization=True)
     tokenizer.save_pretrained(tmp)
     for name, text in (extra_files or {}).items():
@@ -120,7 +142,6 @@ def save_hf_model(
         shutil.rmtree(old, ignore_errors=True)
     else:
         os.rename(tmp, out)
-    return out
 
 
 def install(source: Path, out: Path, marker: str, content: str) -> None:

@@ -9,10 +9,11 @@ function of (seed, epoch), so a resumed run sees the same batches. Run-directory
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -36,6 +37,9 @@ def make_accelerator(cfg: TrainConfig, gradient_accumulation_steps: int = 1) -> 
         cpu=not on_gpu,
         mixed_precision="bf16" if on_gpu and cfg.bf16 else "no",
         gradient_accumulation_steps=gradient_accumulation_steps,
+        # our schedules count optimizer steps: one scheduler step per optimizer step, not one
+        # per process (accelerate's default, which would run the schedule P times as fast)
+        step_scheduler_with_optimizer=False,
     )
 
 
@@ -162,17 +166,6 @@ def steps_per_epoch(n_examples: int, cfg_batch: int, grad_accum: int, processes:
     return max(1, math.ceil(n_examples / (cfg_batch * grad_accum * processes)))
 
 
-def step_batches(
-    batches: list[list[int]], step_in_epoch: int, grad_accum: int, process: int, processes: int
-) -> Iterator[list[int]]:
-    """The micro-batches of one optimizer step for one process (DDP shards by process index)."""
-    start = step_in_epoch * grad_accum * processes
-    for k in range(grad_accum):
-        i = start + k * processes + process
-        if i < len(batches):
-            yield batches[i]
-
-
 @dataclass
 class Supervised:
     """A supervised training run (SFT, RM) as `setup` prepares it and `fit` runs it."""
@@ -230,7 +223,9 @@ def fit(
     checkpoints = Checkpointer(out, cfg.keep_last)
     state, resumed = _resume(run, checkpoints)
     metrics = MetricsLog(
-        out / "metrics.jsonl", truncate_after_step=state["step"] if resumed else None
+        out / "metrics.jsonl",
+        truncate_after_step=state["step"] if resumed else None,
+        enabled=run.accelerator.is_main_process,
     )
     if not resumed and first_row:
         metrics.write({"step": 0, **first_row})
@@ -286,27 +281,61 @@ def _resume(run: Supervised, checkpoints: Checkpointer) -> tuple[dict[str, Any],
 
 
 def _train_step(run: Supervised, step: int, loss_fn: LossFn) -> tuple[dict[str, float], int]:
-    """One optimizer step over this process's micro-batches of the step: (mean stats, tokens)."""
+    """One optimizer step over this process's micro-batches of the step: (mean stats, tokens).
+
+    Every process runs the same number of backward passes (grad_accum), gradients are
+    all-reduced on the last one only (no_sync before), and a process with no micro-batch left in
+    an uneven last step runs one of its batches at weight 0: no rank waits for an all-reduce that
+    another never starts. Real micro-batches weigh processes / (real ones in the step), so after
+    DDP's average the gradient is the mean over the step's micro-batches, as with one process.
+    """
     cfg, acc = run.cfg, run.accelerator
     epoch, in_epoch = divmod(step, run.per_epoch)
     batches = micro_batches(run.n_examples, batch_size=cfg.batch_size, seed=cfg.seed, epoch=epoch)
+    slots = step_slots(batches, in_epoch, cfg.grad_accum, acc.process_index, acc.num_processes)
+    real = sum(
+        len([b for b in step_slots(batches, in_epoch, cfg.grad_accum, p, acc.num_processes) if b])
+        for p in range(acc.num_processes)
+    )
     sums: dict[str, float] = {}
-    tokens = 0
-    for batch in step_batches(
-        batches, in_epoch, cfg.grad_accum, acc.process_index, acc.num_processes
-    ):
-        with acc.autocast():
-            loss, stats, n_tokens = loss_fn(batch)
-        acc.backward(loss / cfg.grad_accum)
-        for k, v in stats.items():
-            sums[k] = sums.get(k, 0.0) + float(v) / cfg.grad_accum
-        tokens += n_tokens
+    tokens, counted = 0, 0
+    for k, batch in enumerate(slots):
+        weight = acc.num_processes / real if batch else 0.0
+        sync = k == len(slots) - 1
+        with contextlib.nullcontext() if sync else acc.no_sync(run.model), acc.autocast():
+            loss, stats, n_tokens = loss_fn(batch or batches[0])
+            acc.backward(loss * weight)
+        for name, v in stats.items():
+            sums[name] = sums.get(name, 0.0) + (float(v) if batch else 0.0)
+        tokens += n_tokens if batch else 0
+        counted += bool(batch)
+    sums = mean_over_processes(acc, sums, counted)
     if cfg.grad_clip > 0:
         sums["grad_norm"] = float(acc.clip_grad_norm_(run.model.parameters(), cfg.grad_clip))
     run.optimizer.step()
     run.scheduler.step()
     run.optimizer.zero_grad(set_to_none=True)
     return sums, tokens
+
+
+def step_slots(
+    batches: list[list[int]], step_in_epoch: int, grad_accum: int, process: int, processes: int
+) -> list[list[int] | None]:
+    """This process's grad_accum micro-batch slots of one step; None where an uneven last step
+    has no batch left for it."""
+    start = step_in_epoch * grad_accum * processes
+    slots = [start + k * processes + process for k in range(grad_accum)]
+    return [batches[i] if i < len(batches) else None for i in slots]
+
+
+def mean_over_processes(acc: Any, sums: dict[str, float], counted: int) -> dict[str, float]:
+    """Statistics summed over `counted` items on each process -> their mean over every
+    process's items (the same dict on every process; every process must pass the same keys)."""
+    names = sorted(sums)
+    totals = torch.tensor([*(sums[n] for n in names), float(counted)], dtype=torch.float64)
+    if acc.num_processes > 1:
+        totals = acc.reduce(totals.to(acc.device), reduction="sum").cpu()
+    return {n: float(totals[i] / max(totals[-1], 1.0)) for i, n in enumerate(names)}
 
 
 def _select(evaluation: Evaluation, state: dict[str, Any], value: float | None, step: int) -> None:

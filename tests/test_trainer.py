@@ -67,11 +67,12 @@ def test_steps_and_sharding_by_hand():
     assert trainer.steps_per_epoch(8, 2, 2, 2) == 1
     batches = [[0, 1], [2, 3], [4, 5], [6, 7], [8, 9]]
     # step 0 takes micro-batches 0-3: process 0 gets 0 and 2, process 1 gets 1 and 3
-    assert list(trainer.step_batches(batches, 0, 2, 0, 2)) == [[0, 1], [4, 5]]
-    assert list(trainer.step_batches(batches, 0, 2, 1, 2)) == [[2, 3], [6, 7]]
-    # step 1: only micro-batch 4 is left, for process 0
-    assert list(trainer.step_batches(batches, 1, 2, 0, 2)) == [[8, 9]]
-    assert list(trainer.step_batches(batches, 1, 2, 1, 2)) == []
+    assert trainer.step_slots(batches, 0, 2, 0, 2) == [[0, 1], [4, 5]]
+    assert trainer.step_slots(batches, 0, 2, 1, 2) == [[2, 3], [6, 7]]
+    # step 1: only micro-batch 4 is left, for process 0; every process keeps grad_accum slots
+    # (the same number of backward passes, so no all-reduce waits for a rank that has none)
+    assert trainer.step_slots(batches, 1, 2, 0, 2) == [[8, 9], None]
+    assert trainer.step_slots(batches, 1, 2, 1, 2) == [None, None]
 
 
 def test_setup_counts_steps_from_epochs_or_max_steps(tmp_path):

@@ -148,6 +148,14 @@ class PPOTrainer:
         # policy, reference and value model share their frozen bottom layers (share_trunk): one
         # forward through them per rollout batch feeds every model's upper layers
         self.trunk_layers = trunk_layers
+        # batch_size and minibatch_size count episodes over all processes; each takes its share
+        processes = accelerator.num_processes
+        if cfg.batch_size % processes or cfg.minibatch_size % processes:
+            raise UserError(
+                f"ppo: batch_size={cfg.batch_size} and minibatch_size={cfg.minibatch_size} count "
+                f"episodes over all {processes} processes: expected both to be multiples of {processes}"
+            )
+        self.minibatch = cfg.minibatch_size // processes
 
         def warm(iteration: int) -> float:
             """Constant lr after a linear warmup from 0.1x (paper, C.3)."""
@@ -368,8 +376,8 @@ class PPOTrainer:
             order = torch.randperm(
                 len(r.texts), generator=torch.Generator().manual_seed(rng.randrange(2**31))
             )
-            for start in range(0, len(order), cfg.minibatch_size):
-                idx = order[start : start + cfg.minibatch_size]
+            for start in range(0, len(order), self.minibatch):
+                idx = order[start : start + self.minibatch]
                 with acc.autocast():
                     loss, stats = self.policy_objective(r, idx, advantages, self.ptx_batch(rng))
                 acc.backward(loss)
@@ -412,7 +420,8 @@ class PPOTrainer:
     def step(self, prompt_ids: list[list[int]]) -> tuple[dict[str, float], Rollout]:
         """sample -> logprobs, reference, values, scores -> rewards -> GAE -> PPO update -> stats."""
         start = time.perf_counter()
-        seed = self.cfg.seed * 1_000_003 + self.iteration
+        acc = self.accelerator  # each process samples its own prompts with its own seed stream
+        seed = self.cfg.seed * 1_000_003 + self.iteration * acc.num_processes + acc.process_index
         rollout = self.sample(prompt_ids, seed)
         sampled = time.perf_counter()
         self.evaluate(rollout)
@@ -451,8 +460,10 @@ class PPOTrainer:
         )
         stats["tokens_per_s"] = (
             lengths.sum().item() / stats["iteration_s"]
-        )  # response tokens per second
-        self.kl_ctl.update(stats["kl"], len(prompt_ids))
+        )  # response tokens per second (of this process)
+        stats = trainer.mean_over_processes(acc, stats, 1)  # one KL controller for all
+        stats["tokens_per_s"] *= acc.num_processes
+        self.kl_ctl.update(stats["kl"], len(prompt_ids) * acc.num_processes)
         self.iteration += 1
         return stats, rollout
 
@@ -587,13 +598,14 @@ def train(ppo: PPOTrainer, prompts: list[tuple[Prompt, list[int]]], out: Path) -
     if latest is not None:
         ppo.load(checkpoints.load(acc, latest))
         log.info("resumed from %s (iteration %d of %d)", latest, ppo.iteration, cfg.iterations)
+    main = acc.is_main_process
     metrics = rundir.MetricsLog(
-        out / "metrics.jsonl", truncate_after_step=ppo.iteration if latest else None
+        out / "metrics.jsonl", truncate_after_step=ppo.iteration if latest else None, enabled=main
     )
     # every episode's response, RM score and KL: the eval's over-optimisation diagnostic
     # scores them with the held-out panel (gold) against the RM (proxy)
     rollouts = rundir.MetricsLog(
-        out / "rollouts.jsonl", truncate_after_step=ppo.iteration if latest else None
+        out / "rollouts.jsonl", truncate_after_step=ppo.iteration if latest else None, enabled=main
     )
     samples_path = out / "samples.jsonl"
     samples = (
@@ -608,10 +620,10 @@ def train(ppo: PPOTrainer, prompts: list[tuple[Prompt, list[int]]], out: Path) -
         while ppo.iteration < cfg.iterations:
             epoch, in_epoch = divmod(ppo.iteration, per_epoch)
             order = trainer.epoch_order(len(prompts), seed=cfg.seed, epoch=epoch)
-            batch = [
+            batch = [  # this process's share of the iteration's prompts (disjoint across ranks)
                 prompts[i]
                 for i in order[in_epoch * cfg.batch_size : (in_epoch + 1) * cfg.batch_size]
-            ]
+            ][acc.process_index :: acc.num_processes]
             stats, rollout = ppo.step([ids for _, ids in batch])
             row = {"step": ppo.iteration, **{f"ppo/{k}": v for k, v in stats.items()}}
             if not all(math.isfinite(v) for v in row.values() if isinstance(v, float)):
@@ -620,47 +632,13 @@ def train(ppo: PPOTrainer, prompts: list[tuple[Prompt, list[int]]], out: Path) -
                     f"checkpoint is {checkpoints.latest()}"
                 )
             metrics.write(row)
-            for (p, _), text, reason, score, kl in zip(
-                batch,
-                rollout.texts,
-                rollout.finish_reasons,
-                rollout.scores.tolist(),
-                rollout.kl.tolist(),
-                strict=True,
-            ):
-                rollouts.write(
-                    {
-                        "step": ppo.iteration,
-                        "prompt_id": p.id,
-                        "response": text,
-                        "finish_reason": reason,
-                        "score": score,
-                        "kl": kl,
-                    }
-                )
+            episodes = _episodes(acc, batch, rollout, ppo.iteration)
+            for e in episodes:
+                rollouts.write({k: v for k, v in e.items() if k != "prompt"})
             if cfg.sample_every and (ppo.iteration % cfg.sample_every == 0 or ppo.iteration == 1):
-                for (p, _), text, reason, score in zip(
-                    batch[:3],
-                    rollout.texts,
-                    rollout.finish_reasons,
-                    rollout.scores.tolist(),
-                    strict=False,
-                ):
-                    samples.append(
-                        {
-                            **Sample(
-                                prompt_id=p.id,
-                                prompt=p.prompt,
-                                response=text,
-                                model=str(out),
-                                finish_reason=reason,
-                                seed=cfg.seed,
-                            ).to_dict(),
-                            "iteration": ppo.iteration,
-                            "score": round(score, 4),
-                        }
-                    )
-                write_records(samples_path, samples)
+                samples += [_sample(e, out, cfg.seed) for e in episodes[:3]]
+                if main:
+                    write_records(samples_path, samples)
             update(1, score=stats["score"], kl=stats["kl"], tokens_per_s=stats["tokens_per_s"])
             if (
                 cfg.checkpoint_every
@@ -671,18 +649,65 @@ def train(ppo: PPOTrainer, prompts: list[tuple[Prompt, list[int]]], out: Path) -
     return finish(ppo, out)
 
 
+def _episodes(
+    acc: Any, batch: list[tuple[Prompt, list[int]]], r: Rollout, step: int
+) -> list[dict[str, Any]]:
+    """Every process's episodes of this iteration (gathered: rollouts.jsonl holds them all)."""
+    mine = [
+        {
+            "step": step,
+            "prompt_id": p.id,
+            "prompt": p.prompt,
+            "response": text,
+            "finish_reason": reason,
+            "score": score,
+            "kl": kl,
+        }
+        for (p, _), text, reason, score, kl in zip(
+            batch, r.texts, r.finish_reasons, r.scores.tolist(), r.kl.tolist(), strict=True
+        )
+    ]
+    if acc.num_processes == 1:
+        return mine
+    from accelerate.utils import gather_object
+
+    return gather_object(mine)
+
+
+def _sample(episode: dict[str, Any], out: Path, seed: int) -> dict[str, Any]:
+    """A samples.jsonl row: a Sample record plus the iteration and the RM score."""
+    sample = Sample(
+        prompt_id=episode["prompt_id"],
+        prompt=episode["prompt"],
+        response=episode["response"],
+        model=str(out),
+        finish_reason=episode["finish_reason"],
+        seed=seed,
+    )
+    return {**sample.to_dict(), "iteration": episode["step"], "score": round(episode["score"], 4)}
+
+
 def finish(ppo: PPOTrainer, out: Path) -> Path:
     cfg, acc = ppo.cfg, ppo.accelerator
     policy = acc.unwrap_model(ppo.policy)
     if ppo.ema is not None:
         ppo.ema.copy_to(policy)
-    source = rundir.save_hf_model(acc, policy, ppo.tokenizer, out / ".final", merge=cfg.lora.merge)
+    source = rundir.save_hf_model(
+        acc, ppo.policy, ppo.tokenizer, out / ".final", merge=cfg.lora.merge
+    )
+    value = acc.unwrap_model(ppo.value_model)
+    merged = cfg.lora.r > 0 and cfg.lora.merge and hasattr(value.backbone, "merge_and_unload")
+    full = None if merged else acc.get_state_dict(ppo.value_model)  # a collective when sharded
     if acc.is_main_process:
-        value = acc.unwrap_model(ppo.value_model)
-        if cfg.lora.r > 0 and cfg.lora.merge and hasattr(value.backbone, "merge_and_unload"):
+        if merged:
             value.backbone = value.backbone.merge_and_unload()
         models.save_reward_model(
-            value, ppo.tokenizer, source / "value", bias=float(value.bias), extra={"type": "value"}
+            value,
+            ppo.tokenizer,
+            source / "value",
+            bias=float(value.bias),
+            extra={"type": "value"},
+            state_dict=full,
         )
         rundir.install(
             source,
@@ -690,11 +715,12 @@ def finish(ppo: PPOTrainer, out: Path) -> Path:
             "selected.json",
             json.dumps({"selected_by": "last", "iterations": ppo.iteration}) + "\n",
         )
-    plot_curves(
-        out / "metrics.jsonl",
-        ["ppo/score", "ppo/kl", "ppo/ptx_loss", "ppo/entropy"],
-        out / "curves.png",
-        "PPO",
-    )
+        plot_curves(
+            out / "metrics.jsonl",
+            ["ppo/score", "ppo/kl", "ppo/ptx_loss", "ppo/entropy"],
+            out / "curves.png",
+            "PPO",
+        )
+    acc.wait_for_everyone()  # the policy is in place before any process moves on
     log.info("PPO policy in %s after %d iterations", out, ppo.iteration)
     return out

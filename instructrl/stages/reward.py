@@ -178,11 +178,18 @@ def shared_prefix_last_hidden(backbone: Any, rows: list[list[int]], pad_id: int)
 
 
 def fit_head(
-    cfg: RMConfig, model: Any, splits: dict[str, list[RankedExample]], pad_id: int, out: Path
+    cfg: RMConfig,
+    model: Any,
+    splits: dict[str, list[RankedExample]],
+    pad_id: int,
+    out: Path,
+    *,
+    main: bool = True,
 ) -> dict[str, Any]:
     """head_only: the scalar head fitted to the ranking loss over the frozen backbone's
     features (computed once), full batch, L2 on standardised features; then the
-    standardisation is folded into the head, so the saved model is a plain reward model."""
+    standardisation is folded into the head, so the saved model is a plain reward model.
+    Every process fits the same head (a few seconds); `main` writes the metrics."""
     model.eval()
     feats = {
         name: last_token_features(model, examples, pad_id)
@@ -206,7 +213,7 @@ def fit_head(
         r = torch.where(valid, flat[rows.clamp(min=0)], torch.zeros_like(rows, dtype=flat.dtype))
         return r, ranks, valid
 
-    metrics = rundir.MetricsLog(out / "metrics.jsonl")
+    metrics = rundir.MetricsLog(out / "metrics.jsonl", enabled=main)
     metrics.write(
         {"step": 0, **{f"rm/{k}_comparisons": len(v) for k, v in splits.items()}, "rm/head_only": 1}
     )
@@ -264,16 +271,19 @@ def run(cfg: RMConfig) -> Path:
     model = models.new_reward_model(cfg.model, dtype=torch.float32)
     if cfg.head_only:
         splits = {"train": train, "val": val, "heldout": heldout}
-        state = fit_head(cfg, model, splits, tokenizer.pad_token_id, out)
+        state = fit_head(
+            cfg, model, splits, tokenizer.pad_token_id, out, main=accelerator.is_main_process
+        )
     else:
         state, model = fine_tune(cfg, accelerator, model, tokenizer, train, val, heldout, report)
     final = _finish(accelerator, model, tokenizer, out, cfg, state)
-    plot_curves(
-        out / "metrics.jsonl",
-        ["rm/loss", "rm/accuracy", "rm/val_accuracy", "rm/heldout_accuracy"],
-        out / "accuracy.png",
-        f"reward model from {cfg.model}",
-    )
+    if accelerator.is_main_process:
+        plot_curves(
+            out / "metrics.jsonl",
+            ["rm/loss", "rm/accuracy", "rm/val_accuracy", "rm/heldout_accuracy"],
+            out / "accuracy.png",
+            f"reward model from {cfg.model}",
+        )
     return final
 
 
@@ -369,15 +379,18 @@ def _finish(
         "normalised_on": n_demos,
         "max_length": cfg.max_length,
     }
+    merged = cfg.lora.r > 0 and cfg.lora.merge
+    full = None if merged else accelerator.get_state_dict(model)  # a collective when sharded
     if accelerator.is_main_process:
         tmp = out / ".final"
-        models.save_reward_model(inner, tokenizer, tmp, bias=bias, extra=info)
+        models.save_reward_model(inner, tokenizer, tmp, bias=bias, extra=info, state_dict=full)
         rundir.install(
             tmp,
             out,
             "selected.json",
             json.dumps({"selected_by": "last", "step": state["step"], "bias": bias}) + "\n",
         )
+    accelerator.wait_for_everyone()
     log.info("reward model in %s (bias %.4f from %d demonstrations)", out, bias, n_demos)
     return out
 

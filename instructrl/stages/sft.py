@@ -180,12 +180,13 @@ def run(cfg: SFTConfig) -> Path:
         run, prefix="sft", loss_fn=loss_fn, evaluation=evaluation if val else None, first_row=first
     )
     final = _finish(accelerator, model, tokenizer, out, cfg, state)
-    plot_curves(
-        out / "metrics.jsonl",
-        ["sft/loss", "sft/val_loss", "sft/lr"],
-        out / "loss.png",
-        f"SFT {cfg.model}",
-    )
+    if accelerator.is_main_process:
+        plot_curves(
+            out / "metrics.jsonl",
+            ["sft/loss", "sft/val_loss", "sft/lr"],
+            out / "loss.png",
+            f"SFT {cfg.model}",
+        )
     return final
 
 
@@ -193,6 +194,7 @@ def _finish(
     accelerator: Any, model: Any, tokenizer: Any, out: Path, cfg: SFTConfig, state: dict[str, Any]
 ) -> Path:
     """Install the selected model into out/: best validation loss, else the last step."""
+    accelerator.wait_for_everyone()  # every process sees best/ before the main one moves it
     best = out / "best"
     if state.get("best_step") is not None and best.is_dir():
         source = best
@@ -205,5 +207,6 @@ def _finish(
         selected = {"selected_by": "last", "step": state["step"]}
     if accelerator.is_main_process:
         rundir.install(source, out, "selected.json", json.dumps(selected) + "\n")
+    accelerator.wait_for_everyone()
     log.info("SFT model in %s (%s)", out, ", ".join(f"{k} {v}" for k, v in selected.items()))
     return out

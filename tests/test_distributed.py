@@ -1,0 +1,157 @@
+"""Two processes on CPU (gloo, launched with torchrun) against one: the same losses and weights
+for SFT and RM steps, an uneven last step that neither hangs nor drops examples, outputs
+written once, and PPO drawing disjoint prompts on each process."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from safetensors.torch import load_file
+
+from instructrl import rundir
+
+TIMEOUT_S = 180  # a hang (ranks out of step in a collective) fails here instead of blocking CI
+
+
+def _port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def launch(processes: int, *args: str) -> subprocess.CompletedProcess:
+    """`instructrl ARGS` in `processes` processes (torchrun when more than one)."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "INSTRUCTRL_PROGRESS_EVERY": "0"}
+    head = [sys.executable, "-m"]
+    if processes > 1:
+        head += [
+            "torch.distributed.run",
+            f"--nproc_per_node={processes}",
+            f"--master_port={_port()}",
+            "-m",
+        ]
+    try:
+        done = subprocess.run(
+            [*head, "instructrl.cli", *args],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=TIMEOUT_S,
+        )
+    except subprocess.TimeoutExpired as e:
+        pytest.fail(f"{processes} processes hung for {TIMEOUT_S} s: {e.stderr}")
+    assert done.returncode == 0, done.stderr[-3000:]
+    return done
+
+
+def max_diff(a: Path, b: Path) -> float:
+    x, y = load_file(a), load_file(b)
+    assert x.keys() == y.keys()
+    return max((x[k] - y[k]).abs().max().item() for k in x)
+
+
+@pytest.fixture(scope="module")
+def demos(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("data") / "demos.jsonl"
+    rows = [
+        {"prompt": f"Say hi number {i}.", "response": f"Hi there, number {i}! The quick brown fox."}
+        for i in range(10)
+    ]
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+def test_sft_two_processes_equal_one_with_an_uneven_last_step(tiny_model_dir, demos, tmp_path):
+    # 10 examples in micro-batches of 2 = 5 micro-batches. One process, 4 a step: steps of 4
+    # and 1. Two processes, 2 each a step: the same steps, and in the last one the second
+    # process has no batch (it runs its backward passes at weight 0 instead of hanging).
+    common = [f"model={tiny_model_dir}", f"data={demos}", "batch_size=2", "epochs=1"]
+    common += ["val_fraction=0", "lr=1e-2", "checkpoint_every=0"]
+    launch(1, "sft", *common, "grad_accum=4", f"out={tmp_path / 'one'}")
+    launch(2, "sft", *common, "grad_accum=2", f"out={tmp_path / 'two'}")
+    diff = max_diff(tmp_path / "one" / "model.safetensors", tmp_path / "two" / "model.safetensors")
+    assert diff < 1e-5, f"weights differ by {diff:.3g}"
+    one, two = (rundir.read_metrics(tmp_path / d / "metrics.jsonl") for d in ("one", "two"))
+    assert [r["step"] for r in two] == [0, 1, 2]  # written once, by the main process
+    for key in ("sft/loss", "sft/grad_norm", "sft/lr"):
+        assert [r.get(key) for r in two] == pytest.approx([r.get(key) for r in one], abs=1e-5)
+    assert one[0]["sft/train_examples"] == two[0]["sft/train_examples"] == 10
+
+
+def test_rm_two_processes_equal_one(tiny_model_dir, demos, tmp_path):
+    responses = ["Paris.", "It is Paris, in France.", "London.", "I do not know, sorry."]
+    comps = [
+        {
+            "prompt_id": f"p{i}",
+            "prompt": f"Question {i}?",
+            "responses": responses,
+            "ranking": [0, 1, 2, 3],
+        }
+        for i in range(8)
+    ]
+    data = tmp_path / "c.jsonl"
+    data.write_text("".join(json.dumps(c) + "\n" for c in comps))
+    common = [f"model={tiny_model_dir}", f"data={data}", f"demos={demos}", "batch_size=2"]
+    common += ["epochs=1", "val_fraction=0", "lr=1e-3", "head_only=false", "checkpoint_every=0"]
+    launch(1, "rm", *common, "grad_accum=2", f"out={tmp_path / 'one'}")
+    launch(2, "rm", *common, "grad_accum=1", f"out={tmp_path / 'two'}")
+    for name in ("model.safetensors", "reward_head.safetensors"):
+        diff = max_diff(tmp_path / "one" / name, tmp_path / "two" / name)
+        assert diff < 1e-5, f"{name}: weights differ by {diff:.3g}"
+    bias = [
+        json.loads((tmp_path / d / "selected.json").read_text())["bias"] for d in ("one", "two")
+    ]
+    assert bias[0] == pytest.approx(bias[1], abs=1e-5)
+    one, two = (rundir.read_metrics(tmp_path / d / "metrics.jsonl") for d in ("one", "two"))
+    assert [r["step"] for r in two] == [r["step"] for r in one]
+    assert [r.get("rm/loss") for r in two] == pytest.approx(
+        [r.get("rm/loss") for r in one], abs=1e-5
+    )
+
+
+def test_ppo_processes_draw_disjoint_prompts(tiny_model_dir, tmp_path):
+    from instructrl import models
+
+    rm = tmp_path / "rm"
+    models.save_reward_model(
+        models.new_reward_model(str(tiny_model_dir)),
+        models.load_tokenizer(str(tiny_model_dir)),
+        rm,
+        bias=0.0,
+    )
+    prompts = tmp_path / "prompts.jsonl"
+    prompts.write_text(
+        "".join(json.dumps({"id": f"p{i}", "prompt": f"Say hi {i}."}) + "\n" for i in range(8))
+    )
+    out = tmp_path / "ppo"
+    launch(
+        2,
+        "ppo",
+        f"policy={tiny_model_dir}",
+        f"reward={rm}",
+        f"prompts={prompts}",
+        f"out={out}",
+        "batch_size=4",
+        "minibatch_size=2",
+        "max_new_tokens=4",
+        "iterations=2",
+        "ptx=none",
+        "checkpoint_every=0",
+    )
+    rows = rundir.read_metrics(out / "metrics.jsonl")
+    assert [r["step"] for r in rows] == [1, 2]  # one row an iteration, not one per process
+    episodes = rundir.read_metrics(out / "rollouts.jsonl")
+    by_step = {s: [e["prompt_id"] for e in episodes if e["step"] == s] for s in (1, 2)}
+    # 4 episodes an iteration over both processes, each prompt once: the processes' shares
+    # are disjoint, and the two iterations cover all 8 prompts of the epoch
+    assert all(len(ids) == len(set(ids)) == 4 for ids in by_step.values())
+    assert sorted(by_step[1] + by_step[2]) == sorted(f"p{i}" for i in range(8))
+    from transformers import AutoModelForCausalLM
+
+    AutoModelForCausalLM.from_pretrained(out)
