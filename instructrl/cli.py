@@ -132,6 +132,9 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
     def go(cfg):
         eval_dir = pipeline.run(cfg, console=console)
+        state = pipeline.processes()
+        if state is not None and not state.is_main_process:
+            return eval_dir  # one summary, from the main process
         table = Table(title=f"instructrl run {cfg.name}: headline figures")
         table.add_column("figure")
         table.add_column("value", justify="right")

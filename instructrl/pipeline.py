@@ -74,13 +74,44 @@ class StageResult:
     figures: dict[str, Any] = field(default_factory=dict)
 
 
-class Runner:
-    """Runs stages with manifests: skip when the key matches, resume when a run was cut short."""
+def processes() -> Any | None:
+    """accelerate's process state when `instructrl run` was started in several processes
+    (torchrun / accelerate launch), else None. Its process group waits up to 24 h at a barrier:
+    the other processes wait there while the main one labels, samples or evaluates."""
+    import os
 
-    def __init__(self, run_dir: Path, console: Any = None):
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return None
+    from datetime import timedelta
+
+    import torch
+    from accelerate import PartialState
+
+    return PartialState(cpu=not torch.cuda.is_available(), timeout=timedelta(hours=24))
+
+
+class Runner:
+    """Runs stages with manifests: skip when the key matches, resume when a run was cut short.
+
+    Under several processes every process walks the same stages: training stages
+    (`every_process=True`) run in all of them, the others (labeling, sampling, evaluation) in
+    the main process only, and the main process alone writes manifests, with a barrier between
+    steps, so no process reads what another has not finished writing.
+    """
+
+    def __init__(self, run_dir: Path, console: Any = None, state: Any = None):
         self.run_dir = run_dir
         self.results: list[StageResult] = []
         self.console = console
+        self.state = state  # processes(), or None for one process
+
+    @property
+    def main(self) -> bool:
+        return self.state is None or self.state.is_main_process
+
+    def barrier(self) -> None:
+        if self.state is not None:
+            self.state.wait_for_everyone()
 
     def stage(
         self,
@@ -88,6 +119,8 @@ class Runner:
         config: Any,
         inputs: dict[str, str],
         fn: Callable[[Path], dict[str, Any] | None],
+        *,
+        every_process: bool = False,
     ) -> StageResult:
         path = self.run_dir / name
         config_json = json.dumps(
@@ -97,6 +130,7 @@ class Runner:
             json.dumps({"config": config_json, "inputs": inputs}, sort_keys=True).encode()
         ).hexdigest()[:16]
         manifest_path = path / MANIFEST
+        self.barrier()  # every process decides on the same manifest
         old = json.loads(manifest_path.read_text()) if manifest_path.is_file() else None
         if old and old.get("key") == key and old.get("complete"):
             result = StageResult(
@@ -105,7 +139,8 @@ class Runner:
             self._say(f"[dim]skip[/dim] {name} (unchanged, key {key})")
             self.results.append(result)
             return result
-        if old and old.get("key") != key and path.exists():
+        self.barrier()
+        if self.main and old and old.get("key") != key and path.exists():
             shutil.rmtree(path)  # config or inputs changed: start this stage afresh
         resuming = bool(old and old.get("key") == key)
         path.mkdir(parents=True, exist_ok=True)
@@ -118,15 +153,19 @@ class Runner:
             "versions": _versions(),
             "started": time.strftime("%Y-%m-%dT%H:%M:%S"),
         }
-        manifest_path.write_text(json.dumps(manifest, indent=2))
+        if self.main:
+            manifest_path.write_text(json.dumps(manifest, indent=2))
+        self.barrier()
         self._say(f"[bold]{'resume' if resuming else 'run'}[/bold] {name}")
         start = time.perf_counter()
-        figures = fn(path) or {}
+        figures = (fn(path) if every_process or self.main else None) or {}
         wall = time.perf_counter() - start
+        self.barrier()
         manifest.update(complete=True, wall_s=round(wall, 1), figures=figures)
-        tmp = manifest_path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(manifest, indent=2))
-        tmp.replace(manifest_path)
+        if self.main:
+            tmp = manifest_path.with_suffix(".tmp")
+            tmp.write_text(json.dumps(manifest, indent=2))
+            tmp.replace(manifest_path)
         self._say(
             f"[green]done[/green] {name} in {wall:.0f} s "
             + " ".join(
@@ -138,6 +177,8 @@ class Runner:
         return result
 
     def _say(self, text: str) -> None:
+        if not self.main:
+            return
         if self.console is not None:
             self.console.print(text)
         else:
@@ -185,11 +226,6 @@ def partition(cfg: RunConfig) -> dict[str, list[Prompt]]:
     }
 
 
-def _write_prompts(path: Path, prompts: list[Prompt]) -> str:
-    write_records(path, prompts)
-    return file_key(path)
-
-
 def _last(metrics: Path, key: str) -> float | None:
     rows = [r for r in read_metrics(metrics) if key in r]
     return rows[-1][key] if rows else None
@@ -227,9 +263,11 @@ def run(cfg: RunConfig, console: Any = None) -> Path:
         )
         ptx = continue_ppo_ptx(loop, ptx, rm, round_)
     evaluation = evaluate_policies(loop, sft=sft, ppo=ppo, ptx=ptx, rm=rm)
-    (cfg.run_dir / "stages.json").write_text(
-        json.dumps([{**asdict(r), "path": str(r.path)} for r in loop.runner.results], indent=2)
-    )
+    if loop.runner.main:
+        (cfg.run_dir / "stages.json").write_text(
+            json.dumps([{**asdict(r), "path": str(r.path)} for r in loop.runner.results], indent=2)
+        )
+    loop.runner.barrier()
     return evaluation.path
 
 
@@ -242,14 +280,17 @@ def start(cfg: RunConfig, console: Any = None) -> Loop:
             f"rank its samples in the web app and run again with the new export"
         )
     check_sections(cfg)
-    cfg.run_dir.mkdir(parents=True, exist_ok=True)
-    save_config(cfg, cfg.run_dir / "config.yaml")
+    runner = Runner(cfg.run_dir, console, processes())
     prompts_dir = cfg.run_dir / "prompts"
-    keys = {
-        name: _write_prompts(prompts_dir / f"{name}.jsonl", ps)
-        for name, ps in partition(cfg).items()
-    }
-    return Loop(cfg, Runner(cfg.run_dir, console), keys)
+    parts = partition(cfg)
+    if runner.main:
+        cfg.run_dir.mkdir(parents=True, exist_ok=True)
+        save_config(cfg, cfg.run_dir / "config.yaml")
+        for name, ps in parts.items():
+            write_records(prompts_dir / f"{name}.jsonl", ps)
+    runner.barrier()
+    keys = {name: file_key(prompts_dir / f"{name}.jsonl") for name in parts}
+    return Loop(cfg, runner, keys)
 
 
 def check_sections(cfg: RunConfig) -> dict[str, Any]:
@@ -310,7 +351,7 @@ def supervised_fine_tuning(loop: Loop, demos: tuple[Path, Path | None, str]) -> 
         sft.run(build(SFTConfig, {**values, "out": str(out), "resume": True}, section="sft"))
         return {"val_loss": _last(out / "metrics.jsonl", "sft/val_loss")}
 
-    return loop.runner.stage("sft", values, {"demos": demos[2]}, fine_tune)
+    return loop.runner.stage("sft", values, {"demos": demos[2]}, fine_tune, every_process=True)
 
 
 def reward_model(
@@ -341,7 +382,7 @@ def reward_model(
         }
 
     inputs = {"init": init.key, "rankings": rank_key, "demos": demos[2]}
-    stage = loop.runner.stage(f"rm{suffix}", values, inputs, train_rm)
+    stage = loop.runner.stage(f"rm{suffix}", values, inputs, train_rm, every_process=True)
     return stage, Path(values["data"])
 
 
@@ -428,8 +469,12 @@ def reinforcement_learning(
     inputs = {"sft": sft_stage.key, "rm": rm.key, "ppo_prompts": loop.prompt_keys["ppo"]}
     ppo_values = {**values, "ptx": "none"}
     ptx_values = {**values, "ptx": "default", **loop.cfg.ptx}
-    ppo_stage = loop.runner.stage("ppo", ppo_values, inputs, _ppo_step(ppo_values, "ppo"))
-    ptx_stage = loop.runner.stage("ppo-ptx", ptx_values, inputs, _ppo_step(ptx_values, "ptx"))
+    ppo_stage = loop.runner.stage(
+        "ppo", ppo_values, inputs, _ppo_step(ppo_values, "ppo"), every_process=True
+    )
+    ptx_stage = loop.runner.stage(
+        "ppo-ptx", ptx_values, inputs, _ppo_step(ptx_values, "ptx"), every_process=True
+    )
     return ppo_stage, ptx_stage
 
 
@@ -440,7 +485,9 @@ def continue_ppo_ptx(
     values = _ppo_values(loop.cfg, ptx_stage.path, rm.path, loop.prompts("ppo"))
     values = {**values, "ptx": "default", **loop.cfg.ptx}
     inputs = {"policy": ptx_stage.key, "rm": rm.key}
-    return loop.runner.stage(f"ppo-ptx-r{round_}", values, inputs, _ppo_step(values, "ptx"))
+    return loop.runner.stage(
+        f"ppo-ptx-r{round_}", values, inputs, _ppo_step(values, "ptx"), every_process=True
+    )
 
 
 def _ppo_step(values: dict[str, Any], section: str) -> Callable[[Path], dict[str, Any]]:

@@ -22,6 +22,7 @@ import torch
 
 from instructrl import models
 from instructrl.config import SupervisedConfig, TrainConfig
+from instructrl.errors import UserError
 from instructrl.progress import progress_bar
 from instructrl.rundir import Checkpointer, MetricsLog
 
@@ -41,6 +42,18 @@ def make_accelerator(cfg: TrainConfig, gradient_accumulation_steps: int = 1) -> 
         # per process (accelerate's default, which would run the schedule P times as fast)
         step_scheduler_with_optimizer=False,
     )
+
+
+def _deepspeed(accelerator: Any) -> bool:
+    from accelerate.utils import DistributedType
+
+    return accelerator.distributed_type == DistributedType.DEEPSPEED
+
+
+def refuse_deepspeed(accelerator: Any, what: str) -> None:
+    """A clear error where a loop does not fit DeepSpeed yet, instead of a silent misbehaviour."""
+    if _deepspeed(accelerator):
+        raise UserError(f"{what} under DeepSpeed: not supported yet; use DDP or FSDP")
 
 
 def prepare_model(model: Any, cfg: TrainConfig) -> Any:
@@ -193,6 +206,12 @@ class Evaluation:
 def setup(accelerator: Any, cfg: SupervisedConfig, model: Any, n_examples: int) -> Supervised:
     """Optimizer, schedule length (epochs or max_steps) and cosine schedule for a model whose
     trainable parameters are chosen (prepare_model), all prepared by accelerate."""
+    if _deepspeed(accelerator) and cfg.grad_accum > 1:
+        raise UserError(
+            f"grad_accum={cfg.grad_accum} under DeepSpeed: not supported yet (accelerate's backward "
+            f"steps the DeepSpeed engine every micro-batch); use grad_accum=1 with a larger "
+            f"batch_size, or DDP / FSDP"
+        )
     optimizer = make_optimizer(model, cfg)
     per_epoch = steps_per_epoch(
         n_examples, cfg.batch_size, cfg.grad_accum, accelerator.num_processes

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -16,7 +17,7 @@ from safetensors.torch import load_file
 
 from instructrl import rundir
 
-TIMEOUT_S = 180  # a hang (ranks out of step in a collective) fails here instead of blocking CI
+TIMEOUT_S = 300  # a hang (ranks out of step in a collective) fails here instead of blocking CI
 
 
 def _port() -> int:
@@ -155,3 +156,34 @@ def test_ppo_processes_draw_disjoint_prompts(tiny_model_dir, tmp_path):
     from transformers import AutoModelForCausalLM
 
     AutoModelForCausalLM.from_pretrained(out)
+
+
+def test_run_in_two_processes_writes_each_output_once(tiny_model_dir, tmp_path):
+    config = Path(__file__).resolve().parent.parent / "configs" / "tiny.yaml"
+    runs = {}
+    for n in (1, 2):
+        done = launch(n, "run", str(config), f"model={tiny_model_dir}", f"root={tmp_path / str(n)}")
+        runs[n] = tmp_path / str(n) / "tiny"
+        assert done.stderr.count("headline figures") == 1  # one summary, not one per process
+        assert len(re.findall(r"^run (\S+)", done.stderr, re.MULTILINE)) == 8  # each stage once
+    for stage in ("demos", "sft", "samples", "rankings", "rm", "ppo", "ppo-ptx", "eval"):
+        one, two = (sorted(p.name for p in (runs[n] / stage).iterdir()) for n in (1, 2))
+        assert one == two, stage  # the same files
+        manifest = json.loads((runs[2] / stage / "manifest.json").read_text())
+        assert manifest["complete"] is True
+    for name in ("sft/metrics.jsonl", "rm/metrics.jsonl"):  # half the steps with 2 processes
+        steps = [r["step"] for r in rundir.read_metrics(runs[2] / name)]
+        assert steps == sorted(set(steps)) and steps[-1] >= 1, name  # no row twice
+    for name in ("ppo/metrics.jsonl", "ppo/rollouts.jsonl"):  # batch_size counts all processes
+        one, two = (rundir.read_metrics(runs[n] / name) for n in (1, 2))
+        assert [r["step"] for r in two] == [r["step"] for r in one], name
+    from instructrl.records import read_records
+
+    # the same demonstrations; the later records differ in content (2 processes take half the
+    # SFT steps of one) but not in kind or number
+    assert read_records(runs[2] / "demos/train.jsonl", "demonstration") == read_records(
+        runs[1] / "demos/train.jsonl", "demonstration"
+    )
+    for name, kind in (("samples/rm.jsonl", "sample"), ("rankings/train.jsonl", "comparison")):
+        assert len(read_records(runs[2] / name, kind)) == len(read_records(runs[1] / name, kind))
+    assert (runs[2] / "eval" / "report.html").is_file()

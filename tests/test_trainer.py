@@ -140,3 +140,18 @@ def _rows(out):
     from instructrl.rundir import read_metrics
 
     return read_metrics(out / "metrics.jsonl")
+
+
+def test_deepspeed_is_refused_where_the_loops_do_not_fit_it(tmp_path):
+    from types import SimpleNamespace
+
+    from accelerate.utils import DistributedType
+
+    from instructrl.errors import UserError
+
+    ds = SimpleNamespace(distributed_type=DistributedType.DEEPSPEED, num_processes=1)
+    with pytest.raises(UserError, match="grad_accum=2 under DeepSpeed"):
+        trainer.setup(ds, _cfg(tmp_path, grad_accum=2), _linear(), n_examples=4)
+    with pytest.raises(UserError, match=r"ppo .* under DeepSpeed"):
+        trainer.refuse_deepspeed(ds, "ppo (two trained models: policy and value)")
+    trainer.refuse_deepspeed(SimpleNamespace(distributed_type=DistributedType.NO), "ppo")

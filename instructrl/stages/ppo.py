@@ -526,6 +526,7 @@ def run(cfg: PPOConfig) -> Path:
     out.mkdir(parents=True, exist_ok=True)
     save_config(cfg, out / "config.yaml")
     accelerator = trainer.make_accelerator(cfg)
+    trainer.refuse_deepspeed(accelerator, "ppo (two trained models: policy and value)")
     torch.manual_seed(cfg.seed)
     tokenizer = models.load_tokenizer(cfg.policy)
     rm_tokenizer = models.load_tokenizer(cfg.reward)
@@ -540,8 +541,8 @@ def run(cfg: PPOConfig) -> Path:
     ref = (
         None
         if cfg.lora.r > 0
-        else _no_dropout(
-            models.load_policy(cfg.policy, device=str(accelerator.device))
+        else _no_dropout(  # in the policy's dtype: the KL is exactly 0 before any update
+            models.load_policy(cfg.policy, device=str(accelerator.device), dtype=torch.float32)
         ).requires_grad_(False)
     )
     rm = models.load_reward_model(cfg.reward, device=str(accelerator.device)).requires_grad_(False)

@@ -194,9 +194,11 @@ def _finish(
     accelerator: Any, model: Any, tokenizer: Any, out: Path, cfg: SFTConfig, state: dict[str, Any]
 ) -> Path:
     """Install the selected model into out/: best validation loss, else the last step."""
-    accelerator.wait_for_everyone()  # every process sees best/ before the main one moves it
+    accelerator.wait_for_everyone()  # best/ is complete
     best = out / "best"
-    if state.get("best_step") is not None and best.is_dir():
+    use_best = state.get("best_step") is not None and best.is_dir()
+    accelerator.wait_for_everyone()  # every process has decided before the main one moves best/
+    if use_best:
         source = best
         key = "val_rm_score" if cfg.reward else "val_loss"
         selected = {"selected_by": key, "step": state["best_step"], key: state["best"]}
