@@ -259,14 +259,19 @@ def final_hidden(model: Any, input_ids: Any, attention_mask: Any, trunk: Any = N
     """
     inputs = {"input_ids": input_ids} if trunk is None else {"inputs_embeds": trunk.hidden}
     with _layer_span(model, trunk.layers if trunk is not None else 0, None, norm=True):
-        out = model(
-            **inputs,
-            attention_mask=attention_mask.long(),
-            position_ids=position_ids(attention_mask),
-            output_hidden_states=True,
-            logits_to_keep=1,
-            use_cache=False,
-        )
+        return _last_hidden(model, attention_mask, **inputs)
+
+
+def _last_hidden(model: Any, attention_mask: Any, **inputs: Any) -> Any:
+    """The model's last hidden states for input ids or embeddings, logits for one position."""
+    out = model(
+        **inputs,
+        attention_mask=attention_mask.long(),
+        position_ids=position_ids(attention_mask),
+        output_hidden_states=True,
+        logits_to_keep=1,
+        use_cache=False,
+    )
     return out.hidden_states[-1]
 
 
@@ -324,15 +329,7 @@ def trunk_hidden(model: Any, input_ids: Any, attention_mask: Any, layers: int) -
     import torch
 
     with torch.no_grad(), _layer_span(model, 0, layers, norm=False):
-        out = model(
-            input_ids=input_ids,
-            attention_mask=attention_mask.long(),
-            position_ids=position_ids(attention_mask),
-            output_hidden_states=True,
-            logits_to_keep=1,
-            use_cache=False,
-        )
-    return Trunk(layers, out.hidden_states[-1])
+        return Trunk(layers, _last_hidden(model, attention_mask, input_ids=input_ids))
 
 
 def _same(a: Any, b: Any) -> bool:
