@@ -184,7 +184,9 @@ class LoraSettings:
         "modules that get adapters",
     )
     merge: bool = _f(
-        True, "save the adapter merged into the weights, so the output is a plain HF model"
+        True,
+        "save the adapter merged into the weights, so the output is a plain HF model (reward "
+        "and value models are always merged)",
     )
 
 

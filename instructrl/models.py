@@ -6,7 +6,8 @@ directory under `$INSTRUCTRL_CACHE` (default: the user cache dir). The write is 
 model is saved into a temp dir beside the target and renamed into place, so a crash
 mid-conversion never leaves a half model that a later run would load.
 
-Pad and EOS are the same token in SmolLM2: masks come from lengths, never `input_ids != pad_id`.
+Pad and EOS are the same token in SmolLM2: masks come from lengths, never `input_ids != pad_id`
+(reward model directories get another pad token for transformers' pooling: save_reward_model).
 """
 
 from __future__ import annotations
@@ -427,46 +428,129 @@ def save_reward_model(
     extra: dict[str, Any] | None = None,
     state_dict: dict[str, Any] | None = None,
 ) -> Path:
-    """HF directory: backbone (config + safetensors, loadable as a causal LM), the head in
-    reward_head.safetensors, and `instructrl` fields in config.json (type, bias). `state_dict`:
-    the whole model's weights gathered from a sharded run (accelerator.get_state_dict), written
-    instead of the module's own."""
-    from safetensors.torch import save_file
+    """Write the standard Hugging Face form of a reward model: a `*ForSequenceClassification`
+    directory with one label (config, `model.safetensors` holding the backbone and `score.weight`,
+    tokenizer), which `AutoModelForSequenceClassification.from_pretrained` loads, e.g. in TRL.
+
+    Its logit is the head's output without constants: reward = logit + `instructrl.bias` in
+    config.json, the head's own bias plus the offset that makes demonstrations score 0 on
+    average (Llama-style `score` layers have no bias). `load_reward_model` adds it. The config's
+    pad token is one that never occurs in a scored sequence (not EOS, which ends every finished
+    response), because transformers pools at the last token that is not padding.
+    `state_dict`: the whole reward model's weights gathered from a sharded run
+    (accelerator.get_state_dict), written instead of the module's own."""
+    from huggingface_hub import save_torch_state_dict
 
     backbone = model.backbone
-    head = model.head.state_dict()
-    weights = None
-    if state_dict is not None:
-        weights = {k[9:]: v for k, v in state_dict.items() if k.startswith("backbone.")}
-        head = {k[5:]: v for k, v in state_dict.items() if k.startswith("head.")}
-    backbone.config.instructrl = {
+    full = state_dict if state_dict is not None else model.state_dict()
+    prefix = f"backbone.{backbone.base_model_prefix}."
+    weights = {
+        k[len("backbone.") :]: v.detach().contiguous()
+        for k, v in full.items()
+        if k.startswith(prefix)
+    }
+    if not weights:
+        raise ValueError(
+            f"save_reward_model: no backbone weights under {prefix!r} (an unmerged adapter?)"
+        )
+    weights["score.weight"] = full["head.weight"].detach().float().reshape(1, -1).contiguous()
+    offset = float(bias) + float(full["head.bias"].detach().float().reshape(()))
+    pad_id = pooling_pad_id(tokenizer)
+
+    config = type(backbone.config).from_dict(backbone.config.to_dict())
+    arch = (getattr(backbone.config, "architectures", None) or [type(backbone).__name__])[0]
+    config.architectures = [re.sub(r"For[A-Za-z]+$", "", arch) + "ForSequenceClassification"]
+    config.num_labels = 1
+    config.pad_token_id = pad_id
+    config.instructrl = {
         "type": "reward",
-        "bias": float(bias),
-        "head": REWARD_HEAD_FILE,
+        "bias": offset,
+        "reward": "logit + bias",
         **(extra or {}),
     }
-    backbone.save_pretrained(out, state_dict=weights, safe_serialization=True)
+    out.mkdir(parents=True, exist_ok=True)
+    save_torch_state_dict(weights, str(out))
+    config.save_pretrained(out)
     tokenizer.save_pretrained(out)
-    save_file(
-        {k: v.detach().float().contiguous() for k, v in head.items()}, str(out / REWARD_HEAD_FILE)
-    )
+    if pad_id is not None and pad_id != tokenizer.pad_token_id:
+        from transformers import AutoTokenizer
+
+        saved = AutoTokenizer.from_pretrained(str(out))
+        saved.pad_token = saved.convert_ids_to_tokens(pad_id)
+        saved.save_pretrained(out)
     return out
 
 
+def pooling_pad_id(tokenizer: Any) -> int | None:
+    """A pad id that never occurs in a sequence a reward model reads (prompt in the chat
+    template, response, EOS): the tokenizer's pad if it is none of those, else its unknown or
+    another special token that is neither EOS nor in the chat template. None if there is none."""
+    template = getattr(tokenizer, "chat_template", None) or ""
+    candidates = [tokenizer.pad_token, tokenizer.unk_token, *tokenizer.all_special_tokens]
+    for token in candidates:
+        if not token or token in (tokenizer.eos_token, tokenizer.bos_token) or token in template:
+            continue
+        return int(tokenizer.convert_tokens_to_ids(token))
+    return None
+
+
 def load_reward_model(path: str | Path, *, device: str = "cpu", dtype: Any = None) -> Any:
-    """Load a reward model saved by `save_reward_model`; the normalising bias is applied."""
+    """Load a reward model: any `*ForSequenceClassification` directory with one label whose
+    architecture has a causal-LM form (ours, or e.g. one written by TRL's RewardTrainer), or the
+    older instructrl form (a causal LM plus reward_head.safetensors). config.json's
+    `instructrl.bias` is added to the logit (0 for foreign models)."""
+    import torch
     from safetensors.torch import load_file
 
     path = Path(path)
-    if not (path / REWARD_HEAD_FILE).is_file():
+    if not (path / "config.json").is_file():
         raise ModelNotFoundError(
-            f"reward={path}: not a reward model directory (no {REWARD_HEAD_FILE}); train one with `instructrl rm`"
+            f"reward={path}: no config.json; expected a reward model directory (`instructrl rm`)"
         )
-    backbone = load_policy(str(path), device="cpu", dtype=dtype)
-    info = getattr(backbone.config, "instructrl", None) or {}
-    model = _reward_module_class()(backbone, bias=info.get("bias", 0.0))
-    model.head.load_state_dict(load_file(str(path / REWARD_HEAD_FILE)))
+    config = json.loads((path / "config.json").read_text())
+    if (path / REWARD_HEAD_FILE).is_file():  # written by instructrl before the standard form
+        backbone = load_policy(str(path), device="cpu", dtype=dtype)
+        info = config.get("instructrl") or {}
+        model = _reward_module_class()(backbone, bias=info.get("bias", 0.0))
+        model.head.load_state_dict(load_file(str(path / REWARD_HEAD_FILE)))
+        return model.to(device).eval()
+    archs = config.get("architectures") or []
+    labels = config.get("num_labels", len(config.get("id2label") or {}) or 2)
+    if not any(a.endswith("ForSequenceClassification") for a in archs) or labels != 1:
+        raise ModelNotFoundError(
+            f"reward={path}: not a reward model: expected a *ForSequenceClassification model with one "
+            f"label (num_labels=1), found architectures={archs} with {labels} labels; train one with "
+            f"`instructrl rm` (or TRL's RewardTrainer)"
+        )
+    score = _read_tensors(path, ("score.weight", "score.bias"))
+    if "score.weight" not in score:
+        raise ModelNotFoundError(f"reward={path}: no score.weight in its safetensors files")
+    try:
+        backbone = load_policy(
+            str(path), device="cpu", dtype=dtype
+        )  # the same weights minus `score`
+    except ValueError as exc:
+        raise ModelNotFoundError(
+            f"reward={path}: {archs[0]} has no causal-LM form in transformers ({exc}); reward models "
+            f"must be decoder models that share the policy's tokenizer"
+        ) from exc
+    model = _reward_module_class()(backbone, bias=(config.get("instructrl") or {}).get("bias", 0.0))
+    with torch.no_grad():
+        model.head.weight.copy_(score["score.weight"].reshape(1, -1))
+        model.head.bias.copy_(score.get("score.bias", torch.zeros(1)).reshape(1))
     return model.to(device).eval()
+
+
+def _read_tensors(path: Path, names: tuple[str, ...]) -> dict[str, Any]:
+    """The named tensors from a directory's safetensors files (single or sharded)."""
+    from safetensors import safe_open
+
+    found: dict[str, Any] = {}
+    for file in sorted(path.glob("*.safetensors")):
+        with safe_open(str(file), framework="pt") as f:
+            for name in set(names) & set(f.keys()):
+                found[name] = f.get_tensor(name).float()
+    return found
 
 
 def check_same_tokenizer(a: Any, b: Any, *, names: tuple[str, str]) -> None:

@@ -248,7 +248,45 @@ def test_stage_resume_matches_straight_run_and_reloads(
     from transformers import AutoModelForCausalLM
 
     AutoModelForCausalLM.from_pretrained(resumed)  # a plain HF policy
-    assert (resumed / "value" / models.REWARD_HEAD_FILE).is_file()
+    models.load_reward_model(resumed / "value")  # a reward-model directory
+
+
+def test_a_foreign_sequence_classifier_drives_ppo(tiny_model_dir, tmp_path):
+    """Any *ForSequenceClassification directory with one label (TRL's RewardTrainer writes
+    these) is a reward model: PPO's scores are its logits on the rollouts."""
+    from test_reward import assert_hf_logits_equal
+    from transformers import LlamaForSequenceClassification
+
+    policy = models.load_policy(str(tiny_model_dir))
+    config = type(policy.config).from_dict(policy.config.to_dict())
+    config.num_labels, config.pad_token_id = 1, 0  # <|endoftext|>: never inside a scored text
+    torch.manual_seed(3)
+    foreign = LlamaForSequenceClassification(config)
+    foreign.save_pretrained(tmp_path / "foreign")
+    tok = models.load_tokenizer(str(tiny_model_dir))
+    tok.pad_token = "<|endoftext|>"
+    tok.save_pretrained(tmp_path / "foreign")
+    out = ppo.run(
+        _stage_cfg(
+            tiny_model_dir,
+            tmp_path / "foreign",
+            tmp_path,
+            tmp_path / "f",
+            iterations=1,
+            ptx="none",
+            max_new_tokens=12,
+        )
+    )
+    rows = rundir.read_metrics(out / "rollouts.jsonl")
+    for r in rows:
+        r["prompt"] = (PROMPTS * 2)[int(r["prompt_id"][1:])]
+    samples = tmp_path / "episodes.jsonl"
+    samples.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    assert_hf_logits_equal(tmp_path / "foreign", samples, [r["score"] for r in rows])
+    value = json.loads((out / "value" / "config.json").read_text())
+    assert (
+        value["architectures"] == ["LlamaForSequenceClassification"] and len(value["id2label"]) == 1
+    )
 
 
 def test_lora_reference_is_the_adapter_disabled_base(tiny_model_dir, rm_dir, tmp_path):
@@ -436,7 +474,7 @@ def test_shared_trunk_trains_the_same_models(tiny_model_dir, rm_dir, tmp_path, m
         runs[share] = out
         assert len(calls) == (3 if share else 0)  # one trunk per rollout batch
     assert calls == [1, 1, 1]
-    for name in ("model.safetensors", "value/model.safetensors", "value/reward_head.safetensors"):
+    for name in ("model.safetensors", "value/model.safetensors"):
         a, b = load_file(runs[False] / name), load_file(runs[True] / name)
         assert a.keys() == b.keys()
         diff = max((a[k] - b[k]).abs().max().item() for k in a)

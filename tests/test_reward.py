@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from instructrl import batches, losses, models
-from instructrl.config import RMConfig, load_config
+from instructrl.config import RMConfig, ScoreConfig, load_config
 from instructrl.records import Comparison
 from instructrl.stages import reward
 
@@ -192,6 +192,55 @@ def test_rm_stage_normalises_and_reloads(tiny_model_dir, tmp_path):
     )
     assert rows[-1]["rm/heldout_accuracy"] > 0.7  # learns the shared order
     assert json.loads((out / "config.json").read_text())["instructrl"]["type"] == "reward"
+    # the standard form: transformers' own class scores what `instructrl score` scores
+    samples = out.parent / "samples.jsonl"
+    reasons = ["stop", "length", "stop", "length"]
+    samples.write_text(
+        "".join(
+            json.dumps(
+                {
+                    "prompt_id": f"p{i}",
+                    "prompt": f"Question {i}?",
+                    "response": RESPONSES[i],
+                    "model": "m",
+                    "finish_reason": reasons[i],
+                }
+            )
+            + "\n"
+            for i in range(4)
+        )
+    )
+    scored = reward.run_score(
+        load_config(
+            ScoreConfig, [f"reward={out}", f"data={samples}", f"out={out.parent / 's.jsonl'}"]
+        )
+    )
+    ours = [json.loads(line)["reward"] for line in scored.read_text().splitlines()]
+    assert_hf_logits_equal(out, samples, ours)  # finished (EOS last) and cut-off responses
+
+
+def assert_hf_logits_equal(rm_dir, samples, rewards):
+    """AutoModelForSequenceClassification on the RM directory, fed the sequences a reward model
+    reads (right-padded with the directory's tokenizer), gives logit + config bias = rewards."""
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    from instructrl.rollout import encode_response
+
+    hf = AutoModelForSequenceClassification.from_pretrained(rm_dir).eval()
+    tok = AutoTokenizer.from_pretrained(rm_dir)
+    assert tok.pad_token_id == hf.config.pad_token_id != tok.eos_token_id
+    rows = [json.loads(line) for line in samples.read_text().splitlines()]
+    ids = [
+        encode_response(
+            tok, r["prompt"], r["response"], max_length=256, ended=r["finish_reason"] != "length"
+        )[0]
+        for r in rows
+    ]
+    input_ids, attention = batches.right_pad(ids, tok.pad_token_id)
+    with torch.no_grad():
+        logits = hf(input_ids=input_ids, attention_mask=attention.long()).logits.squeeze(-1)
+    bias = hf.config.instructrl["bias"] if hasattr(hf.config, "instructrl") else 0.0
+    assert (logits + bias).tolist() == pytest.approx(rewards, abs=1e-5)
 
 
 def test_head_only_rm_learns_a_feature_and_is_a_plain_reward_model(tiny_model_dir, tmp_path):

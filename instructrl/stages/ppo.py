@@ -697,7 +697,7 @@ def finish(ppo: PPOTrainer, out: Path) -> Path:
         acc, ppo.policy, ppo.tokenizer, out / ".final", merge=cfg.lora.merge
     )
     value = acc.unwrap_model(ppo.value_model)
-    merged = cfg.lora.r > 0 and cfg.lora.merge and hasattr(value.backbone, "merge_and_unload")
+    merged = hasattr(value.backbone, "merge_and_unload")  # reward-model form: always merged
     full = None if merged else acc.get_state_dict(ppo.value_model)  # a collective when sharded
     if acc.is_main_process:
         if merged:

@@ -356,7 +356,8 @@ def _finish(
     accelerator: Any, model: Any, tokenizer: Any, out: Path, cfg: RMConfig, state: dict[str, Any]
 ) -> Path:
     inner = accelerator.unwrap_model(model).eval()
-    if cfg.lora.r > 0 and cfg.lora.merge:
+    merged = cfg.lora.r > 0  # a reward model directory is a plain model: adapters always merged
+    if merged:
         inner.backbone = inner.backbone.merge_and_unload()
     bias, n_demos = 0.0, 0
     if cfg.demos:
@@ -379,7 +380,6 @@ def _finish(
         "normalised_on": n_demos,
         "max_length": cfg.max_length,
     }
-    merged = cfg.lora.r > 0 and cfg.lora.merge
     full = None if merged else accelerator.get_state_dict(model)  # a collective when sharded
     if accelerator.is_main_process:
         tmp = out / ".final"
