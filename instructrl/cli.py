@@ -21,6 +21,7 @@ from instructrl.config import (
     DBConfig,
     EvalConfig,
     GenerateConfig,
+    ImportConfig,
     LabelConfig,
     PPOConfig,
     RMConfig,
@@ -120,6 +121,12 @@ def _cmd_stage(args: argparse.Namespace) -> int:
 
     stage = importlib.import_module(f"instructrl.stages.{args.stage_module}")
     return _with_config(args, {}, getattr(stage, args.stage_func))
+
+
+def _cmd_import(args: argparse.Namespace) -> int:
+    from instructrl import importers
+
+    return _with_config(args, {"format": args.format, "source": args.source}, importers.run)
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
@@ -291,6 +298,15 @@ def build_parser() -> argparse.ArgumentParser:
         "reward model on K-way rankings, normalised on demonstrations (paper step 2)",
     )
     p.set_defaults(func=_cmd_stage, stage_module="reward", stage_func="run")
+
+    p = _stage_parser(
+        sub,
+        "import",
+        ImportConfig,
+        "records from a datasets folder / Parquet / JSON, a Label Studio or an Argilla export",
+        positionals=("format", "source"),
+    )
+    p.set_defaults(func=_cmd_import)
 
     p = _stage_parser(
         sub, "score", ScoreConfig, "add a `reward` field to sample or demonstration records"

@@ -354,6 +354,49 @@ class ScoreConfig:
 
 
 @dataclass
+class ImportConfig:
+    """`instructrl import FORMAT SOURCE`: our records from a Hugging Face `datasets` folder,
+    Parquet or JSON file, a Label Studio JSON export, or an Argilla 2.x export."""
+
+    format: str | None = _f(None, "datasets, labelstudio or argilla")
+    source: str | None = _f(None, "the file or folder to read")
+    out: str | None = _f(None, "output JSONL (skipped rows, if any, listed in OUT.skipped.txt)")
+    kind: str = _f(
+        "auto",
+        "the records to write when a source holds several kinds: comparison, demonstration or rating",
+    )
+    shape: str = _f(
+        "auto",
+        "datasets: pairs (prompt/chosen/rejected), hh (whole conversations in chosen/rejected), "
+        "ultrafeedback (prompt + completions with ratings), completion (prompt/completion), "
+        "messages; auto picks by the columns",
+    )
+    split: str | None = _f(None, "datasets: the split of a DatasetDict (default train)")
+    columns: dict[str, str] = _f(
+        {},
+        "our name -> the source's (prompt, chosen, rejected, completion, messages, completions, "
+        "response, rating, labeler, id, items, left, right), e.g. columns.prompt=question",
+    )
+    rating_key: str = _f(
+        "overall_score", "ultrafeedback: the rating of each completion (higher is better)"
+    )
+    buckets: list[str] = _f([], "labelstudio: Ranker bucket names, best first")
+    options: dict[str, str] = _f(
+        {}, "argilla: ranking option value -> the field holding its text (default: the same name)"
+    )
+    labeler: str | None = _f(None, "datasets: labeler name for rows without one")
+
+    def __post_init__(self) -> None:
+        for key in ("format", "source", "out"):
+            if getattr(self, key) is None:
+                raise ConfigError(f"config: {key}: required ({key}=...)")
+        if self.kind not in ("auto", "comparison", "demonstration", "rating"):
+            raise ConfigError(
+                f"config: kind: expected auto, comparison, demonstration or rating, got {self.kind!r}"
+            )
+
+
+@dataclass
 class PPOConfig(TrainConfig):
     """`instructrl ppo`: PPO(-ptx) against the reward model (paper, section 3.5, C.3, C.4)."""
 
