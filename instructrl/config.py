@@ -719,8 +719,20 @@ class DBConfig:
     out: str | None = _f(
         None,
         "db export: directory for demonstrations.jsonl, comparisons.jsonl, ratings.jsonl and "
-        "prompts.jsonl (what `instructrl run feedback=DIR` reads)",
+        "prompts.jsonl (what `instructrl run feedback=DIR` reads), and preference_pairs.jsonl "
+        "(every untied pair of the comparisons, TRL's prompt/chosen/rejected)",
     )
+    format: str = _f(
+        "jsonl",
+        "db export: also write each file as a `datasets` folder (datasets) or a Parquet file "
+        "(parquet) beside the JSONL",
+    )
+
+    def __post_init__(self) -> None:
+        if self.format not in ("jsonl", "datasets", "parquet"):
+            raise ConfigError(
+                f"config: format: expected jsonl, datasets or parquet, got {self.format!r}"
+            )
 
 
 STAGE_CONFIGS: dict[str, type] = {

@@ -263,7 +263,8 @@ def _from_datasets(
         except Skip as e:
             result.skip(where, str(e))
             continue
-        record.setdefault("prompt_id", str(row.get(col("id"), f"{source.stem}-{i}")))
+        given = row.get(col("id")) if col("id") in row else row.get("prompt_id")
+        record.setdefault("prompt_id", str(given) if given is not None else f"{source.stem}-{i}")
         who = row.get(col("labeler")) or labeler
         if who is not None:
             record["labeler"] = str(who)

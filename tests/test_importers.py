@@ -6,9 +6,9 @@ import json
 
 import pytest
 
-from instructrl import cli, importers
+from instructrl import cli, exporters, importers
 from instructrl.errors import UserError
-from instructrl.records import read_records
+from instructrl.records import Comparison, read_records
 
 HH_CHOSEN = "\n\nHuman: What is 2+2?\n\nAssistant: 4.\n\nHuman: And 3+3?\n\nAssistant: 6."
 HH_REJECTED = (
@@ -308,3 +308,48 @@ def test_cli_import_writes_valid_records_and_lists_what_it_skipped(tmp_path, cap
     assert rc == 0 and len(read_records(tmp_path / "r.jsonl", "rating")) == 1
     rc = cli.main(["import", "argilla", str(tmp_path / "none.json"), f"out={out}"])
     assert rc == 2 and "no such file or folder" in capsys.readouterr().err
+
+
+def test_preference_pairs_are_every_untied_pair_and_import_back(tmp_path):
+    comparisons = [
+        Comparison(prompt="Name a colour.", responses=["Red.", "Blue.", "Green.", "A car."],
+                   ranking=[1, [0, 2], 3], prompt_id="p1", labeler="ann"),
+        Comparison(prompt=[{"role": "user", "content": "2+2?"}], responses=["4", "5"],
+                   ranking=[0, 1], prompt_id="p2"),
+    ]  # fmt: skip
+    rows = exporters.preference_pairs(comparisons)
+    assert [(r["chosen"], r["rejected"]) for r in rows[:5]] == [
+        ("Red.", "A car."),
+        ("Blue.", "Red."),
+        ("Blue.", "Green."),
+        ("Blue.", "A car."),
+        ("Green.", "A car."),
+    ]  # fmt: skip  -- C(4, 2) = 6 pairs, one of them tied
+    assert rows[5]["chosen"] == [{"role": "assistant", "content": "4"}]  # TRL's chat form
+    assert rows[0]["labeler"] == "ann" and rows[5]["prompt_id"] == "p2"
+    path = tmp_path / "pairs.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    pytest.importorskip("datasets")
+    back = importers.import_records("datasets", path).records
+    text = lambda a: a if isinstance(a, str) else a[-1]["content"]  # noqa: E731
+    assert [c.responses for c in back] == [[text(r["chosen"]), text(r["rejected"])] for r in rows]
+    assert back[0].labeler == "ann" and back[0].prompt_id == "p1"
+
+
+@pytest.mark.parametrize("fmt", ["datasets", "parquet"])
+def test_tables_keep_ties_as_ranks_and_one_prompt_type(tmp_path, fmt):
+    datasets = pytest.importorskip("datasets")
+    comparisons = [
+        Comparison(prompt="Name a colour.", responses=["Red.", "Blue.", "Green."],
+                   ranking=[1, [0, 2]]),
+        Comparison(prompt=[{"role": "user", "content": "2+2?"}], responses=["4", "5"],
+                   ranking=[0, 1]),
+    ]  # fmt: skip
+    written = exporters.write_table(exporters.table_rows(comparisons), tmp_path / "c", fmt)
+    table = (
+        datasets.load_from_disk(str(written))
+        if fmt == "datasets"
+        else datasets.load_dataset("parquet", data_files=str(written))["train"]
+    )
+    assert table["ranks"] == [[1, 0, 1], [0, 1]]
+    assert table["prompt"][0] == [{"role": "user", "content": "Name a colour."}]

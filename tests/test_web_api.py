@@ -77,7 +77,7 @@ def test_passwords_are_hashed(db_url):
         assert user.password_hash.startswith("$argon2") and PASSWORD not in user.password_hash
 
 
-def test_label_flow_export_and_records(db_url):
+def test_label_flow_export_and_records(db_url, tmp_path):
     with app_for(db_url) as (app, _client):
         add_user(app, "root", is_admin=True)
         add_user(app, "ann")
@@ -112,8 +112,9 @@ def test_label_flow_export_and_records(db_url):
         assert post(ann, f"/work/{third}", {**form, "client_id": "c-rank-0000"}).status_code == 303
         export = {
             name: admin.get(f"/admin/projects/{pid}/export/{name}.jsonl")
-            for name in ("demonstrations", "comparisons", "ratings")
+            for name in ("demonstrations", "comparisons", "ratings", "preference_pairs")
         }
+        parquet = admin.get(f"/admin/projects/{pid}/export/comparisons.parquet")
     rows = {name: [json.loads(x) for x in r.text.splitlines()] for name, r in export.items()}
     demos = [R.Demonstration.from_dict(d) for d in rows["demonstrations"]]
     assert [d.response for d in demos] == ["Paris.", "Four."]
@@ -124,6 +125,15 @@ def test_label_flow_export_and_records(db_url):
     assert comparison.extra["models"] == ["tiny"] * 4  # which policy wrote each response
     ratings = [R.Rating.from_dict(x) for x in rows["ratings"]]
     assert [x.likert for x in ratings] == [5, 6, 5, 5]
+    # the tie leaves 5 of the C(4, 2) = 6 pairs, as TRL's prompt/chosen/rejected rows
+    pairs = [(p["chosen"], p["rejected"]) for p in rows["preference_pairs"]]
+    assert pairs == [(f"Answer {w} to p0.", f"Answer {lo} to p0.") for w, lo in comparison.pairs()]
+    assert len(pairs) == 5
+    datasets = pytest.importorskip("datasets")
+    assert parquet.status_code == 200 and parquet.content[:4] == b"PAR1"
+    (tmp_path / "c.parquet").write_bytes(parquet.content)
+    table = datasets.Dataset.from_parquet(str(tmp_path / "c.parquet"))
+    assert table["ranks"] == [comparison.ranks()] and table["responses"] == [comparison.responses]
     assert all(x.flags["hallucination"] and not x.flags["sexual_content"] for x in ratings)
 
 
@@ -361,8 +371,12 @@ def test_cli_db_export_feeds_the_pipeline_files(tmp_path):
         "project=demo",
         f"out={out}",
     ]
-    subprocess.run(cmd, check=True, capture_output=True)
+    subprocess.run([*cmd, "format=parquet"], check=True, capture_output=True)
     assert [d.response for d in R.read_records(out / "demonstrations.jsonl")] == ["Yes."]
+    assert (out / "preference_pairs.jsonl").read_text() == ""  # no comparisons yet
+    datasets = pytest.importorskip("datasets")
+    table = datasets.load_dataset("parquet", data_files=str(out / "demonstrations.parquet"))
+    assert table["train"]["response"] == ["Yes."]
     bad = subprocess.run([*cmd[:-2], "project=nope", f"out={out}"], capture_output=True, text=True)
     assert bad.returncode == 2 and "no project 'nope' (projects: demo)" in bad.stderr
     assert "Traceback" not in bad.stderr

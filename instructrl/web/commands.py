@@ -6,6 +6,7 @@ import logging
 import sys
 from pathlib import Path
 
+from instructrl import exporters
 from instructrl.config import DBConfig, ServeConfig
 from instructrl.errors import UserError
 from instructrl.records import write_records
@@ -60,13 +61,23 @@ def export(cfg: DBConfig) -> Path:
     engine.dispose()
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
+    pairs = exporters.preference_pairs(training["comparisons"])
     for name, records in training.items():
         write_records(out / f"{name}.jsonl", records)
         log.info("%s.jsonl: %d records", name, len(records))
+    write_records(out / "preference_pairs.jsonl", pairs)
+    log.info("preference_pairs.jsonl: %d pairs (prompt/chosen/rejected)", len(pairs))
     for name, records in heldout.items():
         if records:  # held-out labelers' answers: the RM's held-out accuracy, never training
             write_records(out / "heldout" / f"{name}.jsonl", records)
             log.info("heldout/%s.jsonl: %d records", name, len(records))
+    if cfg.format != "jsonl":
+        tables = {name: exporters.table_rows(records) for name, records in training.items()}
+        tables["preference_pairs"] = exporters.table_rows(pairs)
+        for name, rows in tables.items():
+            if rows:
+                written = exporters.write_table(rows, out / name, cfg.format)
+                log.info("%s: %d rows (%s)", written.name, len(rows), cfg.format)
     return out
 
 

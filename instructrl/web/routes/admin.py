@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from typing import Any
 
 from fastapi import APIRouter, HTTPException, Request
 from fastapi.responses import RedirectResponse, Response
 
+from instructrl import exporters
+from instructrl.errors import UserError
 from instructrl.web import analytics, crud, export, jobs
 from instructrl.web.deps import AdminUser, Csrf, Form
 from instructrl.web.models import GROUPS, TASK_KINDS, USER_GROUPS
@@ -224,24 +227,57 @@ def create_task(request: Request, project_id: int, user: AdminUser, form: Form) 
     return RedirectResponse(f"/admin/projects/{project_id}", status_code=303)
 
 
+def _export_rows(request: Request, project_id: int, name: str, group: str) -> list[Any]:
+    """One export file's records (or, for preference_pairs, TRL-style pair rows)."""
+    if name not in (*EXPORTS, "preference_pairs"):
+        raise HTTPException(404, f"expected one of {', '.join(EXPORTS)}, preference_pairs")
+    try:
+        with transaction(request) as s:
+            files = export.records(s, project=crud.get_project(s, project_id), group=group)
+    except crud.Invalid as e:
+        raise HTTPException(422, str(e)) from None
+    if name == "preference_pairs":
+        return exporters.preference_pairs(files["comparisons"])
+    return files[name]
+
+
+def _attachment(name: str, group: str, suffix: str) -> dict[str, str]:
+    filename = f"{'heldout_' if group == 'heldout' else ''}{name}.{suffix}"
+    return {"Content-Disposition": f'attachment; filename="{filename}"'}
+
+
 @router.get("/projects/{project_id}/export/{name}.jsonl")
 def download_export(
     request: Request, project_id: int, name: str, user: AdminUser, group: str = "training"
 ) -> Response:
-    if name not in EXPORTS:
-        raise HTTPException(404, f"expected one of {', '.join(EXPORTS)}")
-    try:
-        with transaction(request) as s:
-            records = export.records(s, project=crud.get_project(s, project_id), group=group)[name]
-    except crud.Invalid as e:
-        raise HTTPException(422, str(e)) from None
-    body = "".join(json.dumps(r.to_dict(), ensure_ascii=False) + "\n" for r in records)
+    rows = _export_rows(request, project_id, name, group)
+    body = "".join(
+        json.dumps(r if isinstance(r, dict) else r.to_dict(), ensure_ascii=False) + "\n"
+        for r in rows
+    )
+    return Response(body, media_type="application/jsonl", headers=_attachment(name, group, "jsonl"))
+
+
+@router.get("/projects/{project_id}/export/{name}.parquet")
+def download_parquet(
+    request: Request, project_id: int, name: str, user: AdminUser, group: str = "training"
+) -> Response:
+    """The same file as Parquet (through the `datasets` library, one Arrow schema)."""
+    import tempfile
+
+    rows = exporters.table_rows(_export_rows(request, project_id, name, group))
+    if not rows:
+        raise HTTPException(404, f"no {name} to export yet")
+    with tempfile.TemporaryDirectory() as tmp:
+        try:
+            path = exporters.write_table(rows, Path(tmp) / name, "parquet")
+        except UserError as e:
+            raise HTTPException(501, str(e)) from None
+        body = path.read_bytes()
     return Response(
         body,
-        media_type="application/jsonl",
-        headers={
-            "Content-Disposition": f'attachment; filename="{"heldout_" if group == "heldout" else ""}{name}.jsonl"'
-        },
+        media_type="application/vnd.apache.parquet",
+        headers=_attachment(name, group, "parquet"),
     )
 
 
