@@ -190,6 +190,17 @@ class LoraSettings:
     )
 
 
+TRACKERS = ("tensorboard", "wandb", "mlflow", "trackio")
+
+
+def check_report_to(report_to: list[str]) -> None:
+    unknown = [t for t in report_to if t not in TRACKERS]
+    if unknown:
+        raise ConfigError(
+            f"config: report_to: expected some of {', '.join(TRACKERS)}, got {', '.join(unknown)}"
+        )
+
+
 @dataclass
 class TrainConfig:
     """What every training stage shares: optimiser, schedule, devices, checkpoints."""
@@ -218,8 +229,14 @@ class TrainConfig:
     keep_last: int = _f(1, "checkpoints kept")
     resume: bool = _f(False, "continue from the last checkpoint in out/checkpoints")
     log_every: int = _f(1, "optimizer steps between metrics rows")
+    report_to: list[str] = _f(
+        [],
+        "experiment trackers that get the metrics.jsonl rows too: tensorboard, wandb (offline), "
+        "mlflow (a local folder), trackio; files under OUT/tracking/",
+    )
 
     def _check_train(self, stage: str) -> None:
+        check_report_to(self.report_to)
         if self.lr <= 0:
             raise ConfigError(f"config: lr: expected > 0, got {self.lr}")
         if not 0 <= self.min_lr_ratio <= 1:
@@ -535,8 +552,14 @@ class EvalConfig:
     rollout: RolloutConfig = field(
         default_factory=RolloutConfig, metadata={"help": "rollout engine settings"}
     )
+    report_to: list[str] = _f(
+        [],
+        "experiment trackers that get summary.json's figures (step 0): tensorboard, wandb "
+        "(offline), mlflow, trackio; files under OUT/tracking/",
+    )
 
     def __post_init__(self) -> None:
+        check_report_to(self.report_to)
         pairs = self.policy_pairs
         names = [n for n, _ in pairs]
         if len(set(names)) != len(names):

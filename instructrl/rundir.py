@@ -16,12 +16,109 @@ from typing import Any
 STATE_FILE = "trainer_state.json"
 
 
+# report_to= names: accelerate's tracker classes, and the packages each needs (any one of them)
+TRACKER_PACKAGES = {
+    "tensorboard": ("tensorboard", "tensorboardX"),
+    "wandb": ("wandb",),
+    "mlflow": ("mlflow",),
+    "trackio": ("trackio",),
+}
+
+
+class Trackers:
+    """`report_to=`: the rows of metrics.jsonl also go to experiment trackers, through
+    accelerate's tracker classes: TensorBoard event files, wandb offline, mlflow and trackio,
+    all kept under OUT/tracking/ (wandb's and mlflow's folders there unless WANDB_DIR /
+    MLFLOW_TRACKING_URI say otherwise). Only the main process logs."""
+
+    def __init__(
+        self,
+        report_to: list[str],
+        out: Path,
+        run_name: str,
+        config: dict[str, Any],
+        *,
+        enabled: bool = True,
+    ):
+        self.trackers: list[Any] = []
+        if not enabled or not report_to:
+            return
+        import importlib.util
+
+        from accelerate.tracking import LOGGER_TYPE_TO_CLASS
+
+        root = (out / "tracking").resolve()
+        root.mkdir(parents=True, exist_ok=True)
+        for name in report_to:
+            packages = TRACKER_PACKAGES.get(name)
+            if packages is None:
+                raise ValueError(f"report_to: unknown tracker {name!r}")
+            if not any(importlib.util.find_spec(p) for p in packages):
+                from instructrl.errors import UserError
+
+                raise UserError(
+                    f"report_to={name}: the {packages[0]} package is not installed; "
+                    f"pip install {packages[0]} (or the instructrl[{name}] extra)"
+                )
+            cls = LOGGER_TYPE_TO_CLASS[name]
+            if name == "tensorboard":
+                tracker = cls(run_name, str(root))
+            elif name == "mlflow":
+                os.environ.setdefault("MLFLOW_TRACKING_URI", (root / "mlruns").as_uri())
+                tracker = cls(experiment_name=run_name, logging_dir=str(root / "mlruns"))
+            else:
+                if name == "wandb":  # these machines reach no service: offline unless told
+                    os.environ.setdefault("WANDB_MODE", "offline")
+                    os.environ.setdefault("WANDB_DIR", str(root))
+                tracker = cls(run_name)
+            tracker.start()
+            tracker.store_init_configuration(flat_config(config))
+            self.trackers.append(tracker)
+
+    def log(self, row: dict[str, Any]) -> None:
+        """The numbers of one metrics row at its step."""
+        values = {
+            k: v
+            for k, v in row.items()
+            if k != "step" and isinstance(v, (int, float)) and not isinstance(v, bool)
+        }
+        for tracker in self.trackers:
+            tracker.log(values, step=row.get("step"))
+
+    def close(self) -> None:
+        for tracker in self.trackers:
+            tracker.finish()
+        self.trackers = []
+
+
+def flat_config(config: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """Nested config as dotted keys with scalar values (what trackers store as hyperparameters)."""
+    flat: dict[str, Any] = {}
+    for key, value in config.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            flat.update(flat_config(value, f"{name}."))
+        elif isinstance(value, (bool, int, float, str)):
+            flat[name] = value
+        else:
+            flat[name] = json.dumps(value)
+    return flat
+
+
 class MetricsLog:
     """Appends one JSON row per call to out/metrics.jsonl (flushed, so a crash loses nothing).
-    Under several processes only the main one writes (`enabled=accelerator.is_main_process`)."""
+    Under several processes only the main one writes (`enabled=accelerator.is_main_process`).
+    `trackers`: the same rows to the `report_to=` experiment trackers."""
 
-    def __init__(self, path: Path, *, truncate_after_step: int | None = None, enabled: bool = True):
-        self.path, self.enabled = path, enabled
+    def __init__(
+        self,
+        path: Path,
+        *,
+        truncate_after_step: int | None = None,
+        enabled: bool = True,
+        trackers: Trackers | None = None,
+    ):
+        self.path, self.enabled, self.trackers = path, enabled, trackers
         if not enabled:
             return
         if (
@@ -43,6 +140,13 @@ class MetricsLog:
                 )
                 + "\n"
             )
+        if self.trackers is not None:
+            self.trackers.log(row)
+
+    def close(self) -> None:
+        """Flush and close the trackers (metrics.jsonl itself is flushed at every row)."""
+        if self.trackers is not None:
+            self.trackers.close()
 
 
 def read_metrics(path: Path) -> list[dict[str, Any]]:

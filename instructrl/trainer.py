@@ -24,7 +24,7 @@ from instructrl import models
 from instructrl.config import SupervisedConfig, TrainConfig
 from instructrl.errors import UserError
 from instructrl.progress import progress_bar
-from instructrl.rundir import Checkpointer, MetricsLog
+from instructrl.rundir import Checkpointer, MetricsLog, Trackers
 
 log = logging.getLogger(__name__)
 
@@ -245,6 +245,7 @@ def fit(
         out / "metrics.jsonl",
         truncate_after_step=state["step"] if resumed else None,
         enabled=run.accelerator.is_main_process,
+        trackers=open_trackers(cfg, run.accelerator.is_main_process, prefix),
     )
     if not resumed and first_row:
         metrics.write({"step": 0, **first_row})
@@ -284,7 +285,17 @@ def fit(
             state["step"] = done
             if cfg.checkpoint_every and done % cfg.checkpoint_every == 0 and done < run.total:
                 checkpoints.save(run.accelerator, state)
+    metrics.close()
     return state
+
+
+def open_trackers(cfg: Any, main: bool, name: str) -> Trackers | None:
+    """The `report_to=` trackers of a stage (main process only), its config as hyperparameters."""
+    if not cfg.report_to:
+        return None
+    import dataclasses
+
+    return Trackers(list(cfg.report_to), Path(cfg.out), name, dataclasses.asdict(cfg), enabled=main)
 
 
 def _resume(run: Supervised, checkpoints: Checkpointer) -> tuple[dict[str, Any], bool]:

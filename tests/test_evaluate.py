@@ -198,5 +198,21 @@ def test_eval_end_to_end_on_tiny_models(tiny_model_dir, tmp_path):
     assert summary["likert"]["base"]["n"] == 6  # the panel's figures stay
     html = (out / "report.html").read_text()
     assert "<td>people</td>" in html
+    # report_to: summary.json's figures as tracker scalars (step 0)
+    pytest.importorskip("tensorboard")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    cfg.report_to = ["tensorboard"]
+    evaluate.run(cfg)
+    summary = json.loads((out / "summary.json").read_text())
+    (events,) = {p.parent for p in (out / "tracking" / "eval").glob("events.out.tfevents.*")}
+    acc = EventAccumulator(str(events))
+    acc.Reload()
+    logged = {tag: acc.Scalars(tag)[0].value for tag in acc.Tags()["scalars"]}
+    assert logged["win_rates.base.heldout.win_rate"] == pytest.approx(
+        summary["win_rates"]["base"]["heldout"]["win_rate"], rel=1e-6
+    )
+    assert logged["perplexity.sft"] == pytest.approx(summary["perplexity"]["sft"], rel=1e-6)
+    assert logged.keys() == evaluate.summary_scalars(summary).keys()
     (chart,) = re.findall(r'alt="metadata from people" src="data:image/png;base64,([^"]+)"', html)
     assert base64.b64decode(chart).startswith(b"\x89PNG")

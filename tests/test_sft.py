@@ -252,3 +252,28 @@ def test_freeze_layers_stops_backward_below_the_top(tiny_model_dir):
     model(ids).logits.sum().backward()
     hook.remove()
     assert seen == []  # backward never entered the frozen layer
+
+
+def test_tensorboard_gets_the_same_scalars_as_metrics_jsonl(tiny_model_dir, demos_file, tmp_path):
+    pytest.importorskip("tensorboard")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    out = sft.run(
+        _cfg(tiny_model_dir, demos_file, tmp_path / "tb", max_steps=3, report_to="[tensorboard]")
+    )
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    (events,) = [p.parent for p in (out / "tracking" / "sft").glob("events.out.tfevents.*")]
+    acc = EventAccumulator(str(events))
+    acc.Reload()
+    expected = {
+        (k, r["step"]): v
+        for r in rows
+        for k, v in r.items()
+        if k != "step" and isinstance(v, (int, float))
+    }
+    logged = {(tag, e.step): e.value for tag in acc.Tags()["scalars"] for e in acc.Scalars(tag)}
+    assert logged.keys() == expected.keys() and len(logged) >= 3 * 3
+    for key, value in expected.items():  # metrics.jsonl rounds to 6 decimals; float32 events
+        assert logged[key] == pytest.approx(value, rel=1e-5, abs=1e-6), key
+    with pytest.raises(ConfigError, match="report_to: expected some of tensorboard"):
+        _cfg(tiny_model_dir, demos_file, tmp_path / "x", report_to="[neptune]")

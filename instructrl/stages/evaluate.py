@@ -50,7 +50,7 @@ from instructrl.records import (
     read_records,
     write_records,
 )
-from instructrl.rundir import read_metrics
+from instructrl.rundir import Trackers, read_metrics
 
 log = logging.getLogger(__name__)
 
@@ -397,10 +397,34 @@ def run(cfg: EvalConfig) -> Path:
     summary["overoptimization"] = overoptimization(cfg, judge)
     summary["samples"] = side_by_side(prompts, generations)
     (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    if cfg.report_to:
+        import dataclasses
+
+        trackers = Trackers(list(cfg.report_to), out, "eval", dataclasses.asdict(cfg))
+        trackers.log({"step": 0, **summary_scalars(summary)})
+        trackers.close()
     from instructrl.report import render
 
     report = render(summary, out)
     log.info("report: %s", report)
+    return out
+
+
+def summary_scalars(summary: dict[str, Any]) -> dict[str, float]:
+    """The numbers of summary.json's figures as dotted keys (win_rates.ppo.heldout.win_rate,
+    perplexity.sft, ...), for the report_to= trackers; samples and environment left out."""
+    out: dict[str, float] = {}
+
+    def walk(value: Any, key: str) -> None:
+        if isinstance(value, dict):
+            for k, v in value.items():
+                walk(v, f"{key}.{k}" if key else str(k))
+        elif isinstance(value, (int, float)) and not isinstance(value, bool):
+            out[key] = float(value)
+
+    for name, value in summary.items():
+        if name not in ("samples", "environment", "paper"):
+            walk(value, name)
     return out
 
 

@@ -601,7 +601,10 @@ def train(ppo: PPOTrainer, prompts: list[tuple[Prompt, list[int]]], out: Path) -
         log.info("resumed from %s (iteration %d of %d)", latest, ppo.iteration, cfg.iterations)
     main = acc.is_main_process
     metrics = rundir.MetricsLog(
-        out / "metrics.jsonl", truncate_after_step=ppo.iteration if latest else None, enabled=main
+        out / "metrics.jsonl",
+        truncate_after_step=ppo.iteration if latest else None,
+        enabled=main,
+        trackers=trainer.open_trackers(cfg, main, "ppo"),
     )
     # every episode's response, RM score and KL: the eval's over-optimisation diagnostic
     # scores them with the held-out panel (gold) against the RM (proxy)
@@ -647,6 +650,7 @@ def train(ppo: PPOTrainer, prompts: list[tuple[Prompt, list[int]]], out: Path) -
                 and ppo.iteration < cfg.iterations
             ):
                 checkpoints.save(acc, {"step": ppo.iteration, **ppo.state()})
+    metrics.close()
     return finish(ppo, out)
 
 

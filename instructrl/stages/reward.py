@@ -213,7 +213,9 @@ def fit_head(
         r = torch.where(valid, flat[rows.clamp(min=0)], torch.zeros_like(rows, dtype=flat.dtype))
         return r, ranks, valid
 
-    metrics = rundir.MetricsLog(out / "metrics.jsonl", enabled=main)
+    metrics = rundir.MetricsLog(
+        out / "metrics.jsonl", enabled=main, trackers=trainer.open_trackers(cfg, main, "rm")
+    )
     metrics.write(
         {"step": 0, **{f"rm/{k}_comparisons": len(v) for k, v in splits.items()}, "rm/head_only": 1}
     )
@@ -234,6 +236,7 @@ def fit_head(
                             losses.ranking_loss(rewards=r, ranks=ranks, valid=valid)[1]["accuracy"]
                         )
             metrics.write(row)
+    metrics.close()
     with torch.no_grad():
         scale = w.detach() / sd
         model.head.weight.copy_(scale.unsqueeze(0))
