@@ -250,7 +250,10 @@ def _write_hf_model(
 
 def install(source: Path, out: Path, marker: str, content: str) -> None:
     """Move a finished model directory's files into out/ one by one (os.replace), then write
-    the marker last: a crash leaves either the complete source or missing files, never a mix."""
+    the marker last: a crash leaves either the complete source or missing files, never a mix.
+    Every model directory gets its model card (README.md) first."""
+    for model_dir in [source, *(d for d in source.iterdir() if (d / "config.json").is_file())]:
+        write_model_card(model_dir, out, content)
     (out / marker).unlink(missing_ok=True)
     for f in source.iterdir():
         if (out / f.name).is_dir():
@@ -259,3 +262,90 @@ def install(source: Path, out: Path, marker: str, content: str) -> None:
     shutil.rmtree(source, ignore_errors=True)
     shutil.rmtree(out / "checkpoints", ignore_errors=True)  # the stage is complete
     (out / marker).write_text(content)
+
+
+KINDS_OF_MODEL = {
+    "reward": ("reward model", "text-classification"),
+    "value": ("PPO value model", "text-classification"),
+    None: ("policy", "text-generation"),
+}
+
+
+def write_model_card(model_dir: Path, run_dir: Path, selected: str = "") -> Path:
+    """README.md for a model directory, as the Hugging Face hub expects one: metadata (base
+    model, library, tags) through huggingface_hub's ModelCard, then the base model, the data,
+    the stage's config (run_dir/config.yaml), its last metrics and the command that made it."""
+    import shlex
+    import sys
+
+    import yaml
+    from huggingface_hub import ModelCard, ModelCardData
+
+    config_path = run_dir / "config.yaml"
+    cfg = yaml.safe_load(config_path.read_text()) if config_path.is_file() else {}
+    model_cfg = json.loads((model_dir / "config.json").read_text())
+    kind = (model_cfg.get("instructrl") or {}).get("type")
+    what, pipeline = KINDS_OF_MODEL.get(kind, KINDS_OF_MODEL[None])
+    from instructrl.models import DEFAULT_MODEL, DEFAULT_NAME
+
+    base = cfg.get("model") or cfg.get("policy") or "unknown"
+    if base == DEFAULT_MODEL:  # the embedded default is this hub model, converted from GGUF
+        base = f"HuggingFaceTB/{DEFAULT_NAME}"
+    hub_id = isinstance(base, str) and base.count("/") == 1 and not Path(base).exists()
+    data = {
+        k: cfg[k]
+        for k in ("data", "demos", "prompts", "heldout_data", "reward", "ptx")
+        if cfg.get(k)
+    }
+    last: dict[str, Any] = {}
+    for row in read_metrics(run_dir / "metrics.jsonl"):
+        last.update(row)
+    metadata = ModelCardData(
+        library_name="transformers",
+        base_model=base if hub_id else None,
+        pipeline_tag=pipeline,
+        tags=["instructrl", "rlhf", "instructgpt", *([kind] if kind else [])],
+    )
+    program = Path(sys.argv[0]).name if sys.argv and sys.argv[0] else "python"
+    program = "instructrl" if program in ("instructrl", "cli.py") else f"python {sys.argv[0]}"
+    command = " ".join([program, *map(shlex.quote, sys.argv[1:])])
+    lines = [
+        "---",
+        metadata.to_yaml(),
+        "---",
+        "",
+        f"# {run_dir.name}: an instructrl {what}",
+        "",
+        "Made by instructrl, an implementation of Ouyang et al. (2022), *Training language",
+        "models to follow instructions with human feedback*.",
+        "",
+        f"- Base model: `{base}`",
+        *[f"- {k}: `{v}`" for k, v in data.items()],
+        f"- Architecture: {', '.join(model_cfg.get('architectures') or ['?'])}",
+        *([f"- Selected: `{selected.strip()}`"] if selected.strip() else []),
+        f"- Command: `{command}`",
+        "",
+    ]
+    if kind == "reward":
+        lines += [
+            "Load it with `AutoModelForSequenceClassification.from_pretrained(DIR)`: the reward is",
+            f"the logit plus `instructrl.bias` = {(model_cfg.get('instructrl') or {}).get('bias')}"
+            " from config.json (instructrl's loader adds it). Pad on the right.",
+            "",
+        ]
+    if last:
+        lines += ["## Last metrics", "", "| metric | value |", "|---|---|"]
+        lines += [f"| {k} | {v} |" for k, v in last.items() if isinstance(v, (int, float))]
+        lines.append("")
+    if cfg:
+        lines += [
+            "## Config",
+            "",
+            "```yaml",
+            yaml.safe_dump(cfg, sort_keys=False).rstrip(),
+            "```",
+            "",
+        ]
+    card = ModelCard("\n".join(lines))
+    card.save(str(model_dir / "README.md"))
+    return model_dir / "README.md"

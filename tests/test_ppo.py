@@ -249,6 +249,10 @@ def test_stage_resume_matches_straight_run_and_reloads(
 
     AutoModelForCausalLM.from_pretrained(resumed)  # a plain HF policy
     models.load_reward_model(resumed / "value")  # a reward-model directory
+    card = (resumed / "README.md").read_text()  # model cards, as the hub expects
+    assert card.startswith("---\nlibrary_name: transformers\npipeline_tag: text-generation")
+    assert f"- Base model: `{tiny_model_dir}`" in card and "| ppo/kl |" in card
+    assert "an instructrl PPO value model" in (resumed / "value" / "README.md").read_text()
 
 
 def test_a_foreign_sequence_classifier_drives_ppo(tiny_model_dir, tmp_path):

@@ -192,6 +192,11 @@ def test_rm_stage_normalises_and_reloads(tiny_model_dir, tmp_path):
     )
     assert rows[-1]["rm/heldout_accuracy"] > 0.7  # learns the shared order
     assert json.loads((out / "config.json").read_text())["instructrl"]["type"] == "reward"
+    card = (out / "README.md").read_text()
+    assert "pipeline_tag: text-classification" in card and "| rm/heldout_accuracy |" in card
+    assert (
+        f"- data: `{tmp_path / 'c.jsonl'}`" in card and "the logit plus `instructrl.bias`" in card
+    )
     # the standard form: transformers' own class scores what `instructrl score` scores
     samples = out.parent / "samples.jsonl"
     reasons = ["stop", "length", "stop", "length"]

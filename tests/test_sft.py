@@ -160,6 +160,11 @@ def test_saved_model_reloads_with_plain_transformers(
     assert not any(
         k.startswith("base_model") or "lora" in k for k in load_file(out / "model.safetensors")
     )
+    from huggingface_hub import ModelCard
+
+    card = ModelCard.load(out / "README.md")  # the hub's own reader
+    assert card.data.library_name == "transformers" and "instructrl" in card.data.tags
+    assert f"- data: `{demos_file}`" in card.text and "| sft/loss |" in card.text
 
 
 def test_bad_input(tiny_model_dir, tmp_path):
