@@ -26,7 +26,7 @@ from webutil import (
 
 from instructrl import records as R
 from instructrl.web import analytics, crud, db
-from instructrl.web.models import Base, Submission
+from instructrl.web.models import Base, Prompt, Submission
 
 
 def test_migrations_build_the_models_schema(db_url):
@@ -394,6 +394,54 @@ def test_upload_errors_name_the_file_and_line(db_url):
         )
         assert r.status_code == 422
         assert "mine.jsonl:2: prompt:" in r.text and "/tmp" not in r.text
+
+
+def test_import_forms_read_other_tools_files(db_url):
+    """A Label Studio export gives prompts to label; an UltraFeedback-style file gives each
+    prompt its completions as outputs to rank; rows left out are said, not dropped silently."""
+    from test_importers import labelstudio_export
+
+    with app_for(db_url) as (app, _client):
+        add_user(app, "root", is_admin=True)
+        admin = sign_in(app, "root")
+        r = post(admin, "/admin/projects", {"name": "bring"})
+        pid = int(r.headers["location"].rsplit("/", 1)[1])
+        ls = json.dumps(labelstudio_export()).encode()
+        r = post(
+            admin,
+            f"/admin/projects/{pid}/prompts",
+            {"format": "labelstudio"},
+            files={"prompts_file": ("project-1.json", ls)},
+        )
+        assert r.status_code == 303
+        page = admin.get(f"/admin/projects/{pid}").text
+        assert "2 prompts added; 1 rows of the file left out: project-1.json:task 11 " in page
+        uf = [
+            {"prompt": f"Q{i}?", "completions": [
+                {"response": f"answer {j}", "overall_score": float(j)} for j in range(4)]}
+            for i in range(2)
+        ] + [{"prompt": "Q9?", "completions": "none"}]  # fmt: skip
+        r = post(
+            admin,
+            f"/admin/projects/{pid}/samples",
+            {"format": "datasets"},
+            files={"samples_file": ("uf.jsonl", jsonl(uf))},
+        )
+        assert r.status_code == 303
+        page = admin.get(f"/admin/projects/{pid}").text
+        assert "8 model outputs attached; 1 rows of the file left out: uf.jsonl:row 3: " in page
+        with db.transaction(app.state.sessions) as s:
+            rows = s.scalars(select(Prompt).where(Prompt.project_id == pid)).all()
+            outputs = {p.key: [o.response for o in p.outputs] for p in rows}
+        assert outputs["uf-1"] == [f"answer {j}" for j in range(4)]  # source order, not ranked
+        r = post(
+            admin,
+            f"/admin/projects/{pid}/prompts",
+            {"format": "argilla"},
+            files={"prompts_file": ("broken.json", b"{not json")},
+        )
+        assert r.status_code == 422 and "broken.json:1: not valid JSON" in r.text
+        assert '<option value="argilla" selected>' in r.text and "/tmp" not in r.text
 
 
 def _wait_job(admin, job_id: int, timeout_s: float = 180) -> dict:

@@ -12,7 +12,7 @@ from fastapi import Request
 from fastapi.responses import HTMLResponse
 
 from instructrl import records as R
-from instructrl.errors import RecordError
+from instructrl.errors import UserError
 from instructrl.records import FLAGS, LIKERT_MAX, LIKERT_MIN
 from instructrl.web import crud, db
 from instructrl.web.models import Prompt, Task
@@ -39,19 +39,72 @@ def pop_flash(request: Request) -> str | None:
     return request.session.pop("flash", None)
 
 
-def read_upload(form: dict[str, Any], field: str, kind: str) -> list[Any]:
-    """Records from an uploaded JSONL file, errors naming the file (not the temp path) by line."""
+UPLOAD_FORMATS = {
+    "jsonl": "instructrl records (JSONL)",
+    "datasets": "Hugging Face datasets file (Parquet, JSON, JSONL)",
+    "labelstudio": "Label Studio JSON export",
+    "argilla": "Argilla 2.x JSON export",
+}
+
+
+def read_upload(form: dict[str, Any], field: str, kind: str) -> tuple[list[Any], list[str]]:
+    """(records, skipped) from an uploaded file: our JSONL records of `kind` (errors naming the
+    file, not the temp path, by line), or, with the form's `format` field, a foreign export
+    read by `importers`, whose records give the prompts (kind "prompt") or the model outputs
+    (kind "sample": every response of a comparison, every demonstration) to label here;
+    `skipped` lists the source rows left out, with where and why."""
+    from instructrl import importers
+
     upload = form.get(field)
     if upload is None or not hasattr(upload, "file") or not upload.filename:
-        raise crud.Invalid({field: "choose a JSONL file"})
+        raise crud.Invalid({field: "choose a file"})
+    fmt = str(form.get("format") or "jsonl")
+    if fmt not in UPLOAD_FORMATS:
+        raise crud.Invalid({field: f"format: expected one of {', '.join(UPLOAD_FORMATS)}"})
     name = Path(upload.filename).name
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / name
         path.write_bytes(upload.file.read())
         try:
-            return R.read_records(path, kind)
-        except RecordError as e:
+            if fmt == "jsonl":
+                return R.read_records(path, kind), []
+            got = importers.import_records(fmt, path)
+        except UserError as e:
             raise crud.Invalid({field: str(e).replace(str(path), name)}) from None
+    skipped = [line.replace(str(path), name) for line in got.skipped]
+    records = items_to_label(got.records, kind)
+    if not records:
+        reasons = "; ".join(skipped[:3]) or "it holds no prompts with responses"
+        raise crud.Invalid({field: f"{name}: nothing to import ({reasons})"})
+    return records, skipped
+
+
+def items_to_label(records: list[Any], kind: str) -> list[Any]:
+    """Prompts (one per prompt id) or model outputs (sample records) from imported records."""
+    out: list[Any] = []
+    seen: set[tuple[str, str]] = set()
+    for r in records:
+        prompt_id = r.prompt_id or f"imported-{len(seen)}"
+        if kind == "prompt":
+            if r.prompt is not None and (prompt_id, "") not in seen:
+                seen.add((prompt_id, ""))
+                out.append(R.Prompt(id=prompt_id, prompt=r.prompt))
+            continue
+        responses = getattr(r, "responses", None) or [getattr(r, "response", None)]
+        for response in responses:
+            if response is None or (prompt_id, response) in seen or r.prompt is None:
+                continue
+            seen.add((prompt_id, response))
+            out.append(
+                R.Sample(
+                    prompt_id=prompt_id,
+                    prompt=r.prompt,
+                    response=response,
+                    model="imported",
+                    finish_reason="eos",
+                )
+            )
+    return out
 
 
 def int_field(form: dict[str, Any], key: str, lo: int, hi: int, errors: dict[str, str]) -> int:

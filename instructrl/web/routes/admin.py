@@ -16,6 +16,7 @@ from instructrl.web.deps import AdminUser, Csrf, Form
 from instructrl.web.models import GROUPS, TASK_KINDS, USER_GROUPS
 from instructrl.web.schemas import GenerateForm, TaskForm, parse_form, payload_from_form
 from instructrl.web.views import (
+    UPLOAD_FORMATS,
     flash,
     pop_flash,
     read_upload,
@@ -144,6 +145,7 @@ def project_page(
         "kinds": TASK_KINDS,
         "groups": GROUPS,
         "exports": EXPORTS,
+        "upload_formats": UPLOAD_FORMATS,
         "flash": pop_flash(request),
         "errors": errors or {},
         "values": values or {},
@@ -154,26 +156,47 @@ def project_page(
 @router.post("/projects/{project_id}/prompts", dependencies=[Csrf])
 def import_prompts(request: Request, project_id: int, user: AdminUser, form: Form) -> Response:
     try:
-        prompts = read_upload(form, "prompts_file", "prompt")
+        prompts, left_out = read_upload(form, "prompts_file", "prompt")
         with transaction(request) as s:
             added, skipped = crud.import_prompts(
                 s, project=crud.get_project(s, project_id), prompts=prompts
             )
     except crud.Invalid as e:
-        return project_page(request, project_id, user, errors=e.errors, status_code=422)
-    flash(request, f"{added} prompts added" + (f", {skipped} already there" if skipped else ""))
+        return project_page(
+            request, project_id, user, errors=e.errors, values=_values(form), status_code=422
+        )
+    flash(
+        request,
+        f"{added} prompts added"
+        + (f", {skipped} already there" if skipped else "")
+        + _left_out(left_out),
+    )
     return RedirectResponse(f"/admin/projects/{project_id}", status_code=303)
+
+
+def _values(form: Any) -> dict[str, str]:
+    return {"format": str(form.get("format") or "jsonl")}
+
+
+def _left_out(skipped: list[str]) -> str:
+    """The rows of an imported file that did not become prompts or outputs, said in the flash."""
+    if not skipped:
+        return ""
+    more = f" (and {len(skipped) - 3} more)" if len(skipped) > 3 else ""
+    return f"; {len(skipped)} rows of the file left out: " + "; ".join(skipped[:3]) + more
 
 
 @router.post("/projects/{project_id}/samples", dependencies=[Csrf])
 def import_samples(request: Request, project_id: int, user: AdminUser, form: Form) -> Response:
     try:
-        samples = read_upload(form, "samples_file", "sample")
+        samples, left_out = read_upload(form, "samples_file", "sample")
         with transaction(request) as s:
             added = crud.import_samples(s, project=crud.get_project(s, project_id), samples=samples)
     except crud.Invalid as e:
-        return project_page(request, project_id, user, errors=e.errors, status_code=422)
-    flash(request, f"{added} model outputs attached")
+        return project_page(
+            request, project_id, user, errors=e.errors, values=_values(form), status_code=422
+        )
+    flash(request, f"{added} model outputs attached" + _left_out(left_out))
     return RedirectResponse(f"/admin/projects/{project_id}", status_code=303)
 
 
