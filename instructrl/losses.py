@@ -95,12 +95,23 @@ def ranking_loss(
 
 
 # ----------------------------------------------------------------------------- PPO
-def whiten(values: Tensor, mask: Tensor, *, shift_mean: bool = True) -> Tensor:
+def whiten(
+    values: Tensor,
+    mask: Tensor,
+    *,
+    shift_mean: bool = True,
+    moments: tuple[float, float] | None = None,
+) -> Tensor:
     """(values - mean) / std over the masked entries (population variance, as in
-    lm-human-preferences); masked-out entries are returned as 0. values, mask: (B, T)."""
+    lm-human-preferences); masked-out entries are returned as 0. values, mask: (B, T).
+    `moments`: (mean, variance) of a larger batch these rows are part of (e.g. over every
+    process's rollouts), instead of this batch's own."""
     _same_shape(values=values, mask=mask)
-    mean = masked_mean(values, mask)
-    var = masked_mean((values - mean) ** 2, mask)
+    if moments is None:
+        mean = masked_mean(values, mask)
+        var = masked_mean((values - mean) ** 2, mask)
+    else:
+        mean, var = (torch.tensor(m, dtype=values.dtype, device=values.device) for m in moments)
     out = (values - mean) * torch.rsqrt(var + 1e-8)
     if not shift_mean:
         out = out + mean

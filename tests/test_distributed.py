@@ -85,6 +85,48 @@ def test_sft_two_processes_equal_one_with_an_uneven_last_step(tiny_model_dir, de
     assert one[0]["sft/train_examples"] == two[0]["sft/train_examples"] == 10
 
 
+def test_sft_in_two_processes_killed_and_resumed_equals_a_straight_run(
+    tiny_model_dir, demos, tmp_path
+):
+    """SIGKILL the whole 2-process run once a checkpoint exists, resume it in 2 processes:
+    the same weights and metrics rows as a run never killed (both ranks' data positions and
+    RNG states come back from the checkpoint)."""
+    import signal
+    import time
+
+    common = [f"model={tiny_model_dir}", f"data={demos}", "batch_size=1", "epochs=30"]
+    common += ["val_fraction=0", "lr=1e-3", "checkpoint_every=10", "dropout=0.1"]
+    launch(2, "sft", *common, f"out={tmp_path / 'straight'}")
+    out = tmp_path / "killed"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "INSTRUCTRL_PROGRESS_EVERY": "0"}
+    head = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2"]
+    proc = subprocess.Popen(
+        [*head, f"--master_port={_port()}", "-m", "instructrl.cli", "sft", *common, f"out={out}"],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,  # its own process group: the kill reaches every rank
+    )
+    deadline = time.monotonic() + TIMEOUT_S
+    while not list((out / "checkpoints").glob(f"step-*/{rundir.STATE_FILE}")):
+        assert proc.poll() is None and time.monotonic() < deadline, "no checkpoint appeared"
+        time.sleep(0.02)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert not (out / "model.safetensors").exists()  # killed mid-run, not finished
+    killed_at = rundir.read_metrics(out / "metrics.jsonl")[-1]["step"]
+    launch(2, "sft", *common, f"out={out}", "resume=true")
+    diff = max_diff(tmp_path / "straight" / "model.safetensors", out / "model.safetensors")
+    assert diff < 1e-5, f"killed at step {killed_at} and resumed: weights differ by {diff:.3g}"
+    straight, resumed = (
+        rundir.read_metrics(p / "metrics.jsonl") for p in (tmp_path / "straight", out)
+    )
+    assert [r["step"] for r in resumed] == [r["step"] for r in straight]  # no row twice or lost
+    assert [r.get("sft/loss") for r in resumed] == pytest.approx(
+        [r.get("sft/loss") for r in straight], abs=1e-5
+    )
+
+
 def test_rm_two_processes_equal_one(tiny_model_dir, demos, tmp_path):
     responses = ["Paris.", "It is Paris, in France.", "London.", "I do not know, sorry."]
     comps = [

@@ -225,3 +225,18 @@ def test_tis_weights_and_weighted_policy_loss_by_hand():
         logprobs=logprobs, old_logprobs=logprobs, advantages=adv, mask=mask, clip=0.2, is_weights=w
     )
     assert loss.item() == pytest.approx(-2 / 3)
+
+
+def test_whiten_with_the_whole_batch_moments_equals_whitening_the_whole_batch():
+    """Two processes each whitening their half with the moments of both halves (what PPO does
+    under several processes) give what one process gives on the whole batch."""
+    torch.manual_seed(0)
+    values = torch.randn(6, 5) * 3 + 1
+    mask = torch.rand(6, 5) > 0.3
+    whole = losses.whiten(values, mask)
+    x = values[mask].double()
+    moments = (x.mean().item(), x.var(unbiased=False).item())
+    halves = [losses.whiten(values[i : i + 3], mask[i : i + 3], moments=moments) for i in (0, 3)]
+    torch.testing.assert_close(torch.cat(halves), whole, atol=1e-5, rtol=0)
+    own = losses.whiten(values[:3], mask[:3])  # a half's own moments differ
+    assert not torch.allclose(own, whole[:3], atol=1e-3)

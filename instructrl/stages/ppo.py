@@ -313,13 +313,30 @@ class PPOTrainer:
             estimator=cfg.kl_estimator,
         )
         if cfg.whiten_rewards:
-            rewards = losses.whiten(rewards, r.response_mask, shift_mean=False)
+            rewards = losses.whiten(
+                rewards, r.response_mask, shift_mean=False, moments=self._moments(rewards, r)
+            )
         advantages, returns = losses.gae(
             rewards=rewards, values=r.values, mask=r.response_mask, gamma=cfg.gamma, lam=cfg.lam
         )
         if cfg.whiten_advantages:
-            advantages = losses.whiten(advantages, r.response_mask)
+            advantages = losses.whiten(
+                advantages, r.response_mask, moments=self._moments(advantages, r)
+            )
         return advantages, returns, rewards, kl
+
+    def _moments(self, values: torch.Tensor, r: Rollout) -> tuple[float, float] | None:
+        """(mean, variance) over every process's response tokens, so that whitening under
+        several processes equals one process whitening the whole batch; None for one process
+        (the batch's own, computed by losses.whiten)."""
+        acc = self.accelerator
+        if acc.num_processes == 1:
+            return None
+        x = values[r.response_mask.bool()].double()
+        m = trainer.mean_over_processes(
+            acc, {"x": x.sum().item(), "xx": (x * x).sum().item()}, x.numel()
+        )
+        return m["x"], max(m["xx"] - m["x"] ** 2, 0.0)
 
     # ------------------------------------------------------------------ update
     def ptx_batch(self, rng: random.Random) -> tuple[torch.Tensor, ...] | None:
