@@ -8,7 +8,9 @@ import subprocess
 import sys
 
 from fastapi.routing import APIRoute
+from fastapi.testclient import TestClient
 from webutil import (
+    PASSWORD,
     add_task,
     add_user,
     admin_and_labeler,
@@ -22,6 +24,7 @@ from webutil import (
 )
 
 from instructrl.config import ServeConfig
+from instructrl.web import db
 from instructrl.web.app import create_app
 
 PUBLIC = {
@@ -176,3 +179,77 @@ def test_short_secret_key_is_refused():
 
     with pytest.raises(UserError, match="at least 32"):
         create_app(ServeConfig(db="sqlite://", secret_key="short"))
+
+
+def test_sessions_are_server_side_records(tmp_path):
+    """Sign-out ends a session even for a copied cookie; deactivation ends every session at
+    once and refuses sign-in; a reset gives a new invite link (naming the user) and ends
+    sessions; reactivation lets the user back in."""
+    with app_for(f"sqlite:///{tmp_path / 'f.db'}") as (app, _client):
+        add_user(app, "root", is_admin=True)
+        ann_id = add_user(app, "ann").id
+        ann = sign_in(app, "ann")
+        kept = dict(ann.cookies)  # a copy of the cookie, as a stolen or saved one
+        assert ann.get("/work").status_code == 200
+        assert post(ann, "/logout").status_code == 303
+        thief = TestClient(app, follow_redirects=False, cookies=kept)
+        assert thief.get("/work").headers["location"].startswith("/login")
+        assert thief.get("/api/me").status_code == 401
+
+        ann = sign_in(app, "ann")
+        other = sign_in(app, "ann")  # a second browser
+        admin = sign_in(app, "root")
+        assert post(admin, f"/admin/users/{ann_id}/deactivate").status_code == 303
+        for client in (ann, other):
+            assert client.get("/api/me").status_code == 401
+        page = TestClient(app, follow_redirects=False)
+        form = {"username": "ann", "password": PASSWORD, "csrf_token": page_csrf(page)}
+        r = page.post("/login", data=form)
+        assert r.status_code == 403 and "deactivated: ask an admin" in r.text
+        assert "deactivated" in admin.get("/admin").text
+        assert post(admin, f"/admin/users/{ann_id}/reactivate").status_code == 303
+        ann = sign_in(app, "ann")
+        assert post(admin, f"/admin/users/{admin_id(app)}/deactivate").status_code == 422
+
+        r = post(admin, f"/admin/users/{ann_id}/reset")
+        link = admin.get("/admin").text.split("new invite link for ann: ")[1].split("<")[0]
+        assert ann.get("/api/me").status_code == 401  # the reset ended her session
+        token = link.rsplit("/", 1)[1]
+        fresh = TestClient(app, follow_redirects=False)
+        assert "Choose a password, ann" in fresh.get(f"/invite/{token}").text
+        r = fresh.post(
+            f"/invite/{token}",
+            data={"password": "new-password-1", "password2": "new-password-1",
+                  "csrf_token": page_csrf(fresh, f"/invite/{token}")},
+        )  # fmt: skip
+        assert r.status_code == 303
+        used = fresh.get(f"/invite/{token}")
+        assert used.status_code == 404 and "not valid" in used.text and "password2" not in used.text
+        sign_in(app, "ann", "new-password-1")
+
+
+def admin_id(app) -> int:
+    from sqlalchemy import select
+
+    from instructrl.web.models import User
+
+    with db.transaction(app.state.sessions) as s:
+        return s.scalar(select(User.id).where(User.username == "root"))
+
+
+def test_failed_sign_ins_lock_a_name_per_address_and_an_admin_unlocks_it(tmp_path):
+    with app_for(f"sqlite:///{tmp_path / 'f.db'}") as (app, _client):
+        root_id = add_user(app, "root", is_admin=True).id
+        attacker = TestClient(app, follow_redirects=False, client=("203.0.113.9", 4000))
+        token = page_csrf(attacker)
+
+        def attempt(client, password, csrf):
+            form = {"username": "root", "password": password, "csrf_token": csrf}
+            return client.post("/login", data=form).status_code
+
+        assert [attempt(attacker, f"guess-{i}", token) for i in range(10)] == [401] * 10
+        assert attempt(attacker, PASSWORD, token) == 429  # locked for that address
+        admin = sign_in(app, "root")  # from another address the admin still signs in
+        assert "locked (failed sign-ins)" in admin.get("/admin").text
+        assert post(admin, f"/admin/users/{root_id}/unlock").status_code == 303
+        assert attempt(attacker, PASSWORD, token) == 303

@@ -5,6 +5,7 @@ assignment's status and any prompt it creates are committed together or not at a
 
 from __future__ import annotations
 
+import hashlib
 import random
 import secrets
 from datetime import UTC, datetime
@@ -25,6 +26,7 @@ from instructrl.web.models import (
     Assignment,
     Gold,
     Job,
+    LoginSession,
     Output,
     Project,
     Prompt,
@@ -104,6 +106,8 @@ def create_user(
 
 
 def authenticate(s: Session, *, username: str, password: str) -> User | None:
+    """The user whose password this is; None for a wrong pair. A deactivated user with the
+    right password raises Forbidden (the admin's decision, said as such)."""
     user = s.scalar(select(User).where(User.username == username))
     if user is None or user.password_hash is None:
         _hasher.hash(password)  # same work either way: no timing hint that the name exists
@@ -112,19 +116,110 @@ def authenticate(s: Session, *, username: str, password: str) -> User | None:
         _hasher.verify(user.password_hash, password)
     except (VerificationError, InvalidHashError):
         return None
+    if user.deactivated_at is not None:
+        raise Forbidden("this account is deactivated: ask an admin")
     if _hasher.check_needs_rehash(user.password_hash):
         user.password_hash = _hasher.hash(password)
     return user
 
 
 def accept_invite(s: Session, *, token: str, password: str) -> User:
-    user = s.scalar(select(User).where(User.invite_token == token)) if token else None
+    user = invited_user(s, token)
     if user is None:
         raise Forbidden("this invite link is not valid (used already, or mistyped)")
     if len(password) < MIN_PASSWORD:
         raise Invalid({"password": f"at least {MIN_PASSWORD} characters"})
     user.password_hash = _hasher.hash(password)
     user.invite_token = None
+    end_sessions(s, user_id=user.id)  # a new password ends every earlier session
+    return user
+
+
+def invited_user(s: Session, token: str) -> User | None:
+    """The user an unused invite link is for (None for a used or mistyped one)."""
+    return s.scalar(select(User).where(User.invite_token == token)) if token else None
+
+
+# ----------------------------------------------------------------------------- login sessions
+def _token_hash(token: str) -> str:
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+def start_session(s: Session, *, user_id: int, client: str = "") -> str:
+    """A new login session; returns the token the cookie holds (the table keeps its hash)."""
+    token = secrets.token_urlsafe(32)
+    s.add(LoginSession(token_hash=_token_hash(token), user_id=user_id, client=client[:64]))
+    s.flush()
+    return token
+
+
+def session_user(s: Session, token: str | None) -> User | None:
+    """The user of a live session: not revoked, the user neither deactivated nor waiting for
+    a password (reset). None otherwise."""
+    if not token:
+        return None
+    row = s.scalar(
+        select(LoginSession).where(
+            LoginSession.token_hash == _token_hash(token), LoginSession.revoked_at.is_(None)
+        )
+    )
+    user = s.get(User, row.user_id) if row is not None else None
+    if user is None or user.password_hash is None or user.deactivated_at is not None:
+        return None
+    return user
+
+
+def end_session(s: Session, token: str | None) -> None:
+    if token:
+        for row in s.scalars(
+            select(LoginSession).where(
+                LoginSession.token_hash == _token_hash(token), LoginSession.revoked_at.is_(None)
+            )
+        ):
+            row.revoked_at = now()
+
+
+def end_sessions(s: Session, *, user_id: int) -> int:
+    """Revoke every live session of a user; returns how many there were."""
+    rows = s.scalars(
+        select(LoginSession).where(
+            LoginSession.user_id == user_id, LoginSession.revoked_at.is_(None)
+        )
+    ).all()
+    for row in rows:
+        row.revoked_at = now()
+    return len(rows)
+
+
+def deactivate_user(s: Session, *, user_id: int, by: int) -> User:
+    """No more sign-ins, every session ended at once; the answers stay."""
+    user = get_user(s, user_id)
+    if user.id == by:
+        raise Invalid({"user": "you cannot deactivate yourself"})
+    user.deactivated_at = user.deactivated_at or now()
+    end_sessions(s, user_id=user.id)
+    return user
+
+
+def reactivate_user(s: Session, *, user_id: int) -> User:
+    user = get_user(s, user_id)
+    user.deactivated_at = None
+    return user
+
+
+def reset_user(s: Session, *, user_id: int) -> str:
+    """Forget the password, end every session and return a new invite token."""
+    user = get_user(s, user_id)
+    user.password_hash = None
+    user.invite_token = secrets.token_urlsafe(24)
+    end_sessions(s, user_id=user.id)
+    return user.invite_token
+
+
+def get_user(s: Session, user_id: int) -> User:
+    user = s.get(User, user_id)
+    if user is None:
+        raise Invalid({"user": f"no user {user_id}"})
     return user
 
 

@@ -46,12 +46,16 @@ def check_csrf(request: Request, form: Annotated[dict[str, Any], Depends(form_da
 
 
 def current_user(request: Request) -> User:
-    user_id = request.session.get("user_id")
-    if user_id is None:
+    """The user of the request's login session (a server-side record: signing out, a new
+    password, a reset or deactivation end it at once, whatever cookie a browser kept)."""
+    from instructrl.web import crud
+
+    token = request.session.get("sid")
+    if token is None:
         raise LoginRequired()
     with sessions(request)() as s:
-        user = s.get(User, user_id)
-    if user is None or user.password_hash is None:
+        user = crud.session_user(s, token)
+    if user is None:
         request.session.clear()
         raise LoginRequired()
     return user

@@ -44,6 +44,22 @@ class User(Base):
     status: Mapped[str] = mapped_column(String(16), default="active")
     invite_token: Mapped[str | None] = mapped_column(String(64), unique=True)
     created_at: Mapped[datetime] = mapped_column(default=now)
+    # set by an admin: no sign-in, every session ended; cleared by reactivation
+    deactivated_at: Mapped[datetime | None] = mapped_column(default=None)
+
+
+class LoginSession(Base):
+    """A signed-in browser: the cookie holds a random token, the table its SHA-256. Signing
+    out, a new password, deactivation and a reset revoke rows, which ends those sessions at
+    once (a copied cookie stops working)."""
+
+    __tablename__ = "login_sessions"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    token_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id"), index=True)
+    client: Mapped[str] = mapped_column(String(64), default="")  # the address it signed in from
+    created_at: Mapped[datetime] = mapped_column(default=now)
+    revoked_at: Mapped[datetime | None] = mapped_column(default=None)
 
 
 class Project(Base):

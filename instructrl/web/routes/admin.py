@@ -49,6 +49,7 @@ def _admin_page(
         "user": user,
         "projects": projects,
         "users": users,
+        "locked": request.app.state.failed_sign_ins.locked_names(),
         "groups": USER_GROUPS,
         "flash": pop_flash(request),
         "errors": errors or {},
@@ -92,6 +93,33 @@ def create_user(request: Request, user: AdminUser, form: Form) -> Response:
         flash(request, f"invite link for {name}: {request.base_url}invite/{token}")
     else:
         flash(request, f"user {name} created")
+    return RedirectResponse("/admin", status_code=303)
+
+
+@router.post("/users/{user_id}/{action}", dependencies=[Csrf])
+def user_action(request: Request, user_id: int, action: str, user: AdminUser) -> Response:
+    """deactivate (no sign-in, sessions ended at once), reactivate, reset (a new invite link,
+    the password and every session gone), unlock (forget failed sign-ins from every address)."""
+    if action not in ("deactivate", "reactivate", "reset", "unlock"):
+        raise HTTPException(404, "expected deactivate, reactivate, reset or unlock")
+    try:
+        with transaction(request) as s:
+            name = crud.get_user(s, user_id).username
+            if action == "deactivate":
+                crud.deactivate_user(s, user_id=user_id, by=user.id)
+                message = f"{name} deactivated: signed out everywhere"
+            elif action == "reactivate":
+                crud.reactivate_user(s, user_id=user_id)
+                message = f"{name} may sign in again"
+            elif action == "reset":
+                token = crud.reset_user(s, user_id=user_id)
+                message = f"new invite link for {name}: {request.base_url}invite/{token}"
+            else:
+                request.app.state.failed_sign_ins.clear(name)
+                message = f"{name} unlocked"
+    except crud.Invalid as e:
+        raise HTTPException(422, str(e)) from None
+    flash(request, message)
     return RedirectResponse("/admin", status_code=303)
 
 
