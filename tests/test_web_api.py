@@ -373,7 +373,10 @@ def test_cli_db_export_feeds_the_pipeline_files(tmp_path):
     ]
     subprocess.run([*cmd, "format=parquet"], check=True, capture_output=True)
     assert [d.response for d in R.read_records(out / "demonstrations.jsonl")] == ["Yes."]
-    assert (out / "preference_pairs.jsonl").read_text() == ""  # no comparisons yet
+    assert not (out / "preference_pairs.jsonl").exists()  # no comparisons yet: not written
+    manifest = json.loads((out / "export.json").read_text())["files"]
+    assert manifest["demonstrations.jsonl"] == 1 and manifest["prompts.jsonl"] == 0
+    assert not (out / "prompts.jsonl").exists()  # an empty file would not validate
     datasets = pytest.importorskip("datasets")
     table = datasets.load_dataset("parquet", data_files=str(out / "demonstrations.parquet"))
     assert table["train"]["response"] == ["Yes."]
@@ -750,3 +753,43 @@ def test_admin_forms_parse_and_explain_by_hand():
         "per_item": "a whole number from 1 to 100",
         "count": "a whole number from 1 to 100000",
     }
+
+
+def test_typed_text_is_normalised_and_all_tied_rankings_are_refused(tmp_path):
+    url = f"sqlite:///{tmp_path / 'f.db'}"
+    with app_for(url) as (app, _client):
+        admin, ann, pid = admin_and_labeler(app, n=2)
+        add_task(admin, pid, "rank")
+        text = "First line.\r\n  Indented second line.  \r\n\r\n"
+        r = post(ann, f"/work/{next_assignment(ann)}", {"response": text, "client_id": "crlf-01"})
+        assert r.status_code == 303
+        (demo,) = [
+            json.loads(x)
+            for x in admin.get(
+                f"/admin/projects/{pid}/export/demonstrations.jsonl"
+            ).text.splitlines()
+        ]
+        assert demo["response"] == "First line.\n  Indented second line."
+        post(ann, f"/work/{next_assignment(ann)}", {"response": "Two.", "client_id": "crlf-02"})
+        rank = next_assignment(ann)
+        r = post(ann, f"/work/{rank}", {**rank_form(4, [1, 1, 1, 1]), "client_id": "tied-01"})
+        assert r.status_code == 422 and "every output is tied" in r.text
+        r = post(ann, f"/work/{rank}", {**rank_form(4, [1, 1, 2, 2]), "client_id": "tied-01"})
+        assert r.status_code == 303
+
+
+def test_bad_urls_get_html_pages_and_there_is_a_favicon(tmp_path):
+    with app_for(f"sqlite:///{tmp_path / 'f.db'}") as (app, _client):
+        add_user(app, "ann")
+        ann = sign_in(app, "ann")
+        html = {"accept": "text/html"}
+        for path in ("/work/abc", "/no/such/page"):
+            r = ann.get(path, headers=html)
+            assert r.status_code == 404 and r.headers["content-type"].startswith("text/html")
+            assert "<html" in r.text and "detail" not in r.text[:50]
+        api = ann.get("/api/assignments/abc")
+        assert (
+            api.status_code in (404, 405, 422) and api.headers["content-type"] == "application/json"
+        )
+        icon = ann.get("/favicon.ico", follow_redirects=True)
+        assert icon.status_code == 200 and icon.text.startswith("<svg")

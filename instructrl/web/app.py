@@ -8,9 +8,12 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 
 from fastapi import FastAPI, HTTPException, Request
+from fastapi.encoders import jsonable_encoder
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, RedirectResponse, Response
 from fastapi.staticfiles import StaticFiles
 from fastapi.templating import Jinja2Templates
+from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.middleware.sessions import SessionMiddleware
 
 from instructrl.config import ServeConfig
@@ -66,6 +69,11 @@ def create_app(settings: ServeConfig) -> FastAPI:
     app.mount("/static", StaticFiles(directory=str(HERE / "static")), name="static")
     for router in (auth.router, label.router, api.router, admin.router):
         app.include_router(router)
+
+    @app.get("/favicon.ico", include_in_schema=False)
+    def favicon() -> Response:
+        return RedirectResponse("/static/favicon.svg", status_code=301)
+
     return app
 
 
@@ -91,6 +99,7 @@ def _add_handlers(app: FastAPI) -> None:
             return JSONResponse({"detail": "sign in first"}, status_code=401)
         return RedirectResponse(f"/login?next={request.url.path}", status_code=303)
 
+    @app.exception_handler(StarletteHTTPException)  # the router's own 404 / 405 too
     @app.exception_handler(HTTPException)
     async def http_error(request: Request, exc: HTTPException) -> Response:
         if request.url.path.startswith("/api/") or "text/html" not in request.headers.get(
@@ -103,6 +112,14 @@ def _add_handlers(app: FastAPI) -> None:
             {"status": exc.status_code, "detail": exc.detail},
             status_code=exc.status_code,
         )
+
+    @app.exception_handler(RequestValidationError)
+    async def bad_request(request: Request, exc: RequestValidationError) -> Response:
+        """A malformed URL or body: the API keeps FastAPI's field list; a page says no such
+        page (e.g. /work/abc, where an item number belongs)."""
+        if request.url.path.startswith("/api/"):
+            return JSONResponse({"detail": jsonable_encoder(exc.errors())}, status_code=422)
+        return await http_error(request, HTTPException(404, f"no such page: {request.url.path}"))
 
     # crud's refusals mean the same on every route: no such row (404), not yours (403),
     # not now (409)

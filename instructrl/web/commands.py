@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import sys
 from pathlib import Path
@@ -61,16 +62,19 @@ def export(cfg: DBConfig) -> Path:
     engine.dispose()
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
-    pairs = exporters.preference_pairs(training["comparisons"])
-    for name, records in training.items():
-        write_records(out / f"{name}.jsonl", records)
-        log.info("%s.jsonl: %d records", name, len(records))
-    write_records(out / "preference_pairs.jsonl", pairs)
-    log.info("preference_pairs.jsonl: %d pairs (prompt/chosen/rejected)", len(pairs))
-    for name, records in heldout.items():
-        if records:  # held-out labelers' answers: the RM's held-out accuracy, never training
-            write_records(out / "heldout" / f"{name}.jsonl", records)
-            log.info("heldout/%s.jsonl: %d records", name, len(records))
+    files = {**training, "preference_pairs": exporters.preference_pairs(training["comparisons"])}
+    # held-out labelers' answers: the RM's held-out accuracy, never training
+    files.update({f"heldout/{name}": records for name, records in heldout.items()})
+    manifest = {"project": cfg.project, "files": {}}
+    for name, records in files.items():
+        path = out / f"{name}.jsonl"
+        path.unlink(missing_ok=True)  # no stale file from an earlier export
+        if records:  # an empty file is no valid records file: the manifest says it is empty
+            write_records(path, records)
+        manifest["files"][f"{name}.jsonl"] = len(records)
+        log.info("%s.jsonl: %d records%s", name, len(records), "" if records else " (not written)")
+    (out / "export.json").write_text(json.dumps(manifest, indent=2) + "\n")
+    pairs = files["preference_pairs"]
     if cfg.format != "jsonl":
         tables = {name: exporters.table_rows(records) for name, records in training.items()}
         tables["preference_pairs"] = exporters.table_rows(pairs)

@@ -300,7 +300,7 @@ def import_samples(s: Session, *, project: Project, samples: list[R.Sample]) -> 
             continue
         if len(prompt.outputs) >= R.K_MAX:
             raise Invalid(
-                {"file": f"prompt {sample.prompt_id!r}: more than {R.K_MAX} outputs (K = 4..9)"}
+                {"file": f"prompt {sample.prompt_id!r}: more than {R.K_MAX} outputs (K = 2..9)"}
             )
         prompt.outputs.append(
             Output(

@@ -91,11 +91,18 @@ def parse_form(
         return None, errors
 
 
+def normalise_text(value: str) -> str:
+    """Typed text as stored: line endings as "\n" (browsers send "\r\n"), trailing whitespace
+    at the very end removed; everything else (inner spaces, indentation) kept."""
+    return value.replace("\r\n", "\n").replace("\r", "\n").rstrip()
+
+
 def _text(payload: dict[str, Any], key: str, errors: dict[str, str]) -> str:
     value = payload.get(key)
     if not isinstance(value, str) or not value.strip():
         errors[key] = "required: write some text"
         return ""
+    value = normalise_text(value)
     if len(value) > MAX_TEXT:
         errors[key] = f"at most {MAX_TEXT} characters, got {len(value)}"
     return value
@@ -132,6 +139,9 @@ def _ranking(payload: dict[str, Any], k: int, errors: dict[str, str]) -> list[in
     ints = all(isinstance(x, int) and not isinstance(x, bool) for x in flat)
     if not isinstance(ranking, list) or not ints or sorted(flat) != list(range(k)):
         errors["ranking"] = f"rank every one of the {k} outputs (ties allowed)"
+        return []
+    if len(ranking) < 2:
+        errors["ranking"] = "every output is tied: that says no preference; rank at least two apart"
         return []
     return ranking
 

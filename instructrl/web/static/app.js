@@ -25,7 +25,8 @@ function setupRanking(form) {
     });
     card.addEventListener("keydown", (e) => {
       if (/^[0-9]$/.test(e.key)) {
-        place(card.dataset.index, Number(e.key));
+        const rank = Number(e.key);
+        if (rank >= 1 && rank <= k) place(card.dataset.index, rank);  // keys above K do nothing
         card.focus();
         e.preventDefault();
       } else if (e.key === "Backspace" || e.key === "Delete") {
