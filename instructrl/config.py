@@ -722,8 +722,15 @@ class ServeConfig:
     check_schema: bool = _f(
         True, "refuse to start on a database whose schema is older than the code (db upgrade)"
     )
+    claim_minutes: float = _f(
+        30.0,
+        "an item a labeler opened and left this long without activity goes back to the queue "
+        "(0 = never)",
+    )
 
     def __post_init__(self) -> None:
+        if self.claim_minutes < 0:
+            raise ConfigError(f"config: claim_minutes: expected >= 0, got {self.claim_minutes}")
         if not 0 < self.port < 65536:
             raise ConfigError(f"config: port: expected 1-65535, got {self.port}")
         if self.secret_key is not None and len(self.secret_key) < 32:

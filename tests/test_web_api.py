@@ -793,3 +793,35 @@ def test_bad_urls_get_html_pages_and_there_is_a_favicon(tmp_path):
         )
         icon = ann.get("/favicon.ico", follow_redirects=True)
         assert icon.status_code == 200 and icon.text.startswith("<svg")
+
+
+def test_idle_claims_go_back_to_the_queue_and_admins_release_claims(tmp_path):
+    from datetime import timedelta
+
+    from instructrl.web.models import Assignment, now
+
+    url = f"sqlite:///{tmp_path / 'f.db'}"
+    with app_for(url, claim_minutes=30) as (app, _client):
+        admin, ann, pid = admin_and_labeler(app, n=1)  # one prompt, one labeler per item
+        add_user(app, "bob")
+        bob = sign_in(app, "bob")
+        mine = next_assignment(ann)
+        assert next_assignment(bob) is None  # the only item is ann's
+        page = admin.get(f"/admin/projects/{pid}").text
+        assert "<td>1</td><td>0</td>" in page  # 1 in progress, 0 open
+        assert ann.get(f"/work/{mine}").status_code == 200  # activity keeps the claim
+        with db.transaction(app.state.sessions) as s:
+            s.get(Assignment, mine).active_at = now() - timedelta(minutes=31)
+        taken = next_assignment(bob)  # idle for 31 > 30 minutes: released, bob takes it
+        with db.transaction(app.state.sessions) as s:
+            assert s.get(Assignment, taken).user.username == "bob"
+        r = ann.get(f"/work/{mine}")
+        assert r.status_code == 403 and "went back to the queue" in r.text
+        page = admin.get(f"/admin/projects/{pid}").text
+        assert 'id="claims"' in page and "<td>bob</td>" in page
+        assert post(admin, f"/admin/assignments/{taken}/release").status_code == 303
+        assert 'id="claims"' not in admin.get(f"/admin/projects/{pid}").text
+        again = next_assignment(ann)  # back in the queue: ann may take it again
+        r = post(ann, f"/work/{again}", {"response": "Done.", "client_id": "claim-0001"})
+        assert r.status_code == 303
+        assert post(admin, f"/admin/assignments/{again}/release").status_code == 409

@@ -7,13 +7,13 @@ import statistics
 from collections import defaultdict
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from instructrl import records as R
 from instructrl.stats import agreement, rank_agreement
 from instructrl.web.crud import SCREENING_PASS, done_rows, task_items
-from instructrl.web.models import GROUPS, USER_GROUPS, Gold, Project, Task
+from instructrl.web.models import GROUPS, USER_GROUPS, Assignment, Gold, Project, Task
 
 
 def dashboard(s: Session, *, project: Project) -> dict[str, Any]:
@@ -23,17 +23,27 @@ def dashboard(s: Session, *, project: Project) -> dict[str, Any]:
     seconds: dict[int, list[float]] = defaultdict(list)
     for sub, _a, task, _u in rows:
         seconds[task.id].append(sub.seconds)
+    claimed = dict(
+        s.execute(
+            select(Assignment.task_id, func.count(Assignment.id))
+            .where(Assignment.status == "open")
+            .group_by(Assignment.task_id)
+        ).all()
+    )
     progress = []
     for task in tasks:
         items = len(task_items(s, task=task))
         needed = items * task.per_item
         done = len(seconds[task.id])
+        in_progress = claimed.get(task.id, 0)
         progress.append(
             {
                 "task": task,
                 "n_items": items,
                 "needed": needed,
                 "done": done,
+                "in_progress": in_progress,
+                "open": max(needed - done - in_progress, 0),
                 "median_s": statistics.median(seconds[task.id]) if seconds[task.id] else None,
             }
         )

@@ -8,7 +8,7 @@ from __future__ import annotations
 import hashlib
 import random
 import secrets
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from argon2 import PasswordHasher
@@ -417,10 +417,59 @@ def open_assignment(s: Session, *, user: User) -> Assignment | None:
     )
 
 
-def next_assignment(s: Session, *, user: User) -> Assignment | None:
+def release_idle(s: Session, *, minutes: float) -> int:
+    """Give back every open claim idle for `minutes` (0: none): the row goes, so its slot is
+    free for the next labeler. Returns how many."""
+    if minutes <= 0:
+        return 0
+    cutoff = now() - timedelta(minutes=minutes)
+    idle = s.scalars(
+        select(Assignment).where(
+            Assignment.status == "open",
+            func.coalesce(Assignment.active_at, Assignment.opened_at) < cutoff,
+        )
+    ).all()
+    for assignment in idle:
+        s.delete(assignment)
+    s.flush()
+    return len(idle)
+
+
+def release(s: Session, *, assignment_id: int) -> Assignment:
+    """An admin gives an open claim back to the queue (a done one is refused)."""
+    assignment = s.get(Assignment, assignment_id)
+    if assignment is None:
+        raise NotFound(f"no assignment {assignment_id}")
+    if assignment.status != "open":
+        raise Conflict(f"assignment {assignment_id} is done: there is nothing to release")
+    s.delete(assignment)
+    s.flush()
+    return assignment
+
+
+def touch(assignment: Assignment) -> None:
+    """The labeler is on it: its claim's idle clock starts again."""
+    assignment.active_at = now()
+
+
+def open_claims(s: Session, *, project: Project) -> list[Assignment]:
+    """Open claims of a project's tasks, the oldest activity first (the admin's release list)."""
+    return list(
+        s.scalars(
+            select(Assignment)
+            .join(Task, Assignment.task_id == Task.id)
+            .where(Task.project_id == project.id, Assignment.status == "open")
+            .order_by(func.coalesce(Assignment.active_at, Assignment.opened_at))
+        )
+    )
+
+
+def next_assignment(s: Session, *, user: User, claim_minutes: float = 0) -> Assignment | None:
     """The user's open assignment, or a new one: the first item (of the user's group's tasks)
     that still needs a labeler and that this user has not had. Two users racing for the last
-    slot of an item both insert it; the unique constraint keeps one, the other moves on."""
+    slot of an item both insert it; the unique constraint keeps one, the other moves on.
+    Claims idle for `claim_minutes` are released first (anyone's)."""
+    release_idle(s, minutes=claim_minutes)
     current = open_assignment(s, user=user)
     if current is not None:
         return current
@@ -472,7 +521,10 @@ def get_assignment(s: Session, *, assignment_id: int, user: User) -> Assignment:
     assignment = s.get(Assignment, assignment_id)
     if assignment is None or assignment.user_id != user.id:
         # the same answer for "not yours" and "not there": ids of others' work stay private
-        raise Forbidden(f"assignment {assignment_id} is not yours")
+        raise Forbidden(
+            f"assignment {assignment_id} is not yours (or it went back to the queue after a "
+            f"long pause: take the next item)"
+        )
     return assignment
 
 

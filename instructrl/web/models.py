@@ -137,6 +137,9 @@ class Assignment(Base):
     prompt_id: Mapped[int | None] = mapped_column(ForeignKey("prompts.id"))
     status: Mapped[str] = mapped_column(String(16), default="open")  # open | done
     opened_at: Mapped[datetime] = mapped_column(default=now)
+    # the labeler's last sign of life on it (page loaded, answer tried); an open claim idle for
+    # `serve claim_minutes=` is released so another labeler can take the item
+    active_at: Mapped[datetime | None] = mapped_column(default=now)
     done_at: Mapped[datetime | None] = mapped_column()
     task: Mapped[Task] = relationship()
     prompt: Mapped[Prompt | None] = relationship()

@@ -96,6 +96,16 @@ def create_user(request: Request, user: AdminUser, form: Form) -> Response:
     return RedirectResponse("/admin", status_code=303)
 
 
+@router.post("/assignments/{assignment_id}/release", dependencies=[Csrf])
+def release_claim(request: Request, assignment_id: int, user: AdminUser) -> Response:
+    """Give an open claim back to the queue (the labeler moved on, or walked away)."""
+    with transaction(request) as s:
+        assignment = crud.release(s, assignment_id=assignment_id)
+        project_id, name = assignment.task.project_id, assignment.user.username
+    flash(request, f"released {name}'s item: the next labeler can take it")
+    return RedirectResponse(f"/admin/projects/{project_id}", status_code=303)
+
+
 @router.post("/users/{user_id}/{action}", dependencies=[Csrf])
 def user_action(request: Request, user_id: int, action: str, user: AdminUser) -> Response:
     """deactivate (no sign-in, sessions ended at once), reactivate, reset (a new invite link,
@@ -160,6 +170,9 @@ def project_page(
         recent = analytics.recent_submissions(s, project=project)
         screening_tasks = crud.screening_items(s, project=project)
         job_rows = crud.project_jobs(s, project=project)
+        claims = crud.open_claims(s, project=project)
+        for claim in claims:  # loaded for the template while the session is open
+            _ = (claim.user.username, claim.task.title, claim.prompt)
     context = {
         "user": user,
         "project": project,
@@ -170,6 +183,8 @@ def project_page(
         "recent": recent,
         "screening_tasks": screening_tasks,
         "jobs": job_rows,
+        "claims": claims,
+        "claim_minutes": request.app.state.settings.claim_minutes,
         "kinds": TASK_KINDS,
         "groups": GROUPS,
         "exports": EXPORTS,

@@ -29,7 +29,9 @@ def me(request: Request, user: CurrentUser) -> dict:
 @router.get("/next", response_model=AssignmentOut | None)
 def next_assignment(request: Request, user: CurrentUser) -> Response | AssignmentOut:
     with transaction(request) as s:
-        a = crud.next_assignment(s, user=user)
+        a = crud.next_assignment(
+            s, user=user, claim_minutes=request.app.state.settings.claim_minutes
+        )
         if a is None:
             return Response(status_code=204)
         return AssignmentOut(

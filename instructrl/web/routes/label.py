@@ -20,7 +20,9 @@ router = APIRouter()
 @router.get("/work")
 def work(request: Request, user: CurrentUser) -> Response:
     with transaction(request) as s:
-        assignment = crud.next_assignment(s, user=user)
+        assignment = crud.next_assignment(
+            s, user=user, claim_minutes=request.app.state.settings.claim_minutes
+        )
         assignment_id = assignment.id if assignment else None
     if assignment_id is None:
         return render(request, "idle.html", {"user": user})
@@ -30,6 +32,7 @@ def work(request: Request, user: CurrentUser) -> Response:
 def _load(request: Request, assignment_id: int, user) -> tuple[Assignment, dict[str, Any]]:
     with transaction(request) as s:
         assignment = crud.get_assignment(s, assignment_id=assignment_id, user=user)
+        crud.touch(assignment)  # the labeler is on it: the claim stays theirs
         return assignment, task_context(assignment.task, assignment.prompt)
 
 

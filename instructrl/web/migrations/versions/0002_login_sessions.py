@@ -1,4 +1,4 @@
-"""server-side login sessions; users can be deactivated
+"""server-side login sessions; users can be deactivated; claims expire
 
 Revision ID: 0002
 Revises: 0001
@@ -30,9 +30,13 @@ def upgrade() -> None:
     op.create_index(op.f("ix_login_sessions_user_id"), "login_sessions", ["user_id"], unique=False)
     with op.batch_alter_table("users") as batch:
         batch.add_column(sa.Column("deactivated_at", sa.DateTime(timezone=True), nullable=True))
+    with op.batch_alter_table("assignments") as batch:
+        batch.add_column(sa.Column("active_at", sa.DateTime(timezone=True), nullable=True))
 
 
 def downgrade() -> None:
+    with op.batch_alter_table("assignments") as batch:
+        batch.drop_column("active_at")
     with op.batch_alter_table("users") as batch:
         batch.drop_column("deactivated_at")
     op.drop_index(op.f("ix_login_sessions_user_id"), table_name="login_sessions")
