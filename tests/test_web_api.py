@@ -825,3 +825,46 @@ def test_idle_claims_go_back_to_the_queue_and_admins_release_claims(tmp_path):
         r = post(ann, f"/work/{again}", {"response": "Done.", "client_id": "claim-0001"})
         assert r.status_code == 303
         assert post(admin, f"/admin/assignments/{again}/release").status_code == 409
+
+
+def test_tasks_cover_chosen_prompts_and_pause_resume_and_edit(tmp_path):
+    url = f"sqlite:///{tmp_path / 'f.db'}"
+    with app_for(url) as (app, _client):
+        add_user(app, "root", is_admin=True)
+        add_user(app, "ann")
+        admin = sign_in(app, "root")
+        pid = project_with_outputs(admin, n=3)  # p0, p1, p2
+        add_task(admin, pid, "demonstration", title="chosen", covers="ids", covers_value="p2, p0")
+        add_task(admin, pid, "demonstration", title="now")  # covers=all_now, the default
+        add_task(admin, pid, "demonstration", title="later", covers="all_later")
+        r = post(admin, f"/admin/projects/{pid}/tasks",
+                 {"title": "x", "kind": "demonstration", "group": "training", "per_item": 1,
+                  "covers": "ids", "covers_value": "p9"})  # fmt: skip
+        assert r.status_code == 422 and "no such prompt ids in this project: p9" in r.text
+        files = {"prompts_file": ("more.jsonl", jsonl([{"id": "p3", "prompt": "New one?"}]))}
+        post(admin, f"/admin/projects/{pid}/prompts", files=files)  # imported after the tasks
+        with db.transaction(app.state.sessions) as s:
+            tasks = {t.title: t for t in s.scalars(select(crud.Task))}
+            items = {
+                title: sorted(
+                    s.get(Prompt, i).key for i in crud.task_items(s, task=t)
+                )
+                for title, t in tasks.items()
+            }  # fmt: skip
+            ids = {title: t.id for title, t in tasks.items()}
+        assert items == {
+            "chosen": ["p0", "p2"],
+            "now": ["p0", "p1", "p2"],  # p3 came later: not in it
+            "later": ["p0", "p1", "p2", "p3"],
+        }
+        for title in ("chosen", "now", "later"):  # paused tasks are not served
+            assert post(admin, f"/admin/tasks/{ids[title]}", {"state": "paused"}).status_code == 303
+        ann = sign_in(app, "ann")
+        assert next_assignment(ann) is None
+        post(admin, f"/admin/tasks/{ids['later']}", {"state": "active"})
+        post(admin, f"/admin/tasks/{ids['later']}", {"instructions": "Answer in French.\r\n"})
+        a = next_assignment(ann)
+        assert a is not None and "Answer in French." in ann.get(f"/work/{a}").text
+        page = admin.get(f"/admin/projects/{pid}").text
+        assert page.count("<option selected>paused</option>") == 2
+        assert post(admin, f"/admin/tasks/{ids['later']}", {"state": "gone"}).status_code == 422

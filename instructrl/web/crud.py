@@ -13,7 +13,7 @@ from typing import Any
 
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
-from sqlalchemy import func, select
+from sqlalchemy import func, or_, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -21,6 +21,7 @@ from instructrl import records as R
 from instructrl.web.models import (
     GROUPS,
     TASK_KINDS,
+    TASK_STATES,
     USER_GROUPS,
     USER_STATUSES,
     Assignment,
@@ -35,7 +36,7 @@ from instructrl.web.models import (
     User,
     now,
 )
-from instructrl.web.schemas import validate_payload
+from instructrl.web.schemas import normalise_text, validate_payload
 
 _hasher = PasswordHasher()
 MIN_PASSWORD = 8
@@ -325,7 +326,12 @@ def create_task(
     per_item: int = 1,
     count: int = 0,
     instructions: str = "",
+    covers: str = "all_now",
+    covers_value: str = "",
 ) -> Task:
+    """A task over the project's prompts as `covers` says: all_now (the prompts there now;
+    later imports do not join), all_later (every prompt, later imports too), category or
+    split (`covers_value`), ids (`covers_value`: prompt ids, by commas or spaces)."""
     errors = {}
     if kind not in TASK_KINDS:
         errors["kind"] = f"one of {', '.join(TASK_KINDS)}"
@@ -337,6 +343,11 @@ def create_task(
         errors["count"] = "how many prompts to write: 1 to 100000"
     if not title.strip():
         errors["title"] = "required"
+    selection = None
+    if kind != "write_prompt" and not errors:
+        keys = _covered_keys(s, project, covers, covers_value, errors)
+        if keys is not None:
+            selection = {"covers": covers, "value": covers_value.strip(), "keys": keys}
     if errors:
         raise Invalid(errors)
     task = Task(
@@ -346,18 +357,89 @@ def create_task(
         group=group,
         per_item=per_item,
         count=count if kind == "write_prompt" else 0,
-        instructions=instructions,
+        instructions=normalise_text(instructions) if instructions.strip() else "",
+        selection=selection,
     )
     s.add(task)
     s.flush()
     if kind in ("rate", "rank") and not task_items(s, task=task):
-        raise Invalid({"kind": "no prompt of this project has 2 or more outputs to rate or rank"})
+        raise Invalid({"kind": "no prompt of this task has 2 or more outputs to rate or rank"})
+    if kind == "demonstration" and not task_items(s, task=task):
+        raise Invalid({"covers": "no prompt of this project matches"})
+    return task
+
+
+COVERS = ("all_now", "all_later", "category", "split", "ids")
+
+
+def _covered_keys(
+    s: Session, project: Project, covers: str, value: str, errors: dict[str, str]
+) -> list[str] | None:
+    """The prompt keys a new task covers (None: all, later imports too)."""
+    if covers not in COVERS:
+        errors["covers"] = f"one of {', '.join(COVERS)}"
+        return None
+    if covers == "all_later":
+        return None
+    prompts = list(s.scalars(select(Prompt).where(Prompt.project_id == project.id)))
+    value = value.strip()
+    if covers in ("category", "split") and not value:
+        errors["covers_value"] = f"name the {covers}"
+        return None
+    if covers == "category":
+        keys = [p.key for p in prompts if (p.record or {}).get("category") == value]
+    elif covers == "split":
+        keys = [p.key for p in prompts if (p.record or {}).get("split") == value]
+    elif covers == "ids":
+        wanted = [k for k in value.replace(",", " ").split() if k]
+        known = {p.key for p in prompts}
+        unknown = [k for k in wanted if k not in known]
+        if unknown or not wanted:
+            shown = ", ".join(unknown[:5]) + (" ..." if len(unknown) > 5 else "")
+            errors["covers_value"] = (
+                f"no such prompt ids in this project: {shown}" if unknown else "list prompt ids"
+            )
+            return None
+        keys = list(dict.fromkeys(wanted))
+    else:
+        keys = [p.key for p in prompts]
+    if not keys:
+        errors["covers_value" if covers != "all_now" else "covers"] = (
+            "no prompt of this project matches"
+        )
+    return keys
+
+
+def set_task(
+    s: Session, *, task_id: int, instructions: str | None = None, state: str | None = None
+) -> Task:
+    """Edit a task's instructions, or pause / resume / archive it (paused and archived tasks
+    are not served; their answers stay)."""
+    task = s.get(Task, task_id)
+    if task is None:
+        raise NotFound(f"no task {task_id}")
+    if state is not None:
+        if state not in TASK_STATES:
+            raise Invalid({"state": f"one of {', '.join(TASK_STATES)}"})
+        task.state = state
+    if instructions is not None:
+        task.instructions = normalise_text(instructions) if instructions.strip() else ""
     return task
 
 
 def _prompt_items(task: Task):
     """The SELECT of a prompt-based task's items (prompt ids), oldest first."""
     query = select(Prompt.id).where(Prompt.project_id == task.project_id)
+    chosen = task.selection
+    if chosen is not None:  # the prompts the admin chose, not later imports
+        covered = Prompt.key.in_(chosen["keys"])
+        written = Prompt.source == "labeler"  # prompts labelers write later join these two
+        if chosen["covers"] == "all_now":
+            covered = or_(covered, written)
+        elif chosen["covers"] == "category":
+            same = Prompt.record["category"].as_string() == chosen["value"]
+            covered = or_(covered, written & same)
+        query = query.where(covered)
     if task.kind != "demonstration":  # prompts labelers wrote get demonstrations too
         counts = (
             select(Output.prompt_id).group_by(Output.prompt_id).having(func.count(Output.id) >= 2)
@@ -367,8 +449,9 @@ def _prompt_items(task: Task):
 
 
 def task_items(s: Session, *, task: Task) -> list[int]:
-    """The items of a task: write_prompt slots, or the project's prompts (with 2+ outputs for
-    rate and rank). Prompts added later join their project's open tasks."""
+    """The items of a task: write_prompt slots, or the prompts it covers (with 2+ outputs for
+    rate and rank): those chosen at its creation, and prompts labelers write (all_now and
+    category tasks); imported prompts join later only tasks made with covers=all_later."""
     if task.kind == "write_prompt":
         return list(range(task.count))
     return list(s.scalars(_prompt_items(task)))
@@ -402,11 +485,12 @@ def _open_items(
 
 
 def _eligible_tasks(s: Session, user: User) -> list[Task]:
+    """The active tasks a user may work on (paused and archived ones are not served)."""
     if user.status == "candidate":
         query = select(Task).where(Task.group == "screening")
     else:
         query = select(Task).where(Task.group == user.group)
-    return list(s.scalars(query.order_by(Task.id)))
+    return list(s.scalars(query.where(Task.state == "active").order_by(Task.id)))
 
 
 def open_assignment(s: Session, *, user: User) -> Assignment | None:

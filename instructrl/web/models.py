@@ -22,7 +22,8 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 TASK_KINDS = ("write_prompt", "demonstration", "rate", "rank")
 GROUPS = ("training", "heldout", "screening")
 USER_GROUPS = ("training", "heldout")
-USER_STATUSES = ("active", "candidate")  # a candidate sees only screening tasks
+USER_STATUSES = ("active", "candidate")
+TASK_STATES = ("active", "paused", "archived")  # a candidate sees only screening tasks
 
 
 def now() -> datetime:
@@ -106,6 +107,12 @@ class Task(Base):
     count: Mapped[int] = mapped_column(Integer, default=0)  # write_prompt: prompts wanted
     instructions: Mapped[str] = mapped_column(Text, default="")
     created_at: Mapped[datetime] = mapped_column(default=now)
+    # active: served; paused: not served for now; archived: done with, not served
+    state: Mapped[str] = mapped_column(String(16), default="active", server_default="active")
+    # which prompts it covers: {"covers": all_now | category | split | ids, "value": ...,
+    # "keys": the imported prompts chosen}; prompts labelers write join all_now tasks (and
+    # category tasks of their category). None: every prompt, later imports too.
+    selection: Mapped[dict[str, Any] | None] = mapped_column(JSON, default=None)
     project: Mapped[Project] = relationship()
 
 

@@ -67,6 +67,8 @@ class TaskForm(BaseModel):
     instructions: str = ""
     per_item: int = Field(ge=1, le=100)
     count: int = Field(0, ge=0, le=100_000, validate_default=True)
+    covers: str = "all_now"  # crud.COVERS: which prompts the task covers
+    covers_value: str = ""
 
     @field_validator("count")
     @classmethod

@@ -13,7 +13,7 @@ from instructrl import exporters
 from instructrl.errors import UserError
 from instructrl.web import analytics, crud, export, jobs
 from instructrl.web.deps import AdminUser, Csrf, Form
-from instructrl.web.models import GROUPS, TASK_KINDS, USER_GROUPS
+from instructrl.web.models import GROUPS, TASK_KINDS, TASK_STATES, USER_GROUPS
 from instructrl.web.schemas import GenerateForm, TaskForm, parse_form, payload_from_form
 from instructrl.web.views import (
     UPLOAD_FORMATS,
@@ -94,6 +94,25 @@ def create_user(request: Request, user: AdminUser, form: Form) -> Response:
     else:
         flash(request, f"user {name} created")
     return RedirectResponse("/admin", status_code=303)
+
+
+@router.post("/tasks/{task_id}", dependencies=[Csrf])
+def update_task(request: Request, task_id: int, user: AdminUser, form: Form) -> Response:
+    """Pause / resume / archive a task, or edit its instructions."""
+    instructions = form.get("instructions")
+    try:
+        with transaction(request) as s:
+            task = crud.set_task(
+                s,
+                task_id=task_id,
+                state=str(form["state"]) if form.get("state") else None,
+                instructions=str(instructions) if instructions is not None else None,
+            )
+            project_id, title, state = task.project_id, task.title, task.state
+    except crud.Invalid as e:
+        raise HTTPException(422, str(e)) from None
+    flash(request, f"task {title!r} saved ({state})")
+    return RedirectResponse(f"/admin/projects/{project_id}", status_code=303)
 
 
 @router.post("/assignments/{assignment_id}/release", dependencies=[Csrf])
@@ -186,6 +205,14 @@ def project_page(
         "claims": claims,
         "claim_minutes": request.app.state.settings.claim_minutes,
         "kinds": TASK_KINDS,
+        "task_states": TASK_STATES,
+        "covers": {
+            "all_now": "every prompt there now (later imports do not join)",
+            "all_later": "every prompt, later imports too",
+            "category": "the prompts of one category",
+            "split": "the prompts of one split",
+            "ids": "these prompt ids",
+        },
         "groups": GROUPS,
         "exports": EXPORTS,
         "upload_formats": UPLOAD_FORMATS,

@@ -1,4 +1,5 @@
-"""server-side login sessions; users can be deactivated; claims expire
+"""server-side login sessions; users can be deactivated; claims expire; task states and
+prompt selections
 
 Revision ID: 0002
 Revises: 0001
@@ -32,9 +33,17 @@ def upgrade() -> None:
         batch.add_column(sa.Column("deactivated_at", sa.DateTime(timezone=True), nullable=True))
     with op.batch_alter_table("assignments") as batch:
         batch.add_column(sa.Column("active_at", sa.DateTime(timezone=True), nullable=True))
+    with op.batch_alter_table("tasks") as batch:
+        batch.add_column(
+            sa.Column("state", sa.String(length=16), nullable=False, server_default="active")
+        )
+        batch.add_column(sa.Column("selection", sa.JSON(), nullable=True))
 
 
 def downgrade() -> None:
+    with op.batch_alter_table("tasks") as batch:
+        batch.drop_column("selection")
+        batch.drop_column("state")
     with op.batch_alter_table("assignments") as batch:
         batch.drop_column("active_at")
     with op.batch_alter_table("users") as batch:
