@@ -757,6 +757,11 @@ class DBConfig:
         "db export: also write each file as a `datasets` folder (datasets) or a Parquet file "
         "(parquet) beside the JSONL",
     )
+    base_url: str = _f(
+        "http://127.0.0.1:8000",
+        "users add --invite: the address labelers reach the app at (as `serve` listens, or the "
+        "public URL behind a proxy), for the printed invite link",
+    )
 
     def __post_init__(self) -> None:
         if self.format not in ("jsonl", "datasets", "parquet"):

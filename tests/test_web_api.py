@@ -517,6 +517,11 @@ def test_cli_users_add_and_serve(tmp_path):
         input="short\n", text=True, capture_output=True,
     )  # fmt: skip
     assert short.returncode == 2 and "password: at least 8 characters" in short.stderr
+    invite = subprocess.run(
+        [*cli, "users", "add", "lee", "--invite", f"db={url}", "base_url=https://label.example/"],
+        text=True, check=True, capture_output=True,
+    )  # fmt: skip
+    assert "invite link for lee (training labeler): https://label.example/invite/" in invite.stdout
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]

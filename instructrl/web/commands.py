@@ -128,6 +128,6 @@ def add_user(
         engine.dispose()
     role = "admin" if admin else f"{group} labeler"
     if token:
-        print(f"invite link for {username} ({role}): http://HOST:PORT/invite/{token}")
+        print(f"invite link for {username} ({role}): {cfg.base_url.rstrip('/')}/invite/{token}")
     else:
         log.info("added %s (%s)", username, role)
