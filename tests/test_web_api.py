@@ -26,7 +26,7 @@ from webutil import (
 
 from instructrl import records as R
 from instructrl.web import analytics, crud, db
-from instructrl.web.models import Base, Prompt, Submission
+from instructrl.web.models import Assignment, Base, Prompt, Submission
 
 
 def test_migrations_build_the_models_schema(db_url):
@@ -803,7 +803,7 @@ def test_bad_urls_get_html_pages_and_there_is_a_favicon(tmp_path):
 def test_idle_claims_go_back_to_the_queue_and_admins_release_claims(tmp_path):
     from datetime import timedelta
 
-    from instructrl.web.models import Assignment, now
+    from instructrl.web.models import now
 
     url = f"sqlite:///{tmp_path / 'f.db'}"
     with app_for(url, claim_minutes=30) as (app, _client):
@@ -873,3 +873,31 @@ def test_tasks_cover_chosen_prompts_and_pause_resume_and_edit(tmp_path):
         page = admin.get(f"/admin/projects/{pid}").text
         assert page.count("<option selected>paused</option>") == 2
         assert post(admin, f"/admin/tasks/{ids['later']}", {"state": "gone"}).status_code == 422
+
+
+def test_skip_with_a_reason_frees_the_item_and_pages_say_where_you_are(tmp_path):
+    url = f"sqlite:///{tmp_path / 'f.db'}"
+    with app_for(url) as (app, _client):
+        admin, ann, pid = admin_and_labeler(app, n=2)
+        add_user(app, "bob")
+        first = next_assignment(ann)
+        assert 'id="position">item 1 of 2<' in ann.get(f"/work/{first}").text
+        r = post(ann, f"/work/{first}/skip", {"reason": "other"})
+        assert r.status_code == 422 and "say which reason" in r.text
+        r = post(ann, f"/work/{first}/skip", {"reason": "cannot_judge"})
+        assert r.status_code == 303
+        second = next_assignment(ann)  # never asked again; the next item
+        page = ann.get(f"/work/{second}").text
+        assert 'id="position">item 2 of 2<' in page and "skipped: here is the next item" in page
+        r = post(ann, f"/work/{second}", {"response": "Fine.", "client_id": "skip-0001"})
+        assert r.status_code == 303 and "saved: thank you" in ann.get("/work").text
+        assert next_assignment(ann) is None
+        bob = sign_in(app, "bob")
+        freed = next_assignment(bob)  # the skipped item's slot went back to the queue
+        assert freed is not None
+        assert post(ann, f"/work/{first}/skip", {"reason": "cannot_judge"}).status_code == 409
+        with db.transaction(app.state.sessions) as s:
+            skipped = s.scalars(select(Assignment).where(Assignment.status == "skipped")).all()
+            assert [(a.user.username, a.skip_reason) for a in skipped] == [("ann", "cannot_judge")]
+        page = admin.get(f"/admin/projects/{pid}").text
+        assert "<td>1</td><td>0</td><td>1</td>" in page  # in progress (bob), open, skipped

@@ -23,19 +23,20 @@ def dashboard(s: Session, *, project: Project) -> dict[str, Any]:
     seconds: dict[int, list[float]] = defaultdict(list)
     for sub, _a, task, _u in rows:
         seconds[task.id].append(sub.seconds)
-    claimed = dict(
-        s.execute(
-            select(Assignment.task_id, func.count(Assignment.id))
-            .where(Assignment.status == "open")
-            .group_by(Assignment.task_id)
+    by_status: dict[tuple[int, str], int] = {
+        (task_id, status): n
+        for task_id, status, n in s.execute(
+            select(Assignment.task_id, Assignment.status, func.count(Assignment.id)).group_by(
+                Assignment.task_id, Assignment.status
+            )
         ).all()
-    )
+    }
     progress = []
     for task in tasks:
         items = len(task_items(s, task=task))
         needed = items * task.per_item
         done = len(seconds[task.id])
-        in_progress = claimed.get(task.id, 0)
+        in_progress = by_status.get((task.id, "open"), 0)
         progress.append(
             {
                 "task": task,
@@ -44,6 +45,7 @@ def dashboard(s: Session, *, project: Project) -> dict[str, Any]:
                 "done": done,
                 "in_progress": in_progress,
                 "open": max(needed - done - in_progress, 0),
+                "skipped": by_status.get((task.id, "skipped"), 0),
                 "median_s": statistics.median(seconds[task.id]) if seconds[task.id] else None,
             }
         )

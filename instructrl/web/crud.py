@@ -466,7 +466,7 @@ def _open_items(
     FOR NO KEY UPDATE SKIP LOCKED; SQLite, whose writers run one at a time, ignores it)."""
     full = (
         select(Assignment.item)
-        .where(Assignment.task_id == task.id)
+        .where(Assignment.task_id == task.id, Assignment.slot >= 0)  # skipped ones free a slot
         .group_by(Assignment.item)
         .having(func.count(Assignment.id) >= task.per_item)
     )
@@ -531,6 +531,44 @@ def release(s: Session, *, assignment_id: int) -> Assignment:
     return assignment
 
 
+SKIP_REASONS = {
+    "cannot_judge": "I cannot judge this (outside what I know)",
+    "language": "not in a language I read well",
+    "content": "content I do not want to work on",
+    "broken": "the item is broken (empty, garbled, outputs missing)",
+    "other": "another reason (say which)",
+}
+
+
+def skip(s: Session, *, assignment_id: int, user: User, reason: str, note: str = "") -> None:
+    """The labeler passes on an item, with a reason: recorded, never asked of them again, and
+    the slot freed for another labeler (slot -id keeps the unique constraints)."""
+    assignment = get_assignment(s, assignment_id=assignment_id, user=user)
+    if assignment.status != "open":
+        raise Conflict(f"assignment {assignment_id} is {assignment.status}: nothing to skip")
+    if reason not in SKIP_REASONS:
+        raise Invalid({"reason": f"one of {', '.join(SKIP_REASONS)}"})
+    note = normalise_text(note)[:500] if note.strip() else ""
+    if reason == "other" and not note:
+        raise Invalid({"reason": "say which reason"})
+    assignment.status = "skipped"
+    assignment.slot = -assignment.id
+    assignment.skip_reason = reason + (f": {note}" if note else "")
+    assignment.done_at = now()
+
+
+def position(s: Session, *, assignment: Assignment) -> tuple[int, int]:
+    """(n, N): this is the labeler's item n of the N the task holds."""
+    done = s.scalar(
+        select(func.count(Assignment.id)).where(
+            Assignment.task_id == assignment.task_id,
+            Assignment.user_id == assignment.user_id,
+            Assignment.status != "open",
+        )
+    )
+    return (done or 0) + 1, len(task_items(s, task=assignment.task))
+
+
 def touch(assignment: Assignment) -> None:
     """The labeler is on it: its claim's idle clock starts again."""
     assignment.active_at = now()
@@ -580,7 +618,7 @@ def _claim(s: Session, task: Task, user: User) -> Assignment | None:
         item = items[0]
         taken = s.scalar(
             select(func.count(Assignment.id)).where(
-                Assignment.task_id == task.id, Assignment.item == item
+                Assignment.task_id == task.id, Assignment.item == item, Assignment.slot >= 0
             )
         )
         for slot in range(taken, task.per_item):

@@ -142,7 +142,9 @@ class Assignment(Base):
     slot: Mapped[int] = mapped_column(Integer)
     user_id: Mapped[int] = mapped_column(ForeignKey("users.id"), index=True)
     prompt_id: Mapped[int | None] = mapped_column(ForeignKey("prompts.id"))
-    status: Mapped[str] = mapped_column(String(16), default="open")  # open | done
+    # open | done | skipped (a skipped item's slot becomes -id, freeing it for another labeler)
+    status: Mapped[str] = mapped_column(String(16), default="open")
+    skip_reason: Mapped[str | None] = mapped_column(Text, default=None)
     opened_at: Mapped[datetime] = mapped_column(default=now)
     # the labeler's last sign of life on it (page loaded, answer tried); an open claim idle for
     # `serve claim_minutes=` is released so another labeler can take the item

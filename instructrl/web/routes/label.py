@@ -12,7 +12,7 @@ from instructrl.web import crud
 from instructrl.web.deps import Csrf, CurrentUser, Form
 from instructrl.web.models import Assignment
 from instructrl.web.schemas import payload_from_form
-from instructrl.web.views import render, task_context, transaction
+from instructrl.web.views import flash, pop_flash, render, task_context, transaction
 
 router = APIRouter()
 
@@ -25,7 +25,7 @@ def work(request: Request, user: CurrentUser) -> Response:
         )
         assignment_id = assignment.id if assignment else None
     if assignment_id is None:
-        return render(request, "idle.html", {"user": user})
+        return render(request, "idle.html", {"user": user, "flash": pop_flash(request)})
     return RedirectResponse(f"/work/{assignment_id}", status_code=303)
 
 
@@ -33,15 +33,46 @@ def _load(request: Request, assignment_id: int, user) -> tuple[Assignment, dict[
     with transaction(request) as s:
         assignment = crud.get_assignment(s, assignment_id=assignment_id, user=user)
         crud.touch(assignment)  # the labeler is on it: the claim stays theirs
-        return assignment, task_context(assignment.task, assignment.prompt)
+        n, total = crud.position(s, assignment=assignment)
+        return assignment, {**task_context(assignment.task, assignment.prompt), "n": n, "of": total}
 
 
 @router.get("/work/{assignment_id}")
 def task_page(request: Request, assignment_id: int, user: CurrentUser) -> Response:
     assignment, context = _load(request, assignment_id, user)
-    if assignment.status == "done":
+    if assignment.status != "open":
         return RedirectResponse("/work", status_code=303)
-    return render(request, "task.html", {**context, "user": user, "action": request.url.path})
+    return render(request, "task.html", _page(request, context, user))
+
+
+def _page(request: Request, context: dict[str, Any], user) -> dict[str, Any]:
+    return {
+        **context,
+        "user": user,
+        "action": request.url.path,
+        "flash": pop_flash(request),
+        "skip_reasons": crud.SKIP_REASONS,
+    }
+
+
+@router.post("/work/{assignment_id}/skip", dependencies=[Csrf])
+def skip(request: Request, assignment_id: int, user: CurrentUser, form: Form) -> Response:
+    """Pass on an item with a reason ("cannot judge", ...): recorded, the slot freed."""
+    try:
+        with transaction(request) as s:
+            crud.skip(
+                s,
+                assignment_id=assignment_id,
+                user=user,
+                reason=str(form.get("reason", "")),
+                note=str(form.get("note", "")),
+            )
+    except crud.Invalid as e:
+        _, context = _load(request, assignment_id, user)
+        context = {**_page(request, context, user), "skip_errors": e.errors}
+        return render(request, "task.html", context, 422)
+    flash(request, "skipped: here is the next item")
+    return RedirectResponse("/work", status_code=303)
 
 
 @router.post("/work/{assignment_id}", dependencies=[Csrf])
@@ -61,7 +92,6 @@ def submit(request: Request, assignment_id: int, user: CurrentUser, form: Form) 
         context = task_context(
             assignment.task, assignment.prompt, values=form, errors=e.errors, client_id=client_id
         )
-        return render(
-            request, "task.html", {**context, "user": user, "action": request.url.path}, 422
-        )
+        return render(request, "task.html", _page(request, context, user), 422)
+    flash(request, "saved: thank you")
     return RedirectResponse("/work", status_code=303)

@@ -33,6 +33,7 @@ def upgrade() -> None:
         batch.add_column(sa.Column("deactivated_at", sa.DateTime(timezone=True), nullable=True))
     with op.batch_alter_table("assignments") as batch:
         batch.add_column(sa.Column("active_at", sa.DateTime(timezone=True), nullable=True))
+        batch.add_column(sa.Column("skip_reason", sa.Text(), nullable=True))
     with op.batch_alter_table("tasks") as batch:
         batch.add_column(
             sa.Column("state", sa.String(length=16), nullable=False, server_default="active")
@@ -45,6 +46,7 @@ def downgrade() -> None:
         batch.drop_column("selection")
         batch.drop_column("state")
     with op.batch_alter_table("assignments") as batch:
+        batch.drop_column("skip_reason")
         batch.drop_column("active_at")
     with op.batch_alter_table("users") as batch:
         batch.drop_column("deactivated_at")
