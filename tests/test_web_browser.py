@@ -141,8 +141,14 @@ def test_label_rank_by_drag_and_drop_export_and_train(live_app, browser, tmp_pat
     page.click("#submit")
     page.wait_for_load_state()
     assert "choose an overall score" in page.inner_text("#error-likert_3")
+    assert page.evaluate("document.activeElement.name") == "likert_3"  # the first error
     assert page.input_value("#rank_2") == "3"  # input kept
-    page.check("input[name=likert_3][value='3']")
+    page.focus("#card-0")
+    page.keyboard.press("9")  # above K = 4: nothing happens
+    assert page.input_value("#rank_0") == "1"
+    page.focus("input[name=likert_3][value='1']")
+    page.keyboard.press("3")  # Likert by key, in the focused output
+    assert page.is_checked("input[name=likert_3][value='3']")
     page.click("#submit")
     page.wait_for_load_state()
     assert "Nothing to do" in page.inner_text("h1")

@@ -61,7 +61,27 @@ function setupForm(form) {
   document.addEventListener("keydown", (e) => {
     if ((e.ctrlKey || e.metaKey) && e.key === "Enter") { form.requestSubmit(); e.preventDefault(); }
   });
+  // Likert by keys: with the focus inside an output (not in a text field), 1-7 picks its score
+  for (const output of form.querySelectorAll("fieldset.output")) {
+    output.addEventListener("keydown", (e) => {
+      if (e.ctrlKey || e.metaKey || e.altKey || e.target.matches("textarea, input[type=text], select")) return;
+      const choice = /^[1-7]$/.test(e.key) && output.querySelector(`input[type=radio][value="${e.key}"]`);
+      if (choice) { choice.checked = true; choice.focus(); e.preventDefault(); }
+    });
+  }
   if (form.dataset.kind === "rank") setupRanking(form);
+  focusFirstError(form);
+}
+
+// After a refused submit, the focus goes to the first field with an error (its message is beside it)
+function focusFirstError(form) {
+  const error = form.querySelector(".field-error[id^=error-]");
+  if (!error) return;
+  const name = error.id.slice("error-".length);
+  const field = form.querySelector(`[name="${name}"]:checked`) || form.querySelector(`[name="${name}"]`)
+    || error.closest("fieldset, section")?.querySelector("input, select, textarea, [tabindex]");
+  (field || error).focus();
+  (field || error).scrollIntoView({ block: "center" });
 }
 
 function watchJobs() {
