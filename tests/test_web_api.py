@@ -901,3 +901,48 @@ def test_skip_with_a_reason_frees_the_item_and_pages_say_where_you_are(tmp_path)
             assert [(a.user.username, a.skip_reason) for a in skipped] == [("ann", "cannot_judge")]
         page = admin.get(f"/admin/projects/{pid}").text
         assert "<td>1</td><td>0</td><td>1</td>" in page  # in progress (bob), open, skipped
+
+
+def test_review_filters_rejects_and_requeues_and_finds_disagreement(tmp_path):
+    url = f"sqlite:///{tmp_path / 'f.db'}"
+    with app_for(url) as (app, _client):
+        add_user(app, "root", is_admin=True)
+        for name in ("ann", "bob", "cy"):
+            add_user(app, name)
+        admin = sign_in(app, "root")
+        pid = project_with_outputs(admin, n=2, k=4)
+        add_task(admin, pid, "rank", per_item=2)
+        ann, bob, cy = (sign_in(app, n) for n in ("ann", "bob", "cy"))
+        # p0: ann and bob rank in opposite orders (6 of 6 response pairs conflict);
+        # p1: they agree. The most disagreed item is p0.
+        orders = {("ann", "p0"): [1, 2, 3, 4], ("bob", "p0"): [4, 3, 2, 1],
+                  ("ann", "p1"): [1, 2, 3, 4], ("bob", "p1"): [1, 2, 3, 4]}  # fmt: skip
+        for name, client in (("ann", ann), ("bob", bob)):
+            for _ in range(2):
+                a = next_assignment(client)
+                key = "p0" if "Question number 0?" in client.get(f"/work/{a}").text else "p1"
+                form = {**rank_form(4, orders[(name, key)]), "client_id": f"{name}-{key}-review"}
+                assert post(client, f"/work/{a}", form).status_code == 303
+        page = admin.get(f"/admin/projects/{pid}/review").text
+        assert page.count('class="answer') == 4 and "Answer 3 to p1." in page  # outputs whole
+        table = page.split('id="disagreement"')[1].split("</table>")[0]
+        assert table.index("p0") < table.index("p1") and "100 % of 6" in table
+        only = admin.get(f"/admin/projects/{pid}/review?labeler=bob&item=p0").text
+        assert only.count('class="answer') == 1
+        assert admin.get(f"/admin/projects/{pid}/review?since=yesterday").status_code == 422
+        future = admin.get(f"/admin/projects/{pid}/review?since=2999-01-01").text
+        assert "No answer matches." in future
+        sub_id = int(only.split('id="answer-')[1].split('"')[0])
+        assert post(admin, f"/admin/submissions/{sub_id}/reject", {"reason": ""}).status_code == 422
+        r = post(admin, f"/admin/submissions/{sub_id}/reject", {"reason": "reversed by mistake"})
+        assert r.status_code == 303
+        page = admin.get(f"/admin/projects/{pid}/review").text
+        assert "Rejected: reversed by mistake" in page
+        export = admin.get(f"/admin/projects/{pid}/export/comparisons.jsonl").text.splitlines()
+        assert len(export) == 3  # the rejected answer is left out
+        a = next_assignment(cy)  # the rejected item went back to the queue
+        assert a is not None and "Question number 0?" in cy.get(f"/work/{a}").text
+        assert next_assignment(bob) is None  # bob is not asked again
+        assert (
+            post(admin, f"/admin/submissions/{sub_id}/reject", {"reason": "x"}).status_code == 409
+        )

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import statistics
 from collections import defaultdict
+from datetime import datetime
 from typing import Any
 
 from sqlalchemy import func, select
@@ -12,7 +13,7 @@ from sqlalchemy.orm import Session
 
 from instructrl import records as R
 from instructrl.stats import agreement, rank_agreement
-from instructrl.web.crud import SCREENING_PASS, done_rows, task_items
+from instructrl.web.crud import SCREENING_PASS, aware, done_rows, task_items
 from instructrl.web.models import GROUPS, USER_GROUPS, Assignment, Gold, Project, Task
 
 
@@ -199,3 +200,99 @@ def recent_submissions(s: Session, *, project: Project, limit: int = 50) -> list
             }
         )
     return out
+
+
+def review(
+    s: Session,
+    *,
+    project: Project,
+    labeler: str = "",
+    task_id: int | None = None,
+    item: str = "",
+    since: datetime | None = None,
+    until: datetime | None = None,
+    limit: int = 200,
+) -> list[dict[str, Any]]:
+    """Answers of a project for an admin to review, newest first, filtered by labeler, task,
+    item (prompt id) and submission time; every field whole: the prompt, each output with its
+    Likert score and flags, the ranking, the written text; rejected answers marked."""
+    out = []
+    for sub, assignment, task, user in reversed(
+        done_rows(s, project, groups=GROUPS, rejected=True)
+    ):
+        prompt = assignment.prompt
+        at = aware(sub.created_at)
+        if (
+            (labeler and user.username != labeler)
+            or (task_id is not None and task.id != task_id)
+            or (item and (prompt is None or prompt.key != item))
+            or (since is not None and at < since)
+            or (until is not None and at > until)
+        ):
+            continue
+        payload = sub.payload
+        outputs = []
+        if task.kind in ("rate", "rank") and prompt is not None:
+            ranks = (
+                R.ranks_of(payload["ranking"], len(prompt.outputs)) if task.kind == "rank" else None
+            )
+            for i, (output, rating) in enumerate(
+                zip(prompt.outputs, payload["ratings"], strict=True)
+            ):
+                outputs.append(
+                    {
+                        "letter": "ABCDEFGHI"[i],
+                        "text": output.response,
+                        "likert": rating["likert"],
+                        "flags": [f for f, on in rating["flags"].items() if on],
+                        "rank": ranks[i] + 1 if ranks else None,
+                    }
+                )
+        out.append(
+            {
+                "submission": sub,
+                "task": task,
+                "user": user,
+                "item": prompt.key if prompt else f"slot {assignment.item}",
+                "prompt": prompt.text if prompt else "",
+                "written": payload.get("response") or payload.get("prompt") or "",
+                "outputs": outputs,
+            }
+        )
+        if len(out) >= limit:
+            break
+    return out
+
+
+def disagreement(s: Session, *, project: Project, top: int = 10) -> list[dict[str, Any]]:
+    """Items of rank tasks where the labelers who ranked them disagree most: the share of
+    (labeler pair, response pair) comparisons, ties left out, whose orders conflict."""
+    by_item: dict[tuple[int, int], list[tuple[str, list[int]]]] = defaultdict(list)
+    keys: dict[tuple[int, int], tuple[Task, str]] = {}
+    for sub, assignment, task, user in done_rows(s, project, groups=GROUPS):
+        if task.kind == "rank" and assignment.prompt is not None:
+            k = len(assignment.prompt.outputs)
+            by_item[(task.id, assignment.item)].append(
+                (user.username, R.ranks_of(sub.payload["ranking"], k))
+            )
+            keys[(task.id, assignment.item)] = (task, assignment.prompt.key)
+    rows = []
+    for key, rankings in by_item.items():
+        agree = compared = 0
+        for x in range(len(rankings)):
+            for y in range(x + 1, len(rankings)):
+                a, c = rank_agreement(rankings[x][1], rankings[y][1])
+                agree, compared = agree + a, compared + c
+        if compared:
+            task, prompt_key = keys[key]
+            rows.append(
+                {
+                    "task": task,
+                    "item": prompt_key,
+                    "labelers": [name for name, _ in rankings],
+                    "disagreement": 1 - agree / compared,
+                    "compared": compared,
+                }
+            )
+    rows.sort(key=lambda r: (-r["disagreement"], -r["compared"], r["item"]))
+    return rows[:top]

@@ -665,8 +665,8 @@ def submit(
             raise Conflict("this client id belongs to another submission")
         return previous, False
     assignment = get_assignment(s, assignment_id=assignment_id, user=user)
-    if assignment.status == "done":
-        raise Conflict(f"assignment {assignment_id} was submitted already")
+    if assignment.status != "open":  # done, skipped, or rejected and requeued
+        raise Conflict(f"assignment {assignment_id} is {assignment.status} already")
     task = assignment.task
     clean, errors = validate_payload(task.kind, payload, k=len(outputs_of(assignment)))
     if errors:
@@ -770,6 +770,10 @@ def projects_with_prompt_counts(s: Session) -> list[tuple[Project, int]]:
     ]
 
 
+def project_tasks(s: Session, *, project: Project) -> list[Task]:
+    return list(s.scalars(select(Task).where(Task.project_id == project.id).order_by(Task.id)))
+
+
 def list_users(s: Session) -> list[User]:
     return list(s.scalars(select(User).order_by(User.id)))
 
@@ -826,9 +830,16 @@ def gold_target(s: Session, *, task_id: int, prompt_id: int) -> tuple[Task, Prom
 
 
 # ----------------------------------------------------------------------------- reading out
-def done_rows(s: Session, project: Project, *, groups: tuple[str, ...] = USER_GROUPS):
+def done_rows(
+    s: Session,
+    project: Project,
+    *,
+    groups: tuple[str, ...] = USER_GROUPS,
+    rejected: bool = False,
+):
     """(submission, assignment, task, user) rows of the project's tasks of these labeler
-    groups, oldest first (screening answers only when asked for)."""
+    groups, oldest first (screening answers only when asked for; rejected answers only with
+    `rejected=True`: exports and figures leave them out)."""
     query = (
         select(Submission, Assignment, Task, User)
         .join(Assignment, Submission.assignment_id == Assignment.id)
@@ -837,4 +848,23 @@ def done_rows(s: Session, project: Project, *, groups: tuple[str, ...] = USER_GR
         .where(Task.project_id == project.id, Task.group.in_(groups))
         .order_by(Submission.id)
     )
+    if not rejected:
+        query = query.where(Submission.rejected_at.is_(None))
     return s.execute(query).all()
+
+
+def reject(s: Session, *, submission_id: int, reason: str) -> Submission:
+    """An admin rejects an answer: kept and marked (reason, time), left out of exports and
+    figures, and its item requeued (the slot freed; the same labeler is not asked again)."""
+    sub = s.get(Submission, submission_id)
+    if sub is None:
+        raise NotFound(f"no answer {submission_id}")
+    if sub.rejected_at is not None:
+        raise Conflict(f"answer {submission_id} is rejected already")
+    reason = normalise_text(reason)[:500] if reason.strip() else ""
+    if not reason:
+        raise Invalid({"reason": "say why (the labeler's lead will read it)"})
+    sub.rejected_at, sub.reject_reason = now(), reason
+    assignment = sub.assignment
+    assignment.status, assignment.slot = "rejected", -assignment.id
+    return sub

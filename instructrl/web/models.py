@@ -166,6 +166,10 @@ class Submission(Base):
     payload: Mapped[dict[str, Any]] = mapped_column(JSON)
     seconds: Mapped[float] = mapped_column(Float)
     created_at: Mapped[datetime] = mapped_column(default=now)
+    # an admin's rejection: the answer is kept and marked, left out of exports and figures,
+    # and its item goes back to the queue
+    rejected_at: Mapped[datetime | None] = mapped_column(default=None)
+    reject_reason: Mapped[str | None] = mapped_column(Text, default=None)
     assignment: Mapped[Assignment] = relationship()
 
 

@@ -96,6 +96,80 @@ def create_user(request: Request, user: AdminUser, form: Form) -> Response:
     return RedirectResponse("/admin", status_code=303)
 
 
+@router.get("/projects/{project_id}/review")
+def review_page(
+    request: Request,
+    project_id: int,
+    user: AdminUser,
+    labeler: str = "",
+    task: str = "",
+    item: str = "",
+    since: str = "",
+    until: str = "",
+) -> Response:
+    """Every answer whole, filtered; the items where labelers disagree most; reject buttons."""
+    from datetime import UTC, datetime, timedelta
+
+    errors: dict[str, str] = {}
+
+    def day(value: str, end: bool) -> datetime | None:
+        if not value:
+            return None
+        try:
+            start = datetime.strptime(value, "%Y-%m-%d").replace(tzinfo=UTC)
+        except ValueError:
+            errors["filters"] = f"dates as YYYY-MM-DD, got {value!r}"
+            return None
+        return start + timedelta(days=1) if end else start
+
+    task_id = int(task) if task.isdigit() else None
+    limit = 200
+    with transaction(request) as s:
+        project = crud.get_project(s, project_id)
+        rows = analytics.review(
+            s,
+            project=project,
+            labeler=labeler,
+            task_id=task_id,
+            item=item.strip(),
+            since=day(since, end=False),
+            until=day(until, end=True),
+            limit=limit,
+        )
+        context = {
+            "user": user,
+            "project": project,
+            "rows": rows,
+            "limit": limit,
+            "disagreement": analytics.disagreement(s, project=project),
+            "tasks": crud.project_tasks(s, project=project),
+            "labelers": [u.username for u in crud.list_users(s) if not u.is_admin],
+            "filters": {
+                "labeler": labeler,
+                "task": task_id,
+                "item": item,
+                "since": since,
+                "until": until,
+            },
+            "errors": errors,
+            "flash": pop_flash(request),
+        }
+        return render(request, "review.html", context, 422 if errors else 200)
+
+
+@router.post("/submissions/{submission_id}/reject", dependencies=[Csrf])
+def reject_answer(request: Request, submission_id: int, user: AdminUser, form: Form) -> Response:
+    """Mark an answer rejected (kept, left out of exports and figures) and requeue its item."""
+    try:
+        with transaction(request) as s:
+            sub = crud.reject(s, submission_id=submission_id, reason=str(form.get("reason", "")))
+            project_id = sub.assignment.task.project_id
+    except crud.Invalid as e:
+        raise HTTPException(422, str(e)) from None
+    flash(request, f"answer {submission_id} rejected: its item is back in the queue")
+    return RedirectResponse(f"/admin/projects/{project_id}/review", status_code=303)
+
+
 @router.post("/tasks/{task_id}", dependencies=[Csrf])
 def update_task(request: Request, task_id: int, user: AdminUser, form: Form) -> Response:
     """Pause / resume / archive a task, or edit its instructions."""

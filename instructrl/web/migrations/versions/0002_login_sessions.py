@@ -1,5 +1,5 @@
-"""server-side login sessions; users can be deactivated; claims expire; task states and
-prompt selections
+"""server-side login sessions; users can be deactivated; claims expire; skips; rejected
+answers; task states and prompt selections
 
 Revision ID: 0002
 Revises: 0001
@@ -34,6 +34,9 @@ def upgrade() -> None:
     with op.batch_alter_table("assignments") as batch:
         batch.add_column(sa.Column("active_at", sa.DateTime(timezone=True), nullable=True))
         batch.add_column(sa.Column("skip_reason", sa.Text(), nullable=True))
+    with op.batch_alter_table("submissions") as batch:
+        batch.add_column(sa.Column("rejected_at", sa.DateTime(timezone=True), nullable=True))
+        batch.add_column(sa.Column("reject_reason", sa.Text(), nullable=True))
     with op.batch_alter_table("tasks") as batch:
         batch.add_column(
             sa.Column("state", sa.String(length=16), nullable=False, server_default="active")
@@ -42,6 +45,9 @@ def upgrade() -> None:
 
 
 def downgrade() -> None:
+    with op.batch_alter_table("submissions") as batch:
+        batch.drop_column("reject_reason")
+        batch.drop_column("rejected_at")
     with op.batch_alter_table("tasks") as batch:
         batch.drop_column("selection")
         batch.drop_column("state")
