@@ -193,3 +193,50 @@ def test_label_rank_by_drag_and_drop_export_and_train(live_app, browser, tmp_pat
     losses = [r["rm/loss"] for r in rows if "rm/loss" in r]
     assert losses and all(0 < x < 10 for x in losses)
     assert len(json.loads((out / "config.json").read_text())["id2label"]) == 1
+
+
+CONTRAST = """(el) => {
+  const lum = (rgb) => {
+    const c = rgb.match(/\\d+/g).slice(0, 3).map(Number).map((v) => {
+      v /= 255; return v <= 0.03928 ? v / 12.92 : ((v + 0.055) / 1.055) ** 2.4; });
+    return 0.2126 * c[0] + 0.7152 * c[1] + 0.0722 * c[2];
+  };
+  const a = lum(getComputedStyle(el).borderTopColor), b = lum("rgb(255, 255, 255)");
+  return (Math.max(a, b) + 0.05) / (Math.min(a, b) + 0.05);
+}"""
+
+
+def test_a_phone_sized_screen_and_control_contrast(live_app, browser):
+    """At 390 px the instructions come before the task and admin tables scroll inside their
+    box (the page itself does not scroll sideways); controls' borders reach 3:1 contrast."""
+    from sqlalchemy import select
+    from webutil import admin_and_labeler, next_assignment
+
+    from instructrl.web.models import Task
+
+    app, base = live_app
+    _admin, ann, pid = admin_and_labeler(app, n=1, kind="rank")
+    with db.transaction(app.state.sessions) as s:  # a long row: the admin table is wide
+        s.scalars(select(Task)).first().title = "a-very-long-task-title-" * 6
+    assignment = next_assignment(ann)
+    page = browser.new_page(viewport={"width": 390, "height": 844})
+    _sign_in(page, base, "ann")
+    page.goto(f"{base}/work/{assignment}")
+    aside, form = (
+        page.locator("aside.instructions").bounding_box(),
+        page.locator("#task-form").bounding_box(),
+    )
+    assert aside["y"] < form["y"]  # instructions first on a phone
+    assert page.locator(".lane").first.evaluate(CONTRAST) >= 3.0
+    page.click("button:has-text('Sign out')")
+    _sign_in(page, base, "root")
+    page.goto(f"{base}/admin/projects/{pid}")
+    width = page.evaluate("document.scrollingElement.scrollWidth")
+    wide = page.evaluate(
+        "Array.from(document.querySelectorAll('body *')).filter((e) => e.getBoundingClientRect()"
+        ".right > 391 && !e.closest('table')).slice(0, 5).map((e) => e.tagName + '.' + e.className"
+        " + ' ' + Math.round(e.getBoundingClientRect().right))"
+    )
+    assert width <= 390 + 1, f"the page scrolls sideways: {width} px ({wide})"
+    assert page.locator("input[name=title]").evaluate(CONTRAST) >= 3.0
+    assert page.locator("select[name=kind]").evaluate(CONTRAST) >= 3.0
