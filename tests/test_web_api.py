@@ -946,3 +946,25 @@ def test_review_filters_rejects_and_requeues_and_finds_disagreement(tmp_path):
         assert (
             post(admin, f"/admin/submissions/{sub_id}/reject", {"reason": "x"}).status_code == 409
         )
+
+
+def test_labelers_pick_a_task_with_counts(tmp_path):
+    url = f"sqlite:///{tmp_path / 'f.db'}"
+    with app_for(url) as (app, _client):
+        admin, ann, pid = admin_and_labeler(app, n=2)  # a demonstration task first
+        add_task(admin, pid, "rank", title="Rank them")
+        page = ann.get("/tasks").text
+        rows = page.split('id="choices"')[1].split("</table>")[0]
+        assert "<td>demonstration task</td><td>demonstration</td><td>demo</td><td>2</td>" in rows
+        with db.transaction(app.state.sessions) as s:
+            rank_id = s.scalar(select(crud.Task.id).where(crud.Task.title == "Rank them"))
+        r = ann.get(f"/work?task={rank_id}")  # not the oldest task: the one she picked
+        assert r.status_code == 303 and 'data-kind="rank"' in ann.get(r.headers["location"]).text
+        assignment = int(r.headers["location"].rsplit("/", 1)[1])
+        post(ann, f"/work/{assignment}", {**rank_form(4, [1, 2, 3, 4]), "client_id": "pick-0001"})
+        assert "<td>Rank them</td><td>rank</td><td>demo</td><td>1</td>" in ann.get("/tasks").text
+        post(ann, f"/work/{ann.get(f'/work?task={rank_id}').headers['location'].rsplit('/', 1)[1]}",
+             {**rank_form(4, [1, 2, 3, 4]), "client_id": "pick-0002"})  # fmt: skip
+        done = ann.get(f"/work?task={rank_id}")
+        assert done.status_code == 200 and "Nothing left in that task" in done.text
+        assert "Rank them" not in ann.get("/tasks").text

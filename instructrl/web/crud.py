@@ -586,20 +586,36 @@ def open_claims(s: Session, *, project: Project) -> list[Assignment]:
     )
 
 
-def next_assignment(s: Session, *, user: User, claim_minutes: float = 0) -> Assignment | None:
-    """The user's open assignment, or a new one: the first item (of the user's group's tasks)
-    that still needs a labeler and that this user has not had. Two users racing for the last
-    slot of an item both insert it; the unique constraint keeps one, the other moves on.
-    Claims idle for `claim_minutes` are released first (anyone's)."""
+def next_assignment(
+    s: Session, *, user: User, claim_minutes: float = 0, task_id: int | None = None
+) -> Assignment | None:
+    """The user's open assignment, or a new one: the first item (of the user's group's tasks,
+    or of task `task_id` when the labeler picked one) that still needs a labeler and that this
+    user has not had. Two users racing for the last slot of an item both insert it; the unique
+    constraint keeps one, the other moves on. Claims idle for `claim_minutes` are released
+    first (anyone's)."""
     release_idle(s, minutes=claim_minutes)
     current = open_assignment(s, user=user)
     if current is not None:
         return current
     for task in _eligible_tasks(s, user):
+        if task_id is not None and task.id != task_id:
+            continue
         assignment = _claim(s, task, user)
         if assignment is not None:
             return assignment
     return None
+
+
+def task_choices(s: Session, *, user: User, cap: int = 1000) -> list[tuple[Task, int]]:
+    """The active tasks open to a user with how many items each still has for them (counted up
+    to `cap`), for the labeler's task picker; tasks with nothing left are left out."""
+    out = []
+    for task in _eligible_tasks(s, user):
+        n = len(_open_items(s, task, user, limit=cap))
+        if n:
+            out.append((task, n))
+    return out
 
 
 def _claim(s: Session, task: Task, user: User) -> Assignment | None:

@@ -18,15 +18,28 @@ router = APIRouter()
 
 
 @router.get("/work")
-def work(request: Request, user: CurrentUser) -> Response:
+def work(request: Request, user: CurrentUser, task: int | None = None) -> Response:
+    """The next item: of the task the labeler picked (`?task=ID`), else of any task open to them."""
     with transaction(request) as s:
         assignment = crud.next_assignment(
-            s, user=user, claim_minutes=request.app.state.settings.claim_minutes
+            s, user=user, claim_minutes=request.app.state.settings.claim_minutes, task_id=task
         )
         assignment_id = assignment.id if assignment else None
+        choices = [] if assignment_id else [(t.id, t.title, t.kind, t.project.name, n)
+                                             for t, n in crud.task_choices(s, user=user)]  # fmt: skip
     if assignment_id is None:
-        return render(request, "idle.html", {"user": user, "flash": pop_flash(request)})
+        context = {"user": user, "flash": pop_flash(request), "choices": choices}
+        return render(request, "idle.html", context)
     return RedirectResponse(f"/work/{assignment_id}", status_code=303)
+
+
+@router.get("/tasks")
+def tasks(request: Request, user: CurrentUser) -> Response:
+    """The task picker: every task open to the labeler with the items it still has for them."""
+    with transaction(request) as s:
+        choices = [(t.id, t.title, t.kind, t.project.name, n)
+                   for t, n in crud.task_choices(s, user=user)]  # fmt: skip
+    return render(request, "tasks.html", {"user": user, "choices": choices})
 
 
 def _load(request: Request, assignment_id: int, user) -> tuple[Assignment, dict[str, Any]]:
