@@ -3,6 +3,7 @@
     python bench/web.py                                  # SQLite file in a temp dir
     python bench/web.py --db postgresql+psycopg://postgres@127.0.0.1:54329/bench
     python bench/web.py --labelers 20 --submissions 50 --retry-every 5
+    python bench/web.py --kill-after 300      # SIGKILL the server mid-load, restart it
 
 `instructrl serve` runs in its own process (uvicorn, one worker); each labeler is a thread with
 its own HTTP client and session: sign in, then repeatedly GET /api/next and POST the answer to
@@ -10,6 +11,11 @@ its own HTTP client and session: sign in, then repeatedly GET /api/next and POST
 client id (a network retry), which must not store a second copy. Prints p50/p95 latency of the
 submissions and of fetching the next task, the throughput, and checks in the database that every
 answer is stored exactly once.
+
+With `--kill-after N` the server is killed (SIGKILL) once N answers are acknowledged and started
+again on the same port; labelers whose request met the dead server send the same request again
+(same client id) until it answers: every answer acknowledged before or after is stored exactly
+once, and a retry of one stored just before the kill gets that first copy back.
 """
 
 from __future__ import annotations
@@ -49,9 +55,31 @@ def _prepare(url: str, labelers: int, items: int) -> None:
     engine.dispose()
 
 
+def _wait_up(base: str) -> None:
+    for _ in range(400):
+        try:
+            httpx.get(f"{base}/login")
+            return
+        except httpx.TransportError:
+            time.sleep(0.05)
+    raise RuntimeError(f"the server at {base} did not answer")
+
+
 def _percentile(values: list[float], q: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
+
+
+def _again(send, deadline_s: float = 120.0):
+    """`send()` until the server answers: a request that met a killed server is sent again."""
+    deadline = time.monotonic() + deadline_s
+    while True:
+        try:
+            return send()
+        except httpx.TransportError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.05)
 
 
 def _labeler(
@@ -70,7 +98,7 @@ def _labeler(
             start.wait()  # everyone signed in (argon2 is slow on purpose): then the clock runs
             for j in range(n):
                 t0 = time.perf_counter()
-                task = client.get("/api/next")
+                task = _again(lambda: client.get("/api/next"))
                 out["next_s"].append(time.perf_counter() - t0)
                 assert task.status_code == 200, task.text
                 body = {
@@ -79,12 +107,22 @@ def _labeler(
                 }
                 url = f"/api/assignments/{task.json()['id']}/submission"
                 t0 = time.perf_counter()
-                r = client.post(url, json=body, headers=headers)
+                tries = [0]
+
+                def send(url=url, body=body, tries=tries):
+                    tries[0] += 1
+                    return client.post(url, json=body, headers=headers)
+
+                r = _again(send)
                 out["submit_s"].append(time.perf_counter() - t0)
-                assert r.status_code == 201, r.text
+                # 201 stored now; 200 only when a request lost in a kill had stored it already
+                assert r.status_code == 201 or (tries[0] > 1 and r.status_code == 200), r.text
+                out["resent"] += tries[0] > 1
                 out["sent"].append(body["client_id"])
                 if retry_every and j % retry_every == 0:
-                    again = client.post(url, json=body, headers=headers)
+                    again = _again(
+                        lambda url=url, body=body: client.post(url, json=body, headers=headers)
+                    )
                     assert again.status_code == 200 and again.json()["created"] is False, again.text
                     out["retries"] += 1
     except BaseException as e:
@@ -127,6 +165,9 @@ def main() -> int:
     parser.add_argument("--labelers", type=int, default=20)
     parser.add_argument("--submissions", type=int, default=50, help="per labeler")
     parser.add_argument("--retry-every", type=int, default=5, help="post every N-th answer twice")
+    parser.add_argument(
+        "--kill-after", type=int, default=0, help="SIGKILL and restart the server after N answers"
+    )
     args = parser.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="instructrl-bench-web-"))
     url = args.db or f"sqlite:///{tmp / 'bench.db'}"
@@ -134,19 +175,13 @@ def main() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
-    server = subprocess.Popen(
-        [sys.executable, "-m", "instructrl.cli", "-q", "serve", f"db={url}", f"port={port}",
-         f"secret_key={'x' * 40}", f"jobs_dir={tmp / 'jobs'}"],
-    )  # fmt: skip
+    command = [sys.executable, "-m", "instructrl.cli", "-q", "serve", f"db={url}",
+               f"port={port}", f"secret_key={'x' * 40}", f"jobs_dir={tmp / 'jobs'}"]  # fmt: skip
+    server = subprocess.Popen(command)
     base = f"http://127.0.0.1:{port}"
     try:
-        for _ in range(200):
-            try:
-                httpx.get(f"{base}/login")
-                break
-            except httpx.ConnectError:
-                time.sleep(0.05)
-        out = {"next_s": [], "submit_s": [], "sent": [], "retries": 0}
+        _wait_up(base)
+        out = {"next_s": [], "submit_s": [], "sent": [], "retries": 0, "resent": 0}
         errors: list[BaseException] = []
         start = threading.Barrier(args.labelers + 1)
         threads = [
@@ -161,6 +196,15 @@ def main() -> int:
         with contextlib.suppress(threading.BrokenBarrierError):
             start.wait()
         t0 = time.perf_counter()
+        killed_at = None
+        if args.kill_after:
+            while len(out["sent"]) < args.kill_after and any(t.is_alive() for t in threads):
+                time.sleep(0.01)
+            killed_at = len(out["sent"])
+            server.kill()  # SIGKILL: no shutdown, no flush
+            server.wait(10)
+            server = subprocess.Popen(command)
+            _wait_up(base)
         for t in threads:
             t.join()
         wall = time.perf_counter() - t0
@@ -184,6 +228,11 @@ def main() -> int:
     print(
         f"  {n} submissions in {wall:.1f} s: {n / wall:.0f} submissions/s (with the next-task calls)"
     )
+    if killed_at is not None:
+        print(
+            f"  server killed (SIGKILL) after {killed_at} acknowledged answers and restarted; "
+            f"{out['resent']} requests sent again after meeting the dead server"
+        )
     print(
         f"  database: {check['stored']} stored, exactly once: {check['exactly_once']}, "
         f"assignments done {check['assignments_done']}, answered twice {check['assignments_answered_twice']}"
@@ -199,6 +248,8 @@ def main() -> int:
         "next_p50_ms": round(1000 * statistics.median(out["next_s"]), 1),
         "next_p95_ms": round(1000 * _percentile(out["next_s"], 0.95), 1),
         "submissions_per_s": round(n / wall, 1),
+        "killed_after": killed_at,
+        "resent": out["resent"],
         **check,
     }
     print(json.dumps(figures))

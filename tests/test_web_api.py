@@ -968,3 +968,21 @@ def test_labelers_pick_a_task_with_counts(tmp_path):
         done = ann.get(f"/work?task={rank_id}")
         assert done.status_code == 200 and "Nothing left in that task" in done.text
         assert "Rank them" not in ann.get("/tasks").text
+
+
+def test_a_server_killed_mid_load_loses_no_acknowledged_answer(db_url):
+    """bench/web.py at CI size: 5 labelers x 10 answers, the server SIGKILLed after 20
+    acknowledged answers and restarted; every answer stored exactly once (SQLite and
+    PostgreSQL)."""
+    from pathlib import Path
+
+    bench = Path(__file__).parents[1] / "bench" / "web.py"
+    done = subprocess.run(
+        [sys.executable, str(bench), "--db", db_url, "--labelers", "5", "--submissions", "10",
+         "--kill-after", "20"],
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    figures = json.loads(done.stdout.strip().splitlines()[-1])
+    assert figures["killed_after"] >= 20 and figures["exactly_once"] is True
+    assert figures["stored"] == 50 and figures["assignments_answered_twice"] == 0
