@@ -252,8 +252,9 @@ def install(source: Path, out: Path, marker: str, content: str) -> None:
     """Move a finished model directory's files into out/ one by one (os.replace), then write
     the marker last: a crash leaves either the complete source or missing files, never a mix.
     Every model directory gets its model card (README.md) first."""
-    for model_dir in [source, *(d for d in source.iterdir() if (d / "config.json").is_file())]:
-        write_model_card(model_dir, out, content)
+    for model_dir in [source, *(d for d in source.iterdir() if d.is_dir())]:
+        if (model_dir / "config.json").is_file():  # a model directory
+            write_model_card(model_dir, out, content)
     (out / marker).unlink(missing_ok=True)
     for f in source.iterdir():
         if (out / f.name).is_dir():
