@@ -28,8 +28,8 @@ TRACKER_PACKAGES = {
 class Trackers:
     """`report_to=`: the rows of metrics.jsonl also go to experiment trackers, through
     accelerate's tracker classes: TensorBoard event files, wandb offline, mlflow and trackio,
-    all kept under OUT/tracking/ (wandb's and mlflow's folders there unless WANDB_DIR /
-    MLFLOW_TRACKING_URI say otherwise). Only the main process logs."""
+    all kept under OUT/tracking/ (wandb's folder and mlflow's SQLite store there unless
+    WANDB_DIR / MLFLOW_TRACKING_URI say otherwise). Only the main process logs."""
 
     def __init__(
         self,
@@ -63,13 +63,13 @@ class Trackers:
             cls = LOGGER_TYPE_TO_CLASS[name]
             if name == "tensorboard":
                 tracker = cls(run_name, str(root))
-            elif name == "mlflow":
-                os.environ.setdefault("MLFLOW_TRACKING_URI", (root / "mlruns").as_uri())
+            elif name == "mlflow":  # a SQLite store (MLflow 3 refuses new file stores)
+                _default_env("MLFLOW_TRACKING_URI", f"sqlite:///{root / 'mlflow.db'}")
                 tracker = cls(experiment_name=run_name, logging_dir=str(root / "mlruns"))
             else:
                 if name == "wandb":  # these machines reach no service: offline unless told
-                    os.environ.setdefault("WANDB_MODE", "offline")
-                    os.environ.setdefault("WANDB_DIR", str(root))
+                    _default_env("WANDB_MODE", "offline")
+                    _default_env("WANDB_DIR", str(root))
                 tracker = cls(run_name)
             tracker.start()
             tracker.store_init_configuration(flat_config(config))
@@ -89,6 +89,15 @@ class Trackers:
         for tracker in self.trackers:
             tracker.finish()
         self.trackers = []
+
+
+# the tracker settings the user gave before we started: kept; ours change with each stage's OUT
+_USER_ENV = {k: os.environ.get(k) for k in ("MLFLOW_TRACKING_URI", "WANDB_MODE", "WANDB_DIR")}
+
+
+def _default_env(key: str, value: str) -> None:
+    if _USER_ENV.get(key) is None:
+        os.environ[key] = value
 
 
 def flat_config(config: dict[str, Any], prefix: str = "") -> dict[str, Any]:
