@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # A throwaway PostgreSQL server on loopback for the tests (Debian's `postgresql` package).
 #   bash .ci/postgres.sh start   -> prints the URL the tests read from INSTRUCTRL_TEST_PG_URL
+#   bash .ci/postgres.sh restart -> the same server and data, stopped and started (fault tests)
 #   bash .ci/postgres.sh stop
 set -euo pipefail
 PGDIR=${INSTRUCTRL_PGDIR:-/tmp/instructrl-pg}
@@ -18,8 +19,12 @@ case "${1:-}" in
       -o "-p $PORT -k $PGDIR -c listen_addresses=127.0.0.1 -c fsync=off" start >/dev/null
     echo "postgresql+psycopg://postgres@127.0.0.1:$PORT/postgres"
     ;;
+  restart)
+    as_owner "$BIN/pg_ctl" -D "$PGDIR/data" -l "$PGDIR/server.log" -w -m fast \
+      -o "-p $PORT -k $PGDIR -c listen_addresses=127.0.0.1 -c fsync=off" restart >/dev/null
+    ;;
   stop)
     if [ -f "$PGDIR/data/postmaster.pid" ]; then as_owner "$BIN/pg_ctl" -D "$PGDIR/data" -m fast stop >/dev/null; fi
     ;;
-  *) echo "usage: $0 start|stop" >&2; exit 2 ;;
+  *) echo "usage: $0 start|restart|stop" >&2; exit 2 ;;
 esac

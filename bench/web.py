@@ -71,15 +71,20 @@ def _percentile(values: list[float], q: float) -> float:
 
 
 def _again(send, deadline_s: float = 120.0):
-    """`send()` until the server answers: a request that met a killed server is sent again."""
+    """`send()` until the server answers, and answers other than 503: a request that met a
+    killed server, or a server whose database is restarting, is sent again."""
     deadline = time.monotonic() + deadline_s
     while True:
         try:
-            return send()
+            reply = send()
+            if reply.status_code != 503:
+                return reply
+            assert "Traceback" not in reply.text, reply.text
         except httpx.TransportError:
-            if time.monotonic() > deadline:
-                raise
-            time.sleep(0.05)
+            pass
+        if time.monotonic() > deadline:
+            raise RuntimeError("no answer within the deadline")
+        time.sleep(0.05)
 
 
 def _labeler(
@@ -168,6 +173,12 @@ def main() -> int:
     parser.add_argument(
         "--kill-after", type=int, default=0, help="SIGKILL and restart the server after N answers"
     )
+    parser.add_argument(
+        "--restart-db",
+        default="",
+        help="a command that restarts the database (e.g. 'bash .ci/postgres.sh restart'), run "
+        "after --kill-after N answers instead of killing the server",
+    )
     args = parser.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="instructrl-bench-web-"))
     url = args.db or f"sqlite:///{tmp / 'bench.db'}"
@@ -201,10 +212,13 @@ def main() -> int:
             while len(out["sent"]) < args.kill_after and any(t.is_alive() for t in threads):
                 time.sleep(0.01)
             killed_at = len(out["sent"])
-            server.kill()  # SIGKILL: no shutdown, no flush
-            server.wait(10)
-            server = subprocess.Popen(command)
-            _wait_up(base)
+            if args.restart_db:  # the database goes away under load, the server stays
+                subprocess.run(args.restart_db, shell=True, check=True)
+            else:
+                server.kill()  # SIGKILL: no shutdown, no flush
+                server.wait(10)
+                server = subprocess.Popen(command)
+                _wait_up(base)
         for t in threads:
             t.join()
         wall = time.perf_counter() - t0
@@ -229,9 +243,10 @@ def main() -> int:
         f"  {n} submissions in {wall:.1f} s: {n / wall:.0f} submissions/s (with the next-task calls)"
     )
     if killed_at is not None:
+        what = "database restarted" if args.restart_db else "server killed (SIGKILL) and restarted"
         print(
-            f"  server killed (SIGKILL) after {killed_at} acknowledged answers and restarted; "
-            f"{out['resent']} requests sent again after meeting the dead server"
+            f"  {what} after {killed_at} acknowledged answers; "
+            f"{out['resent']} requests sent again (no answer, or 503)"
         )
     print(
         f"  database: {check['stored']} stored, exactly once: {check['exactly_once']}, "

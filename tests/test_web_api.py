@@ -986,3 +986,24 @@ def test_a_server_killed_mid_load_loses_no_acknowledged_answer(db_url):
     figures = json.loads(done.stdout.strip().splitlines()[-1])
     assert figures["killed_after"] >= 20 and figures["exactly_once"] is True
     assert figures["stored"] == 50 and figures["assignments_answered_twice"] == 0
+
+
+def test_a_database_restart_mid_load_fails_cleanly_and_loses_nothing(db_url):
+    """PostgreSQL restarted (bash .ci/postgres.sh restart) after 20 acknowledged answers of 5
+    labelers x 10: the app answers 503 without a traceback meanwhile, reconnects, and every
+    answer is stored exactly once."""
+    from pathlib import Path
+
+    if not db_url.startswith("postgresql"):
+        pytest.skip("a database restart is a server database's fault (SQLite is a file)")
+    root = Path(__file__).parents[1]
+    done = subprocess.run(
+        [sys.executable, str(root / "bench" / "web.py"), "--db", db_url, "--labelers", "5",
+         "--submissions", "10", "--kill-after", "20",
+         "--restart-db", f"bash {root / '.ci' / 'postgres.sh'} restart"],
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    figures = json.loads(done.stdout.strip().splitlines()[-1])
+    assert figures["exactly_once"] is True and figures["stored"] == 50
+    assert "database restarted after" in done.stdout

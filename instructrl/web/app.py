@@ -13,6 +13,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, RedirectResponse, Response
 from fastapi.staticfiles import StaticFiles
 from fastapi.templating import Jinja2Templates
+from sqlalchemy.exc import InterfaceError, OperationalError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.middleware.sessions import SessionMiddleware
 
@@ -111,6 +112,16 @@ def _add_handlers(app: FastAPI) -> None:
             "error.html",
             {"status": exc.status_code, "detail": exc.detail},
             status_code=exc.status_code,
+        )
+
+    @app.exception_handler(OperationalError)
+    @app.exception_handler(InterfaceError)
+    async def database_down(request: Request, exc: Exception) -> Response:
+        """The database went away (restart, network): a clean 503, no traceback; the pool
+        checks connections before use (pool_pre_ping), so the next request reconnects."""
+        return await http_error(
+            request,
+            HTTPException(503, "the database is not reachable right now: try again in a moment"),
         )
 
     @app.exception_handler(RequestValidationError)
