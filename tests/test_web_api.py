@@ -824,6 +824,18 @@ def test_idle_claims_go_back_to_the_queue_and_admins_release_claims(tmp_path):
         assert r.status_code == 403 and "went back to the queue" in r.text
         page = admin.get(f"/admin/projects/{pid}").text
         assert 'id="claims"' in page and "<td>bob</td>" in page
+        add_user(app, "cy")
+        add_user(app, "hal", group="heldout")
+        r = post(admin, f"/admin/assignments/{taken}/reassign", {"username": "hal"})
+        assert r.status_code == 422 and "no active training labeler named 'hal'" in r.text
+        r = post(admin, f"/admin/assignments/{taken}/reassign", {"username": "bob"})
+        assert r.status_code == 422 and "bob has had this item already" in r.text
+        assert (
+            post(admin, f"/admin/assignments/{taken}/reassign", {"username": "cy"}).status_code
+            == 303
+        )
+        cy = sign_in(app, "cy")
+        assert next_assignment(cy) == taken and next_assignment(bob) is None  # cy's now
         assert post(admin, f"/admin/assignments/{taken}/release").status_code == 303
         assert 'id="claims"' not in admin.get(f"/admin/projects/{pid}").text
         again = next_assignment(ann)  # back in the queue: ann may take it again

@@ -569,6 +569,37 @@ def position(s: Session, *, assignment: Assignment) -> tuple[int, int]:
     return (done or 0) + 1, len(task_items(s, task=assignment.task))
 
 
+def reassign(s: Session, *, assignment_id: int, username: str) -> Assignment:
+    """An admin hands an open claim to another labeler of the task's group (who has not had
+    that item): it becomes their open item, its idle clock restarted."""
+    assignment = s.get(Assignment, assignment_id)
+    if assignment is None:
+        raise NotFound(f"no assignment {assignment_id}")
+    if assignment.status != "open":
+        raise Conflict(f"assignment {assignment_id} is {assignment.status}: nothing to reassign")
+    user = s.scalar(select(User).where(User.username == username))
+    task = assignment.task
+    group_ok = user is not None and (
+        user.status == "candidate" if task.group == "screening" else user.group == task.group
+    )
+    if user is None or user.deactivated_at is not None or user.is_admin or not group_ok:
+        raise Invalid({"username": f"no active {task.group} labeler named {username!r}"})
+    had = s.scalar(
+        select(Assignment.id).where(
+            Assignment.task_id == task.id,
+            Assignment.item == assignment.item,
+            Assignment.user_id == user.id,
+        )
+    )
+    if had is not None:
+        raise Invalid({"username": f"{username} has had this item already"})
+    if open_assignment(s, user=user) is not None:
+        raise Invalid({"username": f"{username} is working on another item: release it first"})
+    assignment.user_id, assignment.active_at = user.id, now()
+    s.flush()
+    return assignment
+
+
 def touch(assignment: Assignment) -> None:
     """The labeler is on it: its claim's idle clock starts again."""
     assignment.active_at = now()

@@ -199,6 +199,20 @@ def release_claim(request: Request, assignment_id: int, user: AdminUser) -> Resp
     return RedirectResponse(f"/admin/projects/{project_id}", status_code=303)
 
 
+@router.post("/assignments/{assignment_id}/reassign", dependencies=[Csrf])
+def reassign_claim(request: Request, assignment_id: int, user: AdminUser, form: Form) -> Response:
+    """Hand an open claim to another labeler (of the task's group, who has not had the item)."""
+    username = str(form.get("username", "")).strip()
+    try:
+        with transaction(request) as s:
+            assignment = crud.reassign(s, assignment_id=assignment_id, username=username)
+            project_id = assignment.task.project_id
+    except crud.Invalid as e:
+        raise HTTPException(422, str(e)) from None
+    flash(request, f"the item is now {username}'s")
+    return RedirectResponse(f"/admin/projects/{project_id}", status_code=303)
+
+
 @router.post("/users/{user_id}/{action}", dependencies=[Csrf])
 def user_action(request: Request, user_id: int, action: str, user: AdminUser) -> Response:
     """deactivate (no sign-in, sessions ended at once), reactivate, reset (a new invite link,
