@@ -240,3 +240,45 @@ def test_a_phone_sized_screen_and_control_contrast(live_app, browser):
     assert width <= 390 + 1, f"the page scrolls sideways: {width} px ({wide})"
     assert page.locator("input[name=title]").evaluate(CONTRAST) >= 3.0
     assert page.locator("select[name=kind]").evaluate(CONTRAST) >= 3.0
+
+
+def test_sign_out_skip_review_and_reject_in_the_browser(live_app, browser):
+    from webutil import admin_and_labeler
+
+    app, base = live_app
+    admin_and_labeler(app, n=2)  # root, ann, a project of 2 prompts, a demonstration task
+    context = browser.new_context()
+    page = context.new_page()
+    _sign_in(page, base, "ann")
+    page.goto(f"{base}/work")
+    page.click("details.skip summary")
+    page.select_option("select[name=reason]", "cannot_judge")
+    page.click("button:has-text('Skip')")
+    page.wait_for_load_state()
+    assert "skipped: here is the next item" in page.inner_text(".flash")
+    assert "item 2 of 2" in page.inner_text("#position")
+    page.fill("textarea[name=response]", "Typed in the browser.")
+    page.click("#submit")
+    page.wait_for_load_state()
+    assert "saved: thank you" in page.inner_text(".flash")
+    saved = context.cookies()
+    page.click("button:has-text('Sign out')")
+    page.wait_for_load_state()
+    thief = browser.new_context()  # a copy of the signed-in cookie, used after sign-out
+    thief.add_cookies(saved)
+    stolen = thief.new_page()
+    stolen.goto(f"{base}/work")
+    assert "/login" in stolen.url
+    thief.close()
+
+    _sign_in(page, base, "root")
+    page.goto(f"{base}/admin")
+    page.click("a:has-text('demo')")
+    page.click("a:has-text('Review answers')")
+    assert "Typed in the browser." in page.inner_text("article.answer")
+    page.fill("article.answer input[name=reason]", "too short")
+    page.click("button:has-text('Reject and requeue')")
+    page.wait_for_load_state()
+    assert "rejected: its item is back in the queue" in page.inner_text(".flash")
+    assert "Rejected: too short" in page.inner_text("article.answer")
+    context.close()
