@@ -187,6 +187,9 @@ class Checkpointer:
             shutil.rmtree(tmp, ignore_errors=True)
         accelerator.wait_for_everyone()
         accelerator.save_state(str(tmp), safe_serialization=True)
+        # every process has written its part (its RNG states) before the directory is made
+        # final: a kill after the rename then always finds a complete checkpoint
+        accelerator.wait_for_everyone()
         if accelerator.is_main_process:
             (tmp / STATE_FILE).write_text(json.dumps(state))
             shutil.rmtree(final, ignore_errors=True)

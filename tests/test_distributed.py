@@ -47,7 +47,8 @@ def launch(processes: int, *args: str) -> subprocess.CompletedProcess:
         )
     except subprocess.TimeoutExpired as e:
         pytest.fail(f"{processes} processes hung for {TIMEOUT_S} s: {e.stderr}")
-    assert done.returncode == 0, done.stderr[-3000:]
+    errors = [line for line in done.stderr.splitlines() if "Error" in line or "error:" in line]
+    assert done.returncode == 0, "\n".join(errors[-20:]) + "\n...\n" + done.stderr[-2000:]
     return done
 
 
