@@ -133,7 +133,7 @@ def _add_handlers(app: FastAPI) -> None:
         return await http_error(request, HTTPException(404, f"no such page: {request.url.path}"))
 
     # crud's refusals mean the same on every route: no such row (404), not yours (403),
-    # not now (409)
+    # not now (409), not valid (422, where a route does not show its form again)
     @app.exception_handler(crud.Forbidden)
     async def forbidden(request: Request, exc: crud.Forbidden) -> Response:
         return await http_error(request, HTTPException(403, str(exc)))
@@ -141,6 +141,10 @@ def _add_handlers(app: FastAPI) -> None:
     @app.exception_handler(crud.NotFound)
     async def not_found(request: Request, exc: crud.NotFound) -> Response:
         return await http_error(request, HTTPException(404, str(exc)))
+
+    @app.exception_handler(crud.Invalid)  # a form a route does not show again: 422 with why
+    async def invalid(request: Request, exc: crud.Invalid) -> Response:
+        return await http_error(request, HTTPException(422, str(exc)))
 
     @app.exception_handler(crud.Conflict)
     async def conflict(request: Request, exc: crud.Conflict) -> Response:

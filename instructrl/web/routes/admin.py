@@ -160,12 +160,9 @@ def review_page(
 @router.post("/submissions/{submission_id}/reject", dependencies=[Csrf])
 def reject_answer(request: Request, submission_id: int, user: AdminUser, form: Form) -> Response:
     """Mark an answer rejected (kept, left out of exports and figures) and requeue its item."""
-    try:
-        with transaction(request) as s:
-            sub = crud.reject(s, submission_id=submission_id, reason=str(form.get("reason", "")))
-            project_id = sub.assignment.task.project_id
-    except crud.Invalid as e:
-        raise HTTPException(422, str(e)) from None
+    with transaction(request) as s:
+        sub = crud.reject(s, submission_id=submission_id, reason=str(form.get("reason", "")))
+        project_id = sub.assignment.task.project_id
     flash(request, f"answer {submission_id} rejected: its item is back in the queue")
     return RedirectResponse(f"/admin/projects/{project_id}/review", status_code=303)
 
@@ -174,17 +171,14 @@ def reject_answer(request: Request, submission_id: int, user: AdminUser, form: F
 def update_task(request: Request, task_id: int, user: AdminUser, form: Form) -> Response:
     """Pause / resume / archive a task, or edit its instructions."""
     instructions = form.get("instructions")
-    try:
-        with transaction(request) as s:
-            task = crud.set_task(
-                s,
-                task_id=task_id,
-                state=str(form["state"]) if form.get("state") else None,
-                instructions=str(instructions) if instructions is not None else None,
-            )
-            project_id, title, state = task.project_id, task.title, task.state
-    except crud.Invalid as e:
-        raise HTTPException(422, str(e)) from None
+    with transaction(request) as s:
+        task = crud.set_task(
+            s,
+            task_id=task_id,
+            state=str(form["state"]) if form.get("state") else None,
+            instructions=str(instructions) if instructions is not None else None,
+        )
+        project_id, title, state = task.project_id, task.title, task.state
     flash(request, f"task {title!r} saved ({state})")
     return RedirectResponse(f"/admin/projects/{project_id}", status_code=303)
 
@@ -203,12 +197,9 @@ def release_claim(request: Request, assignment_id: int, user: AdminUser) -> Resp
 def reassign_claim(request: Request, assignment_id: int, user: AdminUser, form: Form) -> Response:
     """Hand an open claim to another labeler (of the task's group, who has not had the item)."""
     username = str(form.get("username", "")).strip()
-    try:
-        with transaction(request) as s:
-            assignment = crud.reassign(s, assignment_id=assignment_id, username=username)
-            project_id = assignment.task.project_id
-    except crud.Invalid as e:
-        raise HTTPException(422, str(e)) from None
+    with transaction(request) as s:
+        assignment = crud.reassign(s, assignment_id=assignment_id, username=username)
+        project_id = assignment.task.project_id
     flash(request, f"the item is now {username}'s")
     return RedirectResponse(f"/admin/projects/{project_id}", status_code=303)
 
@@ -219,39 +210,30 @@ def user_action(request: Request, user_id: int, action: str, user: AdminUser) ->
     the password and every session gone), unlock (forget failed sign-ins from every address)."""
     if action not in ("deactivate", "reactivate", "reset", "unlock"):
         raise HTTPException(404, "expected deactivate, reactivate, reset or unlock")
-    try:
-        with transaction(request) as s:
-            name = crud.get_user(s, user_id).username
-            if action == "deactivate":
-                crud.deactivate_user(s, user_id=user_id, by=user.id)
-                message = f"{name} deactivated: signed out everywhere"
-            elif action == "reactivate":
-                crud.reactivate_user(s, user_id=user_id)
-                message = f"{name} may sign in again"
-            elif action == "reset":
-                token = crud.reset_user(s, user_id=user_id)
-                message = f"new invite link for {name}: {request.base_url}invite/{token}"
-            else:
-                request.app.state.failed_sign_ins.clear(name)
-                message = f"{name} unlocked"
-    except crud.Invalid as e:
-        raise HTTPException(422, str(e)) from None
+    with transaction(request) as s:
+        name = crud.get_user(s, user_id).username
+        if action == "deactivate":
+            crud.deactivate_user(s, user_id=user_id, by=user.id)
+            message = f"{name} deactivated: signed out everywhere"
+        elif action == "reactivate":
+            crud.reactivate_user(s, user_id=user_id)
+            message = f"{name} may sign in again"
+        elif action == "reset":
+            token = crud.reset_user(s, user_id=user_id)
+            message = f"new invite link for {name}: {request.base_url}invite/{token}"
+        else:
+            request.app.state.failed_sign_ins.clear(name)
+            message = f"{name} unlocked"
     flash(request, message)
     return RedirectResponse("/admin", status_code=303)
 
 
 @router.post("/users/{user_id}", dependencies=[Csrf])
 def update_user(request: Request, user_id: int, user: AdminUser, form: Form) -> Response:
-    try:
-        with transaction(request) as s:
-            crud.set_user(
-                s,
-                user_id=user_id,
-                group=form.get("group") or None,
-                status=form.get("status") or None,
-            )
-    except crud.Invalid as e:
-        raise HTTPException(422, str(e)) from None
+    with transaction(request) as s:
+        crud.set_user(
+            s, user_id=user_id, group=form.get("group") or None, status=form.get("status") or None
+        )
     flash(request, "user updated")
     return RedirectResponse("/admin", status_code=303)
 
