@@ -468,16 +468,15 @@ def save_reward_model(
         "reward": "logit + bias",
         **(extra or {}),
     }
+    if pad_id is not None and pad_id != tokenizer.pad_token_id:
+        import copy
+
+        tokenizer = copy.deepcopy(tokenizer)  # the caller's keeps its pad token
+        tokenizer.pad_token = tokenizer.convert_ids_to_tokens(pad_id)
     out.mkdir(parents=True, exist_ok=True)
     save_torch_state_dict(weights, str(out))
     config.save_pretrained(out)
     tokenizer.save_pretrained(out)
-    if pad_id is not None and pad_id != tokenizer.pad_token_id:
-        from transformers import AutoTokenizer
-
-        saved = AutoTokenizer.from_pretrained(str(out))
-        saved.pad_token = saved.convert_ids_to_tokens(pad_id)
-        saved.save_pretrained(out)
     return out
 
 
@@ -508,36 +507,34 @@ def load_reward_model(path: str | Path, *, device: str = "cpu", dtype: Any = Non
             f"reward={path}: no config.json; expected a reward model directory (`instructrl rm`)"
         )
     config = json.loads((path / "config.json").read_text())
-    if (path / REWARD_HEAD_FILE).is_file():  # written by instructrl before the standard form
+    legacy = (path / REWARD_HEAD_FILE).is_file()  # written by instructrl before the standard form
+    score: dict[str, Any] = {}
+    if not legacy:
+        archs = config.get("architectures") or []
+        labels = config.get("num_labels", len(config.get("id2label") or {}) or 2)
+        if not any(a.endswith("ForSequenceClassification") for a in archs) or labels != 1:
+            raise ModelNotFoundError(
+                f"reward={path}: not a reward model: expected a *ForSequenceClassification model "
+                f"with one label (num_labels=1), found architectures={archs} with {labels} "
+                f"labels; train one with `instructrl rm` (or TRL's RewardTrainer)"
+            )
+        score = _read_tensors(path, ("score.weight", "score.bias"))
+        if "score.weight" not in score:
+            raise ModelNotFoundError(f"reward={path}: no score.weight in its safetensors files")
+    try:  # the backbone: the same weights as a causal LM (minus `score`)
         backbone = load_policy(str(path), device="cpu", dtype=dtype)
-        info = config.get("instructrl") or {}
-        model = _reward_module_class()(backbone, bias=info.get("bias", 0.0))
-        model.head.load_state_dict(load_file(str(path / REWARD_HEAD_FILE)))
-        return model.to(device).eval()
-    archs = config.get("architectures") or []
-    labels = config.get("num_labels", len(config.get("id2label") or {}) or 2)
-    if not any(a.endswith("ForSequenceClassification") for a in archs) or labels != 1:
-        raise ModelNotFoundError(
-            f"reward={path}: not a reward model: expected a *ForSequenceClassification model with one "
-            f"label (num_labels=1), found architectures={archs} with {labels} labels; train one with "
-            f"`instructrl rm` (or TRL's RewardTrainer)"
-        )
-    score = _read_tensors(path, ("score.weight", "score.bias"))
-    if "score.weight" not in score:
-        raise ModelNotFoundError(f"reward={path}: no score.weight in its safetensors files")
-    try:
-        backbone = load_policy(
-            str(path), device="cpu", dtype=dtype
-        )  # the same weights minus `score`
     except ValueError as exc:
         raise ModelNotFoundError(
-            f"reward={path}: {archs[0]} has no causal-LM form in transformers ({exc}); reward models "
-            f"must be decoder models that share the policy's tokenizer"
+            f"reward={path}: {config.get('architectures')} has no causal-LM form in transformers "
+            f"({exc}); reward models must be decoder models that share the policy's tokenizer"
         ) from exc
     model = _reward_module_class()(backbone, bias=(config.get("instructrl") or {}).get("bias", 0.0))
-    with torch.no_grad():
-        model.head.weight.copy_(score["score.weight"].reshape(1, -1))
-        model.head.bias.copy_(score.get("score.bias", torch.zeros(1)).reshape(1))
+    if legacy:
+        model.head.load_state_dict(load_file(str(path / REWARD_HEAD_FILE)))
+    else:
+        with torch.no_grad():
+            model.head.weight.copy_(score["score.weight"].reshape(1, -1))
+            model.head.bias.copy_(score.get("score.bias", torch.zeros(1)).reshape(1))
     return model.to(device).eval()
 
 
