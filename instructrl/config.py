@@ -190,7 +190,13 @@ class LoraSettings:
     )
 
 
-TRACKERS = ("tensorboard", "wandb", "mlflow", "trackio")
+# report_to= names (accelerate's tracker classes) and the packages each needs (any one of them)
+TRACKERS = {
+    "tensorboard": ("tensorboard", "tensorboardX"),
+    "wandb": ("wandb",),
+    "mlflow": ("mlflow",),
+    "trackio": ("trackio",),
+}
 
 
 def check_report_to(report_to: list[str]) -> None:

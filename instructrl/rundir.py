@@ -13,16 +13,9 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+from instructrl.config import TRACKERS
+
 STATE_FILE = "trainer_state.json"
-
-
-# report_to= names: accelerate's tracker classes, and the packages each needs (any one of them)
-TRACKER_PACKAGES = {
-    "tensorboard": ("tensorboard", "tensorboardX"),
-    "wandb": ("wandb",),
-    "mlflow": ("mlflow",),
-    "trackio": ("trackio",),
-}
 
 
 class Trackers:
@@ -49,10 +42,8 @@ class Trackers:
 
         root = (out / "tracking").resolve()
         root.mkdir(parents=True, exist_ok=True)
-        for name in report_to:
-            packages = TRACKER_PACKAGES.get(name)
-            if packages is None:
-                raise ValueError(f"report_to: unknown tracker {name!r}")
+        for name in report_to:  # names checked by the config (config.check_report_to)
+            packages = TRACKERS[name]
             if not any(importlib.util.find_spec(p) for p in packages):
                 from instructrl.errors import UserError
 
@@ -89,6 +80,15 @@ class Trackers:
         for tracker in self.trackers:
             tracker.finish()
         self.trackers = []
+
+
+def open_trackers(cfg: Any, main: bool, name: str) -> Trackers | None:
+    """A stage's `report_to=` trackers (main process only), its config as hyperparameters."""
+    if not cfg.report_to:
+        return None
+    import dataclasses
+
+    return Trackers(list(cfg.report_to), Path(cfg.out), name, dataclasses.asdict(cfg), enabled=main)
 
 
 # the tracker settings the user gave before we started: kept; ours change with each stage's OUT

@@ -24,7 +24,7 @@ from instructrl import models
 from instructrl.config import SupervisedConfig, TrainConfig
 from instructrl.errors import UserError
 from instructrl.progress import progress_bar
-from instructrl.rundir import Checkpointer, MetricsLog, Trackers
+from instructrl.rundir import Checkpointer, MetricsLog, open_trackers
 
 log = logging.getLogger(__name__)
 
@@ -287,15 +287,6 @@ def fit(
                 checkpoints.save(run.accelerator, state)
     metrics.close()
     return state
-
-
-def open_trackers(cfg: Any, main: bool, name: str) -> Trackers | None:
-    """The `report_to=` trackers of a stage (main process only), its config as hyperparameters."""
-    if not cfg.report_to:
-        return None
-    import dataclasses
-
-    return Trackers(list(cfg.report_to), Path(cfg.out), name, dataclasses.asdict(cfg), enabled=main)
 
 
 def _resume(run: Supervised, checkpoints: Checkpointer) -> tuple[dict[str, Any], bool]:

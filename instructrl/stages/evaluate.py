@@ -50,7 +50,7 @@ from instructrl.records import (
     read_records,
     write_records,
 )
-from instructrl.rundir import Trackers, read_metrics
+from instructrl.rundir import open_trackers, read_metrics
 
 log = logging.getLogger(__name__)
 
@@ -397,10 +397,8 @@ def run(cfg: EvalConfig) -> Path:
     summary["overoptimization"] = overoptimization(cfg, judge)
     summary["samples"] = side_by_side(prompts, generations)
     (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
-    if cfg.report_to:
-        import dataclasses
-
-        trackers = Trackers(list(cfg.report_to), out, "eval", dataclasses.asdict(cfg))
+    trackers = open_trackers(cfg, True, "eval")
+    if trackers is not None:
         trackers.log({"step": 0, **summary_scalars(summary)})
         trackers.close()
     from instructrl.report import render

@@ -621,7 +621,7 @@ def train(ppo: PPOTrainer, prompts: list[tuple[Prompt, list[int]]], out: Path) -
         out / "metrics.jsonl",
         truncate_after_step=ppo.iteration if latest else None,
         enabled=main,
-        trackers=trainer.open_trackers(cfg, main, "ppo"),
+        trackers=rundir.open_trackers(cfg, main, "ppo"),
     )
     # every episode's response, RM score and KL: the eval's over-optimisation diagnostic
     # scores them with the held-out panel (gold) against the RM (proxy)

@@ -214,7 +214,7 @@ def fit_head(
         return r, ranks, valid
 
     metrics = rundir.MetricsLog(
-        out / "metrics.jsonl", enabled=main, trackers=trainer.open_trackers(cfg, main, "rm")
+        out / "metrics.jsonl", enabled=main, trackers=rundir.open_trackers(cfg, main, "rm")
     )
     metrics.write(
         {"step": 0, **{f"rm/{k}_comparisons": len(v) for k, v in splits.items()}, "rm/head_only": 1}
