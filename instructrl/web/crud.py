@@ -551,10 +551,16 @@ def skip(s: Session, *, assignment_id: int, user: User, reason: str, note: str =
     note = normalise_text(note)[:500] if note.strip() else ""
     if reason == "other" and not note:
         raise Invalid({"reason": "say which reason"})
-    assignment.status = "skipped"
-    assignment.slot = -assignment.id
+    _requeue(assignment, "skipped")
     assignment.skip_reason = reason + (f": {note}" if note else "")
     assignment.done_at = now()
+
+
+def _requeue(assignment: Assignment, status: str) -> None:
+    """Close an assignment without an answer that counts (skipped, rejected) and free its slot
+    for another labeler: slot -id keeps (task, item, slot) unique, and the claim queries count
+    only slots >= 0. The row stays, so the same labeler is not given the item again."""
+    assignment.status, assignment.slot = status, -assignment.id
 
 
 def position(s: Session, *, assignment: Assignment) -> tuple[int, int]:
@@ -912,6 +918,5 @@ def reject(s: Session, *, submission_id: int, reason: str) -> Submission:
     if not reason:
         raise Invalid({"reason": "say why (the labeler's lead will read it)"})
     sub.rejected_at, sub.reject_reason = now(), reason
-    assignment = sub.assignment
-    assignment.status, assignment.slot = "rejected", -assignment.id
+    _requeue(sub.assignment, "rejected")
     return sub

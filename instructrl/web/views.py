@@ -80,30 +80,31 @@ def read_upload(form: dict[str, Any], field: str, kind: str) -> tuple[list[Any],
 
 
 def items_to_label(records: list[Any], kind: str) -> list[Any]:
-    """Prompts (one per prompt id) or model outputs (sample records) from imported records."""
+    """Prompts (one per prompt id) or model outputs (sample records: each distinct response of
+    a prompt once) from imported records."""
     out: list[Any] = []
-    seen: set[tuple[str, str]] = set()
-    for r in records:
-        prompt_id = r.prompt_id or f"imported-{len(seen)}"
-        if kind == "prompt":
-            if r.prompt is not None and (prompt_id, "") not in seen:
-                seen.add((prompt_id, ""))
-                out.append(R.Prompt(id=prompt_id, prompt=r.prompt))
+    seen: set[tuple[str, str | None]] = set()
+    for i, r in enumerate(records):
+        if r.prompt is None:
             continue
-        responses = getattr(r, "responses", None) or [getattr(r, "response", None)]
-        for response in responses:
-            if response is None or (prompt_id, response) in seen or r.prompt is None:
+        prompt_id = r.prompt_id or f"imported-{i}"
+        texts = [None] if kind == "prompt" else getattr(r, "responses", None) or [r.response]
+        for text in texts:
+            if (prompt_id, text) in seen:
                 continue
-            seen.add((prompt_id, response))
-            out.append(
-                R.Sample(
-                    prompt_id=prompt_id,
-                    prompt=r.prompt,
-                    response=response,
-                    model="imported",
-                    finish_reason="eos",
+            seen.add((prompt_id, text))
+            if kind == "prompt":
+                out.append(R.Prompt(id=prompt_id, prompt=r.prompt))
+            else:
+                out.append(
+                    R.Sample(
+                        prompt_id=prompt_id,
+                        prompt=r.prompt,
+                        response=text,
+                        model="imported",
+                        finish_reason="eos",
+                    )
                 )
-            )
     return out
 
 
