@@ -282,3 +282,41 @@ def test_sign_out_skip_review_and_reject_in_the_browser(live_app, browser):
     assert "rejected: its item is back in the queue" in page.inner_text(".flash")
     assert "Rejected: too short" in page.inner_text("article.answer")
     context.close()
+
+
+def test_an_idle_claim_expires_and_the_admin_releases_it_in_the_browser(live_app, browser):
+    """ann opens the only item and walks away: after claim_minutes without activity bob gets
+    it, ann's late submit is refused with the reason, and the admin releases bob's claim."""
+    from datetime import timedelta
+
+    from webutil import admin_and_labeler
+
+    from instructrl.web.models import Assignment, now
+
+    app, base = live_app
+    _, _, pid = admin_and_labeler(app, n=1)
+    add_user(app, "bob")
+    add_user(app, "boss", is_admin=True)
+    ann = browser.new_context().new_page()
+    _sign_in(ann, base, "ann")
+    ann.goto(f"{base}/work")
+    ann.fill("textarea[name=response]", "Written slowly.")
+    with db.transaction(app.state.sessions) as s:  # 31 minutes without activity
+        [claim] = s.query(Assignment).all()
+        claim.active_at = now() - timedelta(minutes=31)
+    bob = browser.new_context().new_page()
+    _sign_in(bob, base, "bob")
+    bob.goto(f"{base}/work")
+    assert bob.locator("textarea[name=response]").count() == 1  # the item is bob's now
+    ann.click("#submit")
+    ann.wait_for_load_state()
+    assert "went back to the queue" in ann.inner_text("body")
+    admin = browser.new_context().new_page()
+    _sign_in(admin, base, "boss")
+    admin.goto(f"{base}/admin/projects/{pid}")
+    assert "bob" in admin.inner_text("#claims")
+    admin.click("#claims button:has-text('Release')")
+    admin.wait_for_load_state()
+    assert admin.locator("#claims").count() == 0
+    with db.transaction(app.state.sessions) as s:
+        assert s.query(Assignment).filter(Assignment.status == "done").count() == 0
