@@ -5,7 +5,8 @@
 For each batch size: HF `generate` (sampling at temperature 1 over the full vocabulary, every
 row made to write all its new tokens, so every method does the same work) on the policy, then
 our `rollout.Engine` with quantize=none (the same path, K samples sharing a prefill where a
-prompt repeats) and quantize=int8 (a dynamically int8-quantised copy), and CTranslate2 int8
+prompt repeats), quantize=bf16 (a bfloat16 copy) and quantize=int8 (a dynamically
+int8-quantised copy), each copy's mean |logprob gap| to the fp32 policy on its own samples, and CTranslate2 int8
 where that package is installed (its conversion timed), all on the same prompts and seeds; tokens/s counts the response tokens actually produced. The roof is a batched
 no-grad forward (32 x 96 tokens) measured in the same run. The K row is the samples step's
 shape: batch/K prompts x K samples each. Last line: JSON with ratio = the best engine's
@@ -29,6 +30,24 @@ def tokens_per_s(fn, n_runs: int = 1) -> float:
     for _ in range(n_runs):
         tokens += fn()
     return tokens / (time.perf_counter() - start)
+
+
+def logprob_gap(policy, engine, rows: list[list[int]], new_tokens: int) -> float:
+    """Mean |log pi_policy - log pi_engine| over the tokens an engine samples (temperature 1):
+    how far its samples' log-probabilities are from the fp32 policy's (PPO's ppo/logprob_gap)."""
+    from instructrl.losses import token_logprobs
+
+    gens = engine.generate(
+        rows, max_new_tokens=new_tokens, temperature=1.0, seed=0, return_logprobs=True
+    )
+    gaps = []
+    with torch.no_grad():
+        for prompt, g in zip(rows, gens, strict=True):
+            seq = torch.tensor([prompt + g.token_ids])
+            logits = policy(seq).logits[0, len(prompt) - 1 : -1].float()
+            exact = token_logprobs(logits, torch.tensor(g.token_ids))
+            gaps.append((exact - torch.tensor(g.logprobs)).abs())
+    return torch.cat(gaps).mean().item()
 
 
 def ctranslate2_generator(model: str) -> dict:
@@ -73,11 +92,12 @@ def main() -> None:
     def hf_generate(rows: list[list[int]]) -> int:
         return peers.hf_generate(policy, tokenizer, rows, new_tokens=T)
 
-    start = time.perf_counter()
-    engines = {
-        q: rollout.Engine(policy, tokenizer, RolloutConfig(quantize=q)) for q in ("none", "int8")
-    }
-    int8_s = time.perf_counter() - start
+    engines = {"none": rollout.Engine(policy, tokenizer, RolloutConfig(quantize="none"))}
+    copy_s = {}
+    for q in ("bf16", "int8"):
+        start = time.perf_counter()
+        engines[q] = rollout.Engine(policy, tokenizer, RolloutConfig(quantize=q))
+        copy_s[q] = time.perf_counter() - start
 
     def engine(q: str, rows: list[list[int]], k: int = 1) -> int:
         return peers.engine_tokens(engines[q], rows, new_tokens=T, k=k)
@@ -107,6 +127,7 @@ def main() -> None:
             "batch": b,
             "hf_generate": tokens_per_s(lambda batch=batch: hf_generate(batch)),
             "engine_fp32": tokens_per_s(lambda batch=batch: engine("none", batch)),
+            "engine_bf16": tokens_per_s(lambda batch=batch: engine("bf16", batch)),
             "engine_int8": tokens_per_s(lambda batch=batch: engine("int8", batch)),
         }
         if ct2:
@@ -119,6 +140,7 @@ def main() -> None:
             lambda: hf_generate([p for p in k_prompts for _ in range(args.k)])
         ),
         "engine_fp32": tokens_per_s(lambda: engine("none", k_prompts, args.k)),
+        "engine_bf16": tokens_per_s(lambda: engine("bf16", k_prompts, args.k)),
         "engine_int8": tokens_per_s(lambda: engine("int8", k_prompts, args.k)),
     }
     if ct2:
@@ -127,14 +149,16 @@ def main() -> None:
         )
     rows_out.append(k_row)
 
+    gap = {q: logprob_gap(policy, engines[q], ids[:8], T) for q in ("bf16", "int8")}
     print(
         f"model {args.model}, {T} new tokens, temperature 1, full vocabulary, "
         f"{torch.get_num_threads()} threads; roof (forward 32 x 96): {roof:.0f} tokens/s; "
-        f"int8 copy made in {int8_s:.1f} s"
+        f"bf16 copy made in {copy_s['bf16']:.1f} s (gap {gap['bf16']:.3f} nats/token), "
+        f"int8 copy in {copy_s['int8']:.1f} s (gap {gap['int8']:.3f} nats/token)"
     )
     if ct2:
         print(f"ctranslate2 {ct2['version']}: int8 conversion {ct2['convert_s']:.1f} s")
-    columns = ["engine_fp32", "engine_int8", *(["ctranslate2_int8"] if ct2 else [])]
+    columns = ["engine_fp32", "engine_bf16", "engine_int8", *(["ctranslate2_int8"] if ct2 else [])]
     print(
         f"{'batch':>7} {'hf_generate':>12} "
         + " ".join(f"{c:>16}" for c in columns)
@@ -148,16 +172,22 @@ def main() -> None:
             + f" {best / r['hf_generate']:8.2f}"
         )
     largest = rows_out[len(batches) - 1]
+    faithful = [c for c in columns if c in ("engine_fp32", "engine_bf16")]
     best = max(largest[c] for c in columns)
+    best_faithful = max(largest[c] for c in faithful)
     print(
         json.dumps(
             {
                 "bench": "rollout",
                 "ratio": round(best / largest["hf_generate"], 2),
+                "ratio_faithful": round(best_faithful / largest["hf_generate"], 2),
                 "goal": ">= 2.5",
                 "batch": largest["batch"],
                 "roof_tokens_per_s": round(roof, 1),
-                "int8_copy_s": round(int8_s, 2),
+                "bf16_copy_s": round(copy_s["bf16"], 2),
+                "int8_copy_s": round(copy_s["int8"], 2),
+                "bf16_logprob_gap": round(gap["bf16"], 4),
+                "int8_logprob_gap": round(gap["int8"], 4),
                 "ctranslate2_convert_s": round(ct2["convert_s"], 2) if ct2 else None,
                 "rows": [
                     {k: (round(v, 1) if isinstance(v, float) else v) for k, v in r.items()}

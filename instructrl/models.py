@@ -183,7 +183,8 @@ def load_tokenizer(spec: str, *, padding_side: str = "left") -> Any:
 
 
 def load_policy(spec: str, *, device: str = "cpu", dtype: Any = None) -> Any:
-    """A causal LM in eval mode; fp32 on CPU (bf16 matmul is ~100x slower on these CPUs)."""
+    """A causal LM in eval mode; fp32 on CPU (training and scoring stay fp32 there: bfloat16 is
+    emulated, and slow, on CPUs without AVX512-BF16 or AMX; see rollout.quantize)."""
     import torch
     from transformers import AutoModelForCausalLM
 

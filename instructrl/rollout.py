@@ -12,6 +12,7 @@ import logging
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -291,16 +292,29 @@ def _sampled_logprobs(
 
 class Engine:
     """Samples responses for a policy (`rollout.engine=hf`): transformers generate on the policy
-    itself, or on a dynamically int8-quantised copy (`rollout.quantize=int8`, CPU) that sync()
-    refreshes after each update. `exact` says whether its log-probabilities are the training
-    model's own (otherwise PPO recomputes them with one forward pass)."""
+    itself, or on a lower-precision copy that sync() refreshes after each update
+    (`rollout.quantize=bf16`: a bfloat16 copy; `int8`: dynamically int8-quantised Linear layers,
+    CPU). `exact` says whether its log-probabilities are the training model's (otherwise PPO
+    recomputes them with one forward pass and logs the gap)."""
 
     def __init__(self, model, tokenizer, cfg: Any):
         device = next(model.parameters()).device
-        if cfg.quantize == "int8" and device.type != "cpu":
+        self.kind = resolve_quantize(cfg.quantize, device)
+        if self.kind == "int8" and device.type != "cpu":
             raise UserError(
                 f"rollout.quantize=int8: dynamic int8 quantisation runs on the CPU, the policy is "
-                f"on {device}; use rollout.quantize=none there"
+                f"on {device}; use rollout.quantize=none or bf16 there"
+            )
+        if self.kind == "bf16" and device.type == "cpu" and not cpu_has_bf16():
+            log.warning(
+                "rollout.quantize=bf16: this CPU has neither AVX512-BF16 nor AMX, so bfloat16 "
+                "matmuls are emulated and sampling gets slower, not faster; use rollout.quantize=none"
+            )
+        if self.kind != "none":
+            log.info(
+                "rollouts sample from a %s copy of the policy (rollout.quantize=%s)",
+                self.kind,
+                cfg.quantize,
             )
         self.cfg, self.tokenizer = cfg, tokenizer
         self.model, self._source = None, None
@@ -308,18 +322,18 @@ class Engine:
 
     @property
     def exact(self) -> bool:
-        return self.cfg.quantize == "none"
+        return self.kind == "none"
 
     def sync(self, model) -> None:
-        """Take the policy's current weights, in process (no save and reload). The int8 copy is
-        refreshed where the policy trains (frozen layers stay as quantised) unless the policy
+        """Take the policy's current weights, in process (no save and reload). The copy is
+        refreshed where the policy trains (frozen layers stay as they are) unless the policy
         carries LoRA adapters, which are merged into a fresh copy."""
         if self.exact:
             self.model = model
         elif self._source is model and not hasattr(model, "merge_and_unload"):
-            refresh_int8(self.model, model)
+            refresh_copy(self.model, model, self.kind)
         else:
-            self.model, self._source = int8_copy(model), model
+            self.model, self._source = low_precision_copy(model, self.kind), model
 
     def generate(self, prompt_ids: Sequence[Sequence[int]], **kw: Any) -> list[Generation]:
         return generate(
@@ -327,15 +341,36 @@ class Engine:
         )
 
 
-def int8_copy(model) -> Any:
-    """A copy of a policy (LoRA merged) whose Linear layers hold int8 weights and quantise
-    their inputs per batch (torch's dynamic quantisation; fbgemm int8 GEMMs on x86 CPUs)."""
+def resolve_quantize(quantize: str, device: Any) -> str:
+    """`rollout.quantize` as it applies on this device: auto is bf16 on a CPU that multiplies
+    bfloat16 natively and none elsewhere (on a GPU the policy samples itself)."""
+    if quantize != "auto":
+        return quantize
+    return "bf16" if torch.device(device).type == "cpu" and cpu_has_bf16() else "none"
+
+
+def cpu_has_bf16() -> bool:
+    """Whether this CPU multiplies bfloat16 natively (AVX512-BF16 or AMX; Linux /proc/cpuinfo)."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text().split()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def low_precision_copy(model, kind: str) -> Any:
+    """A copy of a policy (LoRA merged) for sampling: bf16, every parameter in bfloat16; int8,
+    Linear layers holding int8 weights that quantise their inputs per batch (torch's dynamic
+    quantisation; fbgemm int8 GEMMs on x86 CPUs)."""
     import copy
 
     inner = copy.deepcopy(model)
     if hasattr(inner, "merge_and_unload"):
         inner = inner.merge_and_unload()
-    return _quantize_linears(inner.eval())
+    inner = inner.eval()
+    if kind == "bf16":
+        return inner.to(torch.bfloat16)
+    return _quantize_linears(inner)
 
 
 def _quantize_linears(module: torch.nn.Module) -> torch.nn.Module:
@@ -349,23 +384,23 @@ def _quantize_linears(module: torch.nn.Module) -> torch.nn.Module:
         )
 
 
-def refresh_int8(copy_model, source) -> None:
-    """Bring an int8_copy up to date with its source's trainable weights: trainable Linear
-    layers re-quantised, other trainable parameters (norms, embeddings) copied."""
+def refresh_copy(copy_model, source, kind: str) -> None:
+    """Bring a low_precision_copy up to date with its source's trainable weights: trainable
+    Linear layers of an int8 copy re-quantised, other trainable parameters copied (cast)."""
     import copy
 
-    quantized = dict(copy_model.named_modules())
+    modules = dict(copy_model.named_modules())
     with torch.no_grad():
         for name, module in source.named_modules():
             own = [p for p in module.parameters(recurse=False) if p.requires_grad]
             if not own:
                 continue
-            if isinstance(module, torch.nn.Linear):
+            if kind == "int8" and isinstance(module, torch.nn.Linear):
                 fresh = _quantize_linears(torch.nn.Sequential(copy.deepcopy(module).eval()))[0]
                 parent, _, child = name.rpartition(".")
-                setattr(quantized[parent] if parent else copy_model, child, fresh)
+                setattr(modules[parent] if parent else copy_model, child, fresh)
             else:
-                target = dict(quantized[name].named_parameters(recurse=False))
+                target = dict(modules[name].named_parameters(recurse=False))
                 for pname, p in module.named_parameters(recurse=False):
                     if p.requires_grad:
                         target[pname].copy_(p)

@@ -73,10 +73,10 @@ def make_trainer(tiny_model_dir, score_fn=high_half_score, **over):
     ), tok
 
 
-@pytest.mark.parametrize("quantize", ["none", "int8"])
+@pytest.mark.parametrize("quantize", ["none", "bf16", "int8"])
 def test_rollout_logprobs_equal_a_fresh_forward(tiny_model_dir, quantize):
     """Whatever the engine, the old logprobs are the training model's (the sampler's own logits
-    for the exact engine; one forward pass after an int8 engine, whose gap is measured)."""
+    for the exact engine; one forward pass after a bf16 or int8 engine, whose gap is measured)."""
     t, tok = make_trainer(
         tiny_model_dir, temperature=0.7, ptx_coef=0, **{"rollout.quantize": quantize}
     )
@@ -105,7 +105,7 @@ def test_rollout_logprobs_equal_a_fresh_forward(tiny_model_dir, quantize):
     assert r.values.shape == r.logprobs.shape == (len(ids), T)
     if quantize == "none":
         assert r.engine_logprobs is None and ppo.logprob_gap(r) == 0.0
-    else:  # the int8 sampler is close to, not equal to, the training model
+    else:  # the bf16 / int8 sampler is close to, not equal to, the training model
         gap = ppo.logprob_gap(r)
         assert 0 < gap < 0.05, gap
         by_hand = (r.logprobs - r.engine_logprobs).abs()[r.response_mask].mean().item()

@@ -200,14 +200,15 @@ def test_shared_prefill_equals_separate_prompts(tiny_model_dir, k):
     assert rows[0] == (2, width - 1) and rows[1] == (2 * k, 1)
 
 
-def test_int8_engine_is_close_and_refreshes(tiny_model_dir):
-    """rollout.quantize=int8: greedy log-probabilities within 0.05 nats a token of the fp32
-    model's; sync() takes the policy's new weights."""
+@pytest.mark.parametrize("quantize", ["bf16", "int8"])
+def test_low_precision_engine_is_close_and_refreshes(tiny_model_dir, quantize):
+    """rollout.quantize=bf16 / int8: greedy log-probabilities within 0.05 nats a token of the
+    fp32 model's; sync() takes the policy's new weights."""
     from instructrl.config import RolloutConfig
 
     tokenizer = models.load_tokenizer(str(tiny_model_dir))
     model = models.load_policy(str(tiny_model_dir))
-    engine = rollout.Engine(model, tokenizer, RolloutConfig(quantize="int8"))
+    engine = rollout.Engine(model, tokenizer, RolloutConfig(quantize=quantize))
     assert not engine.exact and engine.model is not model
     ids = rollout.encode_prompts(tokenizer, ["Explain why the sky is blue", "hi"])
     gens = engine.generate(ids, max_new_tokens=6, temperature=0, return_logprobs=True)
@@ -225,6 +226,25 @@ def test_int8_engine_is_close_and_refreshes(tiny_model_dir):
     assert g.logprobs[0] == pytest.approx(-math.log(vocab), abs=1e-3)
 
 
+def test_auto_quantize_takes_bf16_only_where_the_cpu_multiplies_it(tiny_model_dir, monkeypatch):
+    """rollout.quantize=auto: a bf16 copy on a CPU with native bfloat16, the policy itself on a
+    CPU without it and on a GPU; an explicit choice is kept as it is."""
+    from instructrl.config import RolloutConfig
+
+    monkeypatch.setattr(rollout, "cpu_has_bf16", lambda: True)
+    assert rollout.resolve_quantize("auto", "cpu") == "bf16"
+    assert rollout.resolve_quantize("auto", "cuda:0") == "none"
+    assert rollout.resolve_quantize("int8", "cpu") == "int8"
+    model = models.load_policy(str(tiny_model_dir))
+    tokenizer = models.load_tokenizer(str(tiny_model_dir))
+    engine = rollout.Engine(model, tokenizer, RolloutConfig(quantize="auto"))
+    assert not engine.exact and next(engine.model.parameters()).dtype == torch.bfloat16
+    monkeypatch.setattr(rollout, "cpu_has_bf16", lambda: False)
+    assert rollout.resolve_quantize("auto", "cpu") == "none"
+    engine = rollout.Engine(model, tokenizer, RolloutConfig(quantize="auto"))
+    assert engine.exact and engine.model is model
+
+
 def test_unknown_engine_is_a_config_error():
     from instructrl.config import RolloutConfig
     from instructrl.errors import ConfigError
@@ -234,21 +254,22 @@ def test_unknown_engine_is_a_config_error():
     ):
         RolloutConfig(engine="vllm")
     with pytest.raises(
-        ConfigError, match=re.escape("rollout.quantize: expected one of none, int8")
+        ConfigError, match=re.escape("rollout.quantize: expected one of none, auto, bf16, int8")
     ):
         RolloutConfig(quantize="int4")
 
 
-def test_int8_refresh_equals_a_fresh_copy(tiny_model_dir):
-    """After an update of the trainable layers, refreshing the int8 copy in place gives the same
-    logits as quantising the whole policy again (frozen layers are reused as they are)."""
+@pytest.mark.parametrize("quantize", ["bf16", "int8"])
+def test_low_precision_refresh_equals_a_fresh_copy(tiny_model_dir, quantize):
+    """After an update of the trainable layers, refreshing the bf16 / int8 copy in place gives
+    the same logits as converting the whole policy again (frozen layers are reused as they are)."""
     from instructrl.config import RolloutConfig
     from instructrl.trainer import freeze_lower
 
     model = models.load_policy(str(tiny_model_dir))
     freeze_lower(model, 1)  # layer 0 and the embeddings frozen
     tokenizer = models.load_tokenizer(str(tiny_model_dir))
-    engine = rollout.Engine(model, tokenizer, RolloutConfig(quantize="int8"))
+    engine = rollout.Engine(model, tokenizer, RolloutConfig(quantize=quantize))
     before = engine.model
     frozen_q = before.model.layers[0].mlp.up_proj
     with torch.no_grad():  # a training step's worth of change in every trainable weight
@@ -260,8 +281,8 @@ def test_int8_refresh_equals_a_fresh_copy(tiny_model_dir):
     ids = torch.tensor([[5, 9, 14, 3, 8, 21]])
     with torch.no_grad():
         refreshed = engine.model(ids).logits
-        fresh = rollout.int8_copy(model)(ids).logits
+        fresh = rollout.low_precision_copy(model, quantize)(ids).logits
     torch.testing.assert_close(refreshed, fresh, atol=1e-6, rtol=0)
-    stale = rollout.int8_copy(models.load_policy(str(tiny_model_dir)))
+    stale = rollout.low_precision_copy(models.load_policy(str(tiny_model_dir)), quantize)
     with torch.no_grad():
         assert (stale(ids).logits - fresh).abs().max() > 1e-3  # the update did change outputs
