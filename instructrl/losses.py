@@ -32,6 +32,13 @@ def masked_mean(values: Tensor, mask: Tensor, dim: int | tuple[int, ...] | None 
     return masked_sum(values, mask, dim) / count.clamp(min=1).to(values.dtype)
 
 
+def _token_mean(values: Tensor, mask: Tensor, tokens: float | None) -> Tensor:
+    """masked_mean, or the masked sum over `tokens` when given."""
+    if tokens is None:
+        return masked_mean(values, mask)
+    return masked_sum(values, mask) / max(tokens, 1e-8)
+
+
 def token_logprobs(logits: Tensor, labels: Tensor) -> Tensor:
     """log p(label) under logits.  logits: (..., V) float; labels: (...) long -> (...) float.
 
@@ -202,12 +209,15 @@ def policy_loss(
     mask: Tensor,
     clip: float,
     is_weights: Tensor | None = None,
+    tokens: float | None = None,
 ) -> tuple[Tensor, dict[str, Tensor]]:
     """PPO clipped surrogate, mean over response tokens. All inputs (B, T).
     loss = mean(w * max(-A * ratio, -A * clip(ratio, 1 - clip, 1 + clip))), ratio = exp(logp -
     old), w = is_weights (1 when None: the rollout came from the training policy itself).
     Stats: clip_frac (share of tokens where the clipped term is active), approx_kl
-    (mean 0.5 * (logp - old)^2).
+    (mean 0.5 * (logp - old)^2). `tokens`: what the sum is divided by (default: mask.sum());
+    N processes each holding part of a minibatch pass (the minibatch's token count) / N, so
+    that the mean of their gradients is one process's over the whole minibatch.
     """
     _same_shape(logprobs=logprobs, old_logprobs=old_logprobs, advantages=advantages, mask=mask)
     log_ratio = torch.where(mask, logprobs - old_logprobs, torch.zeros_like(logprobs))
@@ -218,7 +228,7 @@ def policy_loss(
     if is_weights is not None:
         _same_shape(logprobs=logprobs, is_weights=is_weights)
         per_token = per_token * is_weights
-    loss = masked_mean(per_token, mask)
+    loss = _token_mean(per_token, mask, tokens)
     stats = {
         "policy_loss": loss.detach(),
         "clip_frac": masked_mean((clipped > unclipped).float(), mask).detach(),
@@ -252,15 +262,22 @@ def tis_weights(*, logprobs: Tensor, engine_logprobs: Tensor, mask: Tensor, cap:
 
 
 def value_loss(
-    *, values: Tensor, old_values: Tensor, returns: Tensor, mask: Tensor, clip: float
+    *,
+    values: Tensor,
+    old_values: Tensor,
+    returns: Tensor,
+    mask: Tensor,
+    clip: float,
+    tokens: float | None = None,
 ) -> tuple[Tensor, dict[str, Tensor]]:
     """Clipped value loss: 0.5 * mean(max((V - R)^2, (clip_old(V) - R)^2)), where clip_old(V)
-    keeps V within `clip` of the rollout's value. All inputs (B, T)."""
+    keeps V within `clip` of the rollout's value. All inputs (B, T); `tokens` as in
+    policy_loss."""
     _same_shape(values=values, old_values=old_values, returns=returns, mask=mask)
     clipped_values = old_values + torch.clamp(values - old_values, -clip, clip)
     err = (values - returns) ** 2
     err_clipped = (clipped_values - returns) ** 2
-    loss = 0.5 * masked_mean(torch.maximum(err, err_clipped), mask)
+    loss = 0.5 * _token_mean(torch.maximum(err, err_clipped), mask, tokens)
     stats = {
         "value_loss": loss.detach(),
         "value_clip_frac": masked_mean((err_clipped > err).float(), mask).detach(),

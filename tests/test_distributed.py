@@ -26,20 +26,22 @@ def _port() -> int:
         return s.getsockname()[1]
 
 
-def launch(processes: int, *args: str) -> subprocess.CompletedProcess:
-    """`instructrl ARGS` in `processes` processes (torchrun when more than one)."""
+def launch(processes: int, *args: str, script: str | None = None) -> subprocess.CompletedProcess:
+    """`instructrl ARGS` (or `python SCRIPT ARGS`) in `processes` processes (torchrun when
+    more than one)."""
     env = {**os.environ, "OMP_NUM_THREADS": "1", "INSTRUCTRL_PROGRESS_EVERY": "0"}
-    head = [sys.executable, "-m"]
+    head = [sys.executable]
     if processes > 1:
         head += [
+            "-m",
             "torch.distributed.run",
             f"--nproc_per_node={processes}",
             f"--master_port={_port()}",
-            "-m",
         ]
+    program = [script] if script else ["-m", "instructrl.cli"]
     try:
         done = subprocess.run(
-            [*head, "instructrl.cli", *args],
+            [*head, *program, *args],
             env=env,
             capture_output=True,
             text=True,
@@ -199,6 +201,24 @@ def test_ppo_processes_draw_disjoint_prompts(tiny_model_dir, tmp_path):
     from transformers import AutoModelForCausalLM
 
     AutoModelForCausalLM.from_pretrained(out)
+
+
+def test_ppo_update_in_two_processes_equals_one(tiny_model_dir, tmp_path):
+    """A PPO update (2 epochs over one minibatch, rollout fixed) with each of 2 processes
+    holding half the episodes gives the weights of one process holding them all: the shares
+    hold different numbers of response tokens, so this needs the loss divided by the global
+    token count and advantages whitened over both processes."""
+    worker = str(Path(__file__).parent / "ppo_update_worker.py")
+    launch(1, str(tiny_model_dir), str(tmp_path / "one"), script=worker)
+    launch(2, str(tiny_model_dir), str(tmp_path / "two"), script=worker)
+    one = json.loads((tmp_path / "one" / "stats.json").read_text())
+    two = json.loads((tmp_path / "two" / "stats.json").read_text())
+    assert sum(two["tokens"]) != sum(one["tokens"]) / 2  # uneven shares: the case that matters
+    for name in ("policy", "value"):
+        diff = max_diff(
+            tmp_path / "one" / f"{name}.safetensors", tmp_path / "two" / f"{name}.safetensors"
+        )
+        assert diff < 1e-5, f"{name}: weights differ by {diff:.3g}"
 
 
 def test_run_in_two_processes_writes_each_output_once(tiny_model_dir, tmp_path):

@@ -240,3 +240,50 @@ def test_whiten_with_the_whole_batch_moments_equals_whitening_the_whole_batch():
     torch.testing.assert_close(torch.cat(halves), whole, atol=1e-5, rtol=0)
     own = losses.whiten(values[:3], mask[:3])  # a half's own moments differ
     assert not torch.allclose(own, whole[:3], atol=1e-3)
+
+
+def test_losses_over_a_shared_token_count_average_to_the_whole_minibatch():
+    """Two processes' parts of a minibatch (3 and 1 response tokens), each dividing its sum by
+    the global count / 2: the mean of their losses (and of their gradients, which DDP takes) is
+    the whole minibatch's token mean, where the mean of their own token means is not."""
+    torch.manual_seed(0)
+    mask = torch.tensor([[1, 1, 1], [1, 0, 0]], dtype=torch.bool)
+    logp = torch.randn(2, 3, requires_grad=True)
+    kw = dict(old_logprobs=torch.randn(2, 3), advantages=torch.randn(2, 3), clip=0.2)
+    whole, _ = losses.policy_loss(logprobs=logp, mask=mask, **kw)
+    (g_whole,) = torch.autograd.grad(whole, logp)
+    parts = [
+        losses.policy_loss(
+            logprobs=logp[i : i + 1],
+            mask=mask[i : i + 1],
+            old_logprobs=kw["old_logprobs"][i : i + 1],
+            advantages=kw["advantages"][i : i + 1],
+            clip=0.2,
+            tokens=4 / 2,
+        )[0]
+        for i in range(2)
+    ]
+    shared = (parts[0] + parts[1]) / 2
+    assert shared.item() == pytest.approx(whole.item(), abs=1e-6)
+    (g_shared,) = torch.autograd.grad(shared, logp)
+    torch.testing.assert_close(g_shared, g_whole)
+    own = [
+        losses.policy_loss(
+            logprobs=logp[i : i + 1],
+            mask=mask[i : i + 1],
+            old_logprobs=kw["old_logprobs"][i : i + 1],
+            advantages=kw["advantages"][i : i + 1],
+            clip=0.2,
+        )[0]
+        for i in range(2)
+    ]
+    assert abs((own[0] + own[1]).item() / 2 - whole.item()) > 1e-3
+    v = dict(values=torch.randn(2, 3), old_values=torch.randn(2, 3), returns=torch.randn(2, 3))
+    v_whole = losses.value_loss(mask=mask, clip=0.5, **v)[0]
+    v_parts = [
+        losses.value_loss(
+            mask=mask[i : i + 1], clip=0.5, tokens=2.0, **{k: t[i : i + 1] for k, t in v.items()}
+        )[0]
+        for i in range(2)
+    ]
+    assert ((v_parts[0] + v_parts[1]) / 2).item() == pytest.approx(v_whole.item(), abs=1e-6)

@@ -325,6 +325,17 @@ class PPOTrainer:
             )
         return advantages, returns, rewards, kl
 
+    def _token_share(self, mask: torch.Tensor) -> float | None:
+        """A minibatch's response tokens over every process, divided by the number of
+        processes: each process divides its loss sum by this, so the gradients DDP averages
+        equal one process's token mean over the whole minibatch (processes' shares of a
+        minibatch hold different numbers of tokens). None for one process."""
+        acc = self.accelerator
+        if acc.num_processes == 1:
+            return None
+        # each process counts 1: the mean of their token counts = (global count) / processes
+        return trainer.mean_over_processes(acc, {"n": float(mask.sum())}, 1)["n"]
+
     def _moments(self, values: torch.Tensor, r: Rollout) -> tuple[float, float] | None:
         """(mean, variance) over every process's response tokens, so that whitening under
         several processes equals one process whitening the whole batch; None for one process
@@ -346,9 +357,15 @@ class PPOTrainer:
         return tuple(t.to(self.accelerator.device) for t in collate(chunk, self.pad_id))
 
     def policy_objective(
-        self, r: Rollout, idx: torch.Tensor, advantages: torch.Tensor, ptx: tuple | None
+        self,
+        r: Rollout,
+        idx: torch.Tensor,
+        advantages: torch.Tensor,
+        ptx: tuple | None,
+        tokens: float | None = None,
     ):
-        """Clipped PPO loss on minibatch `idx` plus ptx_coef * pretraining NLL (PPO-ptx)."""
+        """Clipped PPO loss on minibatch `idx` plus ptx_coef * pretraining NLL (PPO-ptx);
+        `tokens` as in losses.policy_loss."""
         cfg, dev = self.cfg, self.accelerator.device
         T = r.response_mask.shape[1]
         mask = r.response_mask[idx].to(dev)
@@ -369,6 +386,7 @@ class PPOTrainer:
             mask=mask,
             clip=cfg.clip,
             is_weights=None if r.is_weights is None else r.is_weights[idx].to(dev),
+            tokens=tokens,
         )
         stats["entropy"] = losses.masked_mean(entropy, mask).detach()
         if ptx is not None:
@@ -395,8 +413,11 @@ class PPOTrainer:
             )
             for start in range(0, len(order), self.minibatch):
                 idx = order[start : start + self.minibatch]
+                tokens = self._token_share(r.response_mask[idx])
                 with acc.autocast():
-                    loss, stats = self.policy_objective(r, idx, advantages, self.ptx_batch(rng))
+                    loss, stats = self.policy_objective(
+                        r, idx, advantages, self.ptx_batch(rng), tokens
+                    )
                 acc.backward(loss)
                 if cfg.grad_clip > 0:
                     acc.clip_grad_norm_(self.policy.parameters(), cfg.grad_clip)
@@ -417,6 +438,7 @@ class PPOTrainer:
                         returns=returns[idx].to(dev),
                         mask=r.response_mask[idx].to(dev),
                         clip=cfg.value_clip,
+                        tokens=tokens,
                     )
                 acc.backward(v_loss)
                 if cfg.grad_clip > 0:
