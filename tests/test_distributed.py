@@ -1,5 +1,5 @@
 """Two processes on CPU (gloo, launched with torchrun) against one: the same losses and weights
-for SFT and RM steps, an uneven last step that neither hangs nor drops examples, outputs
+for SFT and RM steps and a PPO update, an uneven last step that neither hangs nor drops examples, outputs
 written once, and PPO drawing disjoint prompts on each process."""
 
 from __future__ import annotations
