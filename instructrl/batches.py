@@ -161,20 +161,23 @@ def score_texts(
     device: Any,
     finish_reasons: Sequence[str | None] | None = None,
 ) -> list[float]:
-    """Rewards of (prompt, response) pairs; a prompt too long for max_length is an error.
-    A response whose finish reason is "length" is scored without EOS (rollout.encode_response)."""
+    """Rewards of (prompt, response) pairs, in their order; a prompt too long for max_length
+    is an error. A response whose finish reason is "length" is scored without EOS
+    (rollout.encode_response). Sequences are batched by length (little padding) and each
+    distinct sequence is scored once."""
     reasons = list(finish_reasons) if finish_reasons is not None else [None] * len(pairs)
-    out: list[float] = []
-    for i in range(0, len(pairs), batch_size):
-        chunk = pairs[i : i + batch_size]
-        encoded = [
-            encode_response(tokenizer, p, r, max_length=max_length, ended=ended(f))
-            for (p, r), f in zip(chunk, reasons[i : i + batch_size], strict=True)
-        ]
-        if any(e is None for e in encoded):
+    encoded = []
+    for (p, r), f in zip(pairs, reasons, strict=True):
+        e = encode_response(tokenizer, p, r, max_length=max_length, ended=ended(f))
+        if e is None:
             raise UserError(
                 f"score: a prompt is longer than max_length={max_length} - 8 tokens; raise max_length"
             )
-        ids, attn = right_pad([e[0] for e in encoded], tokenizer.pad_token_id)
-        out.extend(model(ids.to(device), attn.to(device)).tolist())
-    return out
+        encoded.append(tuple(e[0]))
+    distinct = sorted(set(encoded), key=lambda e: (len(e), e))
+    scores: dict[tuple[int, ...], float] = {}
+    for i in range(0, len(distinct), batch_size):
+        chunk = distinct[i : i + batch_size]
+        ids, attn = right_pad(chunk, tokenizer.pad_token_id)
+        scores.update(zip(chunk, model(ids.to(device), attn.to(device)).tolist(), strict=True))
+    return [scores[e] for e in encoded]

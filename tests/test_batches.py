@@ -55,8 +55,14 @@ def test_score_texts_in_a_batch_equals_one_by_one(tiny_model_dir):
     tokenizer = models.load_tokenizer(str(tiny_model_dir), padding_side="right")
     rm = models.new_reward_model(str(tiny_model_dir), dtype=torch.float32).eval()
     pairs = [("hi", "hello there"), ("What is 2 + 2?", "4"), ("x", "a much longer answer here")]
+    pairs += [pairs[2], ("hi", "hello there, and more"), pairs[0]]  # repeats, out of length order
+    reasons = ["eos", "eos", "eos", "eos", "length", "length"]  # the last: pairs[0] cut off
     kw = {"max_length": 64, "device": "cpu"}
-    together = batches.score_texts(rm, tokenizer, pairs, batch_size=3, **kw)
-    alone = [batches.score_texts(rm, tokenizer, [p], batch_size=1, **kw)[0] for p in pairs]
+    together = batches.score_texts(rm, tokenizer, pairs, batch_size=2, finish_reasons=reasons, **kw)
+    alone = [
+        batches.score_texts(rm, tokenizer, [p], batch_size=1, finish_reasons=[f], **kw)[0]
+        for p, f in zip(pairs, reasons, strict=True)
+    ]
     assert together == pytest.approx(alone, abs=1e-5)
-    assert len(set(together)) == 3
+    assert together[3] == together[2] and together[5] != together[0]  # no EOS: another sequence
+    assert len(set(together)) == 5

@@ -433,6 +433,7 @@ class RewardScorer:
         self.rm = models.load_reward_model(path, device=device)
         self.tok = models.load_tokenizer(path, padding_side="right")
         self.device = device
+        self._seen: dict[tuple[str, str, str | None, int], float] = {}  # a sample scored once
 
     @torch.no_grad()
     def samples(self, pairs: list[tuple[Prompt, Sample]]) -> list[float]:
@@ -445,15 +446,19 @@ class RewardScorer:
 
     @torch.no_grad()
     def texts(self, rows: list[tuple[Any, str, str | None]], *, max_length: int) -> list[float]:
-        return score_texts(
+        keys = [(json.dumps(p), r, f, max_length) for p, r, f in rows]
+        todo = {k: row for k, row in zip(keys, rows, strict=True) if k not in self._seen}
+        scores = score_texts(
             self.rm,
             self.tok,
-            [(p, r) for p, r, _ in rows],
-            batch_size=8,
+            [(p, r) for p, r, _ in todo.values()],
+            batch_size=16,
             max_length=max_length,
             device=self.device,
-            finish_reasons=[f for _, _, f in rows],
+            finish_reasons=[f for _, _, f in todo.values()],
         )
+        self._seen.update(zip(todo, scores, strict=True))
+        return [self._seen[k] for k in keys]
 
 
 def rm_scores(
