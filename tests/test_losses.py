@@ -252,31 +252,24 @@ def test_losses_over_a_shared_token_count_average_to_the_whole_minibatch():
     kw = dict(old_logprobs=torch.randn(2, 3), advantages=torch.randn(2, 3), clip=0.2)
     whole, _ = losses.policy_loss(logprobs=logp, mask=mask, **kw)
     (g_whole,) = torch.autograd.grad(whole, logp)
-    parts = [
-        losses.policy_loss(
-            logprobs=logp[i : i + 1],
-            mask=mask[i : i + 1],
-            old_logprobs=kw["old_logprobs"][i : i + 1],
-            advantages=kw["advantages"][i : i + 1],
+
+    def part(i: int, tokens: float | None) -> torch.Tensor:  # process i's loss on its row
+        rows = slice(i, i + 1)
+        return losses.policy_loss(
+            logprobs=logp[rows],
+            mask=mask[rows],
+            old_logprobs=kw["old_logprobs"][rows],
+            advantages=kw["advantages"][rows],
             clip=0.2,
-            tokens=4 / 2,
+            tokens=tokens,
         )[0]
-        for i in range(2)
-    ]
+
+    parts = [part(i, tokens=4 / 2) for i in range(2)]
     shared = (parts[0] + parts[1]) / 2
     assert shared.item() == pytest.approx(whole.item(), abs=1e-6)
     (g_shared,) = torch.autograd.grad(shared, logp)
     torch.testing.assert_close(g_shared, g_whole)
-    own = [
-        losses.policy_loss(
-            logprobs=logp[i : i + 1],
-            mask=mask[i : i + 1],
-            old_logprobs=kw["old_logprobs"][i : i + 1],
-            advantages=kw["advantages"][i : i + 1],
-            clip=0.2,
-        )[0]
-        for i in range(2)
-    ]
+    own = [part(i, tokens=None) for i in range(2)]
     assert abs((own[0] + own[1]).item() / 2 - whole.item()) > 1e-3
     v = dict(values=torch.randn(2, 3), old_values=torch.randn(2, 3), returns=torch.randn(2, 3))
     v_whole = losses.value_loss(mask=mask, clip=0.5, **v)[0]
