@@ -348,7 +348,9 @@ def test_invite_link_sets_a_password_once(db_url):
             "username": "newbie", "is_admin": False, "group": "heldout",
             "status": "active", "csrf_token": None,
         }  # fmt: skip
-        assert page.status_code == 200
+        assert page.status_code == 200 and "Choose a password, newbie" in page.text
+        used = client.get(f"/invite/{token}").text  # a used link names no one and has no form
+        assert "This invite link is not valid" in used and 'name="password"' not in used
         again = sign_in(app, "root")  # a fresh session: the used token is refused
         r = again.post(f"/invite/{token}", data={**form, "csrf_token": again.csrf})
         assert r.status_code == 422 and "not valid" in r.text
