@@ -295,11 +295,26 @@ class Engine:
     itself, or on a lower-precision copy that sync() refreshes after each update
     (`rollout.quantize=bf16`: a bfloat16 copy; `int8`: dynamically int8-quantised Linear layers,
     CPU). `exact` says whether its log-probabilities are the training model's (otherwise PPO
-    recomputes them with one forward pass and logs the gap)."""
+    recomputes them with one forward pass and logs the gap).
 
-    def __init__(self, model, tokenizer, cfg: Any):
+    `full_weights` (a sharded policy, FSDP): a callable returning the policy's whole state dict
+    on every process (a collective); the engine then samples from its own unsharded copy, loaded
+    from it at start and at every sync(), as verl and OpenRLHF feed their inference engines.
+    Calling a sharded model's inner module directly breaks FSDP (its units become roots)."""
+
+    def __init__(self, model, tokenizer, cfg: Any, full_weights: Any = None):
         device = next(model.parameters()).device
         self.kind = resolve_quantize(cfg.quantize, device)
+        self._full_weights = full_weights
+        if full_weights is not None:
+            if hasattr(model, "merge_and_unload"):
+                raise UserError(
+                    "ppo: LoRA adapters on a policy sharded by FSDP: not supported yet; use "
+                    "lora.r=0 under FSDP, or DDP with LoRA"
+                )
+            if self.kind == "int8":
+                raise UserError("rollout.quantize=int8 under FSDP: use none or bf16")
+            self.kind = "gathered" if self.kind == "none" else self.kind
         if self.kind == "int8" and device.type != "cpu":
             raise UserError(
                 f"rollout.quantize=int8: dynamic int8 quantisation runs on the CPU, the policy is "
@@ -328,7 +343,12 @@ class Engine:
         """Take the policy's current weights, in process (no save and reload). The copy is
         refreshed where the policy trains (frozen layers stay as they are) unless the policy
         carries LoRA adapters, which are merged into a fresh copy."""
-        if self.exact:
+        if self._full_weights is not None:
+            state = self._full_weights()  # every process: a collective under FSDP
+            if self.model is None:
+                self.model = _empty_copy(model, torch.bfloat16 if self.kind == "bf16" else None)
+            self.model.load_state_dict(state, strict=True)
+        elif self.exact:
             self.model = model
         elif self._source is model and not hasattr(model, "merge_and_unload"):
             refresh_copy(self.model, model, self.kind)
@@ -356,6 +376,17 @@ def cpu_has_bf16() -> bool:
     except OSError:
         return False
     return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def _empty_copy(model, dtype: Any = None) -> Any:
+    """A model of `model`'s architecture and config on its device (weights to be loaded), in
+    eval mode, in `dtype` (default: the config's)."""
+    from transformers import AutoModelForCausalLM
+
+    device = next(model.parameters()).device
+    with torch.device(device):
+        copy_model = AutoModelForCausalLM.from_config(model.config)
+    return copy_model.to(dtype or next(model.parameters()).dtype).eval().requires_grad_(False)
 
 
 def low_precision_copy(model, kind: str) -> Any:

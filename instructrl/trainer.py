@@ -50,10 +50,71 @@ def _deepspeed(accelerator: Any) -> bool:
     return accelerator.distributed_type == DistributedType.DEEPSPEED
 
 
+def configure_deepspeed(accelerator: Any, *, micro_batch_size: int, grad_clip: float) -> None:
+    """Under DeepSpeed, write into its config what it cannot read from us before `prepare`: we
+    feed micro-batches ourselves (no DataLoader for accelerate to take their size from), and
+    DeepSpeed clips gradients itself (at `gradient_clipping`). A no-op otherwise."""
+    if not _deepspeed(accelerator):
+        return
+    ds = accelerator.state.deepspeed_plugin.deepspeed_config
+    ds["train_micro_batch_size_per_gpu"] = micro_batch_size
+    ds["train_batch_size"] = micro_batch_size * accelerator.num_processes
+    ds["gradient_accumulation_steps"] = 1
+    if grad_clip > 0:
+        ds["gradient_clipping"] = grad_clip
+    if ds.get("zero_optimization", {}).get("stage") == 3:  # we write whole HF model directories
+        ds["zero_optimization"]["stage3_gather_16bit_weights_on_model_save"] = True
+
+
 def refuse_deepspeed(accelerator: Any, what: str) -> None:
     """A clear error where a loop does not fit DeepSpeed yet, instead of a silent misbehaviour."""
     if _deepspeed(accelerator):
         raise UserError(f"{what} under DeepSpeed: not supported yet; use DDP or FSDP")
+
+
+def is_sharded(accelerator: Any) -> bool:
+    """Whether prepared models hold shards of their parameters (FSDP or DeepSpeed ZeRO-3)."""
+    from accelerate.utils import DistributedType
+
+    if accelerator.distributed_type == DistributedType.FSDP:
+        return True
+    return _deepspeed(accelerator) and (accelerator.state.deepspeed_plugin.zero_stage == 3)
+
+
+def full_state_dict(accelerator: Any, model: Any) -> dict[str, Any]:
+    """Every parameter of a prepared model, whole, on every process, with the unwrapped model's
+    names: gathered from the shards under FSDP (a collective: every process must call it), the
+    model's own state dict otherwise."""
+    from accelerate.utils import DistributedType
+
+    if getattr(accelerator, "is_fsdp2", False):
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+        return get_model_state_dict(model, options=StateDictOptions(full_state_dict=True))
+    if accelerator.distributed_type == DistributedType.FSDP:
+        from torch.distributed.fsdp import FullStateDictConfig, StateDictType
+        from torch.distributed.fsdp import FullyShardedDataParallel as FSDP
+
+        everywhere = FullStateDictConfig(offload_to_cpu=False, rank0_only=False)
+        with FSDP.state_dict_type(model, StateDictType.FULL_STATE_DICT, everywhere):
+            return model.state_dict()
+    return models.unwrap(model).state_dict()
+
+
+def autocast_like_prepared(accelerator: Any, model: Any) -> Any:
+    """Run a frozen model's forward under the mixed-precision autocast that `accelerator.prepare`
+    gives the trained models (bf16 on GPU), without preparing it: so a PPO reference equal to
+    the policy gives equal log-probabilities (KL exactly 0 before any update), and it is not
+    saved with the trained models' checkpoints. A no-op without mixed precision."""
+    if not getattr(accelerator, "native_amp", False):
+        return model
+    from types import MethodType
+
+    from accelerate.utils import convert_outputs_to_fp32, get_mixed_precision_context_manager
+
+    context = get_mixed_precision_context_manager(True, accelerator.autocast_handler)
+    model.forward = MethodType(convert_outputs_to_fp32(context(model.forward.__func__)), model)
+    return model
 
 
 def prepare_model(model: Any, cfg: TrainConfig) -> Any:
@@ -212,6 +273,7 @@ def setup(accelerator: Any, cfg: SupervisedConfig, model: Any, n_examples: int) 
             f"steps the DeepSpeed engine every micro-batch); use grad_accum=1 with a larger "
             f"batch_size, or DDP / FSDP"
         )
+    configure_deepspeed(accelerator, micro_batch_size=cfg.batch_size, grad_clip=cfg.grad_clip)
     optimizer = make_optimizer(model, cfg)
     per_epoch = steps_per_epoch(
         n_examples, cfg.batch_size, cfg.grad_accum, accelerator.num_processes
@@ -332,7 +394,9 @@ def _train_step(run: Supervised, step: int, loss_fn: LossFn) -> tuple[dict[str, 
         counted += bool(batch)
     sums = mean_over_processes(acc, sums, counted)
     if cfg.grad_clip > 0:
-        sums["grad_norm"] = float(acc.clip_grad_norm_(run.model.parameters(), cfg.grad_clip))
+        norm = acc.clip_grad_norm_(run.model.parameters(), cfg.grad_clip)
+        if norm is not None:  # DeepSpeed clips inside its step, and knows the norm after it
+            sums["grad_norm"] = float(norm)
     run.optimizer.step()
     run.scheduler.step()
     run.optimizer.zero_grad(set_to_none=True)

@@ -33,7 +33,7 @@ def high_half_score(ids: torch.Tensor, attention: torch.Tensor, width: int = 8) 
     return torch.stack(out)
 
 
-def make_trainer(tiny_model_dir, score_fn=high_half_score, **over):
+def make_trainer(tiny_model_dir, score_fn=high_half_score, accelerator=None, **over):
     args = {
         "policy": str(tiny_model_dir),
         "reward": "unused",
@@ -63,7 +63,7 @@ def make_trainer(tiny_model_dir, score_fn=high_half_score, **over):
         ]
     return ppo.PPOTrainer(
         cfg,
-        accelerator=trainer.make_accelerator(cfg),
+        accelerator=accelerator or trainer.make_accelerator(cfg),
         policy=policy,
         ref_policy=ref,
         value_model=value,
@@ -110,6 +110,34 @@ def test_rollout_logprobs_equal_a_fresh_forward(tiny_model_dir, quantize):
         assert 0 < gap < 0.05, gap
         by_hand = (r.logprobs - r.engine_logprobs).abs()[r.response_mask].mean().item()
         assert gap == pytest.approx(by_hand)
+
+
+def test_reference_computes_under_the_policys_autocast(tiny_model_dir):
+    """Under mixed precision (bf16 autocast, as accelerate sets up on a GPU; here on the CPU)
+    the prepared policy's forward runs under autocast, so the reference must too: KL exactly 0
+    before any update. Without it the reference computed in fp32 (KL 1e-3 on an H200)."""
+    from accelerate import Accelerator
+    from accelerate.state import AcceleratorState
+
+    AcceleratorState._reset_state(reset_partial_state=True)
+    try:
+        acc = Accelerator(cpu=True, mixed_precision="bf16")
+        assert acc.native_amp
+        t, tok = make_trainer(tiny_model_dir, accelerator=acc, ptx_coef=0)
+        r = t.sample(encode_prompts(tok, PROMPTS), seed=0)
+        t.evaluate(r)
+        mask = r.response_mask
+        assert torch.equal(r.logprobs[mask], r.ref_logprobs[mask])
+        # the autocast matters here: the same reference in fp32 gives other numbers
+        fp32 = models.load_policy(str(tiny_model_dir)).requires_grad_(False)
+        T = mask.shape[1]
+        with torch.no_grad():
+            lp32 = ppo.response_logprobs(
+                fp32, r.input_ids, r.attention, r.prompt_width, T, t.cfg.temperature
+            )[0]
+        assert (lp32[mask] - r.ref_logprobs[mask]).abs().max() > 1e-5
+    finally:
+        AcceleratorState._reset_state(reset_partial_state=True)
 
 
 def test_ptx_gradient_is_gamma_times_nll_gradient(tiny_model_dir):

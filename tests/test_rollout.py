@@ -245,6 +245,41 @@ def test_auto_quantize_takes_bf16_only_where_the_cpu_multiplies_it(tiny_model_di
     assert engine.exact and engine.model is model
 
 
+def test_engine_of_a_sharded_policy_samples_from_a_gathered_copy(tiny_model_dir):
+    """Under FSDP the engine samples from its own whole copy loaded from the gathered state
+    dict (full_weights; here the plain state dict stands in for the FSDP collective): the same
+    greedy tokens and log-probabilities as the policy, its own module, and every sync() loads
+    the policy's new weights (every one, frozen or not: the gather is whole)."""
+    from instructrl.config import RolloutConfig
+
+    tokenizer = models.load_tokenizer(str(tiny_model_dir))
+    model = models.load_policy(str(tiny_model_dir))
+    gathered = []
+
+    def full_weights():
+        gathered.append(1)
+        return model.state_dict()
+
+    engine = rollout.Engine(model, tokenizer, RolloutConfig(), full_weights=full_weights)
+    assert engine.kind == "gathered" and not engine.exact and engine.model is not model
+    assert len(gathered) == 1
+    ids = rollout.encode_prompts(tokenizer, ["Explain why the sky is blue", "hi"])
+    kw = {"max_new_tokens": 6, "temperature": 0, "return_logprobs": True}
+    ours, theirs = engine.generate(ids, **kw), rollout.generate(model, tokenizer, ids, **kw)
+    assert [g.token_ids for g in ours] == [g.token_ids for g in theirs]
+    for a, b in zip(ours, theirs, strict=True):
+        assert a.logprobs == pytest.approx(b.logprobs, abs=1e-5)
+    with torch.no_grad():
+        model.model.embed_tokens.weight.mul_(0)  # a changed policy: every logit 0
+    copy_before = engine.model
+    engine.sync(model)
+    assert len(gathered) == 2 and engine.model is copy_before  # loaded in place, not rebuilt
+    [g] = engine.generate(ids[:1], max_new_tokens=2, temperature=0, return_logprobs=True)
+    assert g.logprobs[0] == pytest.approx(-math.log(model.config.vocab_size), abs=1e-4)
+    with pytest.raises(UserError, match="int8 under FSDP"):
+        rollout.Engine(model, tokenizer, RolloutConfig(quantize="int8"), full_weights=full_weights)
+
+
 def test_unknown_engine_is_a_config_error():
     from instructrl.config import RolloutConfig
     from instructrl.errors import ConfigError

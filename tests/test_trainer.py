@@ -155,3 +155,41 @@ def test_deepspeed_is_refused_where_the_loops_do_not_fit_it(tmp_path):
     with pytest.raises(UserError, match=r"ppo .* under DeepSpeed"):
         trainer.refuse_deepspeed(ds, "ppo (two trained models: policy and value)")
     trainer.refuse_deepspeed(SimpleNamespace(distributed_type=DistributedType.NO), "ppo")
+
+
+def test_deepspeed_config_gets_what_prepare_cannot_read_from_us():
+    """No DataLoader passes through accelerate.prepare, so DeepSpeed's micro-batch size comes
+    from us (on an H200 prepare refused without it); it clips at grad_clip; ZeRO-3 gathers
+    16-bit weights on save (our stages write whole HF directories; without it saving fails)."""
+    from types import SimpleNamespace
+
+    from accelerate.utils import DistributedType
+
+    def fake(stage):
+        config = {"zero_optimization": {"stage": stage}, "train_batch_size": "auto"}
+        plugin = SimpleNamespace(deepspeed_config=config, zero_stage=stage)
+        return SimpleNamespace(
+            distributed_type=DistributedType.DEEPSPEED,
+            num_processes=4,
+            state=SimpleNamespace(deepspeed_plugin=plugin),
+        )
+
+    acc = fake(3)
+    trainer.configure_deepspeed(acc, micro_batch_size=2, grad_clip=1.0)
+    assert acc.state.deepspeed_plugin.deepspeed_config == {
+        "zero_optimization": {"stage": 3, "stage3_gather_16bit_weights_on_model_save": True},
+        "train_micro_batch_size_per_gpu": 2,
+        "train_batch_size": 8,
+        "gradient_accumulation_steps": 1,
+        "gradient_clipping": 1.0,
+    }
+    assert trainer.is_sharded(acc)
+    acc = fake(2)
+    trainer.configure_deepspeed(acc, micro_batch_size=2, grad_clip=0.0)
+    config = acc.state.deepspeed_plugin.deepspeed_config
+    assert "gradient_clipping" not in config and config["zero_optimization"] == {"stage": 2}
+    assert not trainer.is_sharded(acc)
+    plain = SimpleNamespace(distributed_type=DistributedType.NO)
+    trainer.configure_deepspeed(plain, micro_batch_size=2, grad_clip=1.0)  # a no-op
+    assert not trainer.is_sharded(plain)
+    assert trainer.is_sharded(SimpleNamespace(distributed_type=DistributedType.FSDP))

@@ -179,13 +179,26 @@ class PPOTrainer:
         ) = accelerator.prepare(
             policy, value_model, policy_opt, value_opt, policy_sched, value_sched
         )
-        self.ref_policy = ref_policy
+        # the reference computes as the prepared policy does (same autocast): KL 0 at the start
+        self.ref_policy = (
+            None if ref_policy is None else trainer.autocast_like_prepared(accelerator, ref_policy)
+        )
         self.kl_ctl = (
             losses.AdaptiveKLController(cfg.kl_coef, cfg.kl_target, cfg.kl_horizon)
             if cfg.adaptive_kl
             else losses.FixedKLController(cfg.kl_coef)
         )
-        self.engine = rollout.Engine(models.unwrap(self.policy), tokenizer, cfg.rollout)
+        self.engine = rollout.Engine(
+            models.unwrap(self.policy),
+            tokenizer,
+            cfg.rollout,
+            # sharded (FSDP): the engine samples from its own whole copy, refreshed every sync
+            full_weights=(
+                (lambda: trainer.full_state_dict(accelerator, self.policy))
+                if trainer.is_sharded(accelerator)
+                else None
+            ),
+        )
         self.ema = (
             trainer.WeightEMA(models.unwrap(self.policy), cfg.ema_decay) if cfg.ema_decay else None
         )
@@ -203,7 +216,12 @@ class PPOTrainer:
         # an exact engine's logits (divided by the temperature, as when sampling) are the old
         # logprobs: no second forward pass (lm-human-preferences keeps these too); another
         # engine's are kept to measure the gap and weight the loss (rollout.tis_cap)
-        reuse = (cfg.reuse_rollout_logprobs or not self.engine.exact) and not cfg.stop
+        # under mixed precision (bf16 autocast on GPU) a cached decode's logits differ from a
+        # full forward's by bf16 rounding (1e-3 nats): the training model recomputes them there
+        reuse_own = cfg.reuse_rollout_logprobs and not getattr(
+            self.accelerator, "native_amp", False
+        )
+        reuse = (reuse_own or not self.engine.exact) and not cfg.stop
         policy.eval()
         generations = self.engine.generate(
             prompt_ids,
