@@ -154,12 +154,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
     return _with_config(args, {}, go)
 
 
-def _cmd_report(args: argparse.Namespace) -> int:
-    """Re-render report.html from a run's (or an eval directory's) summary.json; print the
-    headline figures as Markdown; write them into a README between its markers."""
-    from instructrl import report
-
-    root = Path(args.dir)
+def _load_run(root: Path) -> tuple[dict, Path, dict | None]:
+    """(summary, eval directory, run info or None) of a run directory or an eval directory."""
     eval_dir = root if (root / "summary.json").is_file() else root / "eval"
     if not (eval_dir / "summary.json").is_file():
         raise UserError(
@@ -181,17 +177,38 @@ def _cmd_report(args: argparse.Namespace) -> int:
             "config": f"`{config}`",
             "wall_s": sum(r.get("wall_s", 0.0) for r in rows),
         }
-    text = report.markdown(summary, run)
+    return summary, eval_dir, run
+
+
+def _cmd_report(args: argparse.Namespace) -> int:
+    """Re-render report.html from a run's (or an eval directory's) summary.json; print the
+    headline figures as Markdown; write them into a README between its markers. Several run
+    directories (one config, several seeds): one table, a row per seed, with each claim's verdict."""
+    from instructrl import report
+
+    loaded = [_load_run(Path(d)) for d in args.dir]
+    if len(loaded) > 1:
+        text = report.seeds_markdown(
+            [
+                (run or {"name": str(d), "seed": "?"}, summary)
+                for (summary, _, run), d in zip(loaded, args.dir, strict=True)
+            ]
+        )
+        markers = (report.SEEDS_BEGIN, report.SEEDS_END)
+    else:
+        summary, eval_dir, run = loaded[0]
+        text = report.markdown(summary, run)
+        markers = (report.README_BEGIN, report.README_END)
     if args.readme:
         readme = Path(args.readme)
         try:
-            readme.write_text(report.replace_block(readme.read_text(), text))
+            readme.write_text(report.replace_block(readme.read_text(), text, *markers))
         except (OSError, ValueError) as e:
             raise UserError(f"report: {readme}: {e}") from None
         print(f"wrote the figures into {readme}", file=sys.stderr)
-    if args.markdown:
+    if args.markdown or (len(loaded) > 1 and not args.readme):
         print(text, end="")
-    if not args.markdown and not args.readme:
+    if len(loaded) == 1 and not args.markdown and not args.readme:
         print(report.render(summary, eval_dir))
     return 0
 
@@ -367,15 +384,22 @@ def build_parser() -> argparse.ArgumentParser:
         help="report.html again from summary.json; the headline figures as Markdown",
         description="Re-render DIR's report.html from its summary.json (DIR: a run directory "
         "or an eval directory), or print the headline figures, with date, machine and config, "
-        "as Markdown.",
+        "as Markdown. With several DIRs (one config under several seeds): a table with a row "
+        "per seed and how many seeds reproduce each claim.",
     )
-    p.add_argument("dir", metavar="DIR")
+    p.add_argument(
+        "dir",
+        metavar="DIR",
+        nargs="+",
+        help="a run or eval directory; several: one config's runs under different seeds, "
+        "compared in one Markdown table",
+    )
     p.add_argument("--markdown", action="store_true", help="print the figures as Markdown")
     p.add_argument(
         "--readme",
         metavar="FILE",
         help="write the Markdown into FILE between its '<!-- instructrl report --markdown: "
-        "begin/end -->' markers",
+        "begin/end -->' markers (several DIRs: the '--seeds: begin/end' markers)",
     )
     p.set_defaults(func=_cmd_report)
 

@@ -94,3 +94,50 @@ def test_report_markdown_and_readme_block(tmp_path, capsys):
     assert "expected summary.json" in capsys.readouterr().err
     assert main(["report", str(run)]) == 0  # report.html again
     assert (run / "eval" / "report.html").is_file()
+
+
+def test_report_of_several_seeds_is_one_table_with_counts(tmp_path, capsys):
+    """`instructrl report RUN RUN ...`: a row per seed with each claim's interval and verdict,
+    then how many seeds reproduce each claim; --readme writes it between the seeds markers."""
+    from test_report import SUMMARY
+
+    from instructrl.report import SEEDS_BEGIN, SEEDS_END
+
+    runs = []
+    for seed, ptx in ((1, 0.65), (2, 0.52)):  # seed 2: PPO-ptx's interval straddles 50 %
+        run = tmp_path / f"s{seed}"
+        (run / "eval").mkdir(parents=True)
+        wins = {**SUMMARY["win_rates"]}
+        wins["ptx"] = {
+            p: {
+                "baseline": "sft",
+                "panel": p,
+                "win_rate": ptx,
+                "ci95": [ptx - 0.1, ptx + 0.1],
+                "n": 50,
+            }
+            for p in ("heldout", "train")
+        }
+        (run / "eval" / "summary.json").write_text(json.dumps({**SUMMARY, "win_rates": wins}))
+        (run / "config.yaml").write_text(f"name: s{seed}\nseed: {seed}\n")
+        (run / "stages.json").write_text(json.dumps([{"wall_s": 600.0 * seed}]))
+        runs.append(str(run))
+    assert main(["report", *runs]) == 0
+    text = capsys.readouterr().out
+    rows = [line for line in text.splitlines() if line.startswith("| s")]
+    assert rows == [
+        "| s1 | 1 | 70.0 % [60.0, 80.0]: reproduced | 65.0 % [55.0, 75.0]: reproduced | "
+        "55.0 % [45.0, 65.0]: not reproduced | 68.0 % [64.0, 72.0] vs 72.0 %: reproduced | "
+        "21.00 / 24.00 / 21.50 | reproduced | 10.0 |",
+        "| s2 | 2 | 70.0 % [60.0, 80.0]: reproduced | 52.0 % [42.0, 62.0]: not reproduced | "
+        "55.0 % [45.0, 65.0]: not reproduced | 68.0 % [64.0, 72.0] vs 72.0 %: reproduced | "
+        "21.00 / 24.00 / 21.50 | reproduced | 20.0 |",
+    ]
+    assert (
+        "SFT over base 2 of 2 seeds, PPO-ptx over SFT 1 of 2, PPO over SFT 0 of 2, RM within 10 "
+        "points of agreement 2 of 2, PPO-ptx regressing less than PPO 2 of 2." in text
+    )
+    readme = tmp_path / "README.md"
+    readme.write_text(f"# x\n{SEEDS_BEGIN}\nold\n{SEEDS_END}\n")
+    assert main(["report", *runs, "--readme", str(readme)]) == 0
+    assert readme.read_text() == f"# x\n{SEEDS_BEGIN}\n{text}{SEEDS_END}\n"

@@ -468,9 +468,63 @@ def markdown(summary: dict[str, Any], run: dict[str, Any] | None = None) -> str:
     return "\n".join(lines) + "\n"
 
 
-def replace_block(text: str, block: str) -> str:
-    """text with the part between README_BEGIN and README_END replaced by block."""
-    start, end = text.find(README_BEGIN), text.find(README_END)
-    if start < 0 or end < start:
-        raise ValueError(f"expected the markers {README_BEGIN} and {README_END}")
-    return text[: start + len(README_BEGIN)] + "\n" + block + text[end:]
+SEEDS_BEGIN = "<!-- instructrl report --seeds: begin -->"
+SEEDS_END = "<!-- instructrl report --seeds: end -->"
+
+
+def seeds_markdown(runs: list[tuple[dict[str, Any], dict[str, Any]]]) -> str:
+    """One row per run (run info, summary) of the same config under different seeds: each
+    headline claim with its interval and verdict, then how many seeds reproduce each claim
+    (`instructrl report RUN_DIR RUN_DIR ...`)."""
+    head = (
+        "| run | seed | SFT over base | PPO-ptx over SFT | PPO over SFT | RM accuracy vs "
+        "agreement | held-out perplexity SFT / PPO / PPO-ptx | PPO-ptx regresses less | minutes |"
+    )
+    lines = [head, "|" + "---|" * head.count(" | ") + "---|"]
+    counts: dict[str, int] = {}
+    for run, summary in runs:
+        by_claim = {c["claim"]: c for c in claims(summary)}
+        cells = []
+        for a, b in (("sft", "base"), ("ptx", "sft"), ("ppo", "sft")):
+            p = preference(summary, a, b)
+            if p is None:
+                cells.append("not measured")
+                continue
+            v = verdict(p["ci95"], p["n"], threshold=0.5, min_n=MIN_N["preference"])
+            counts[f"{a} over {b}"] = counts.get(f"{a} over {b}", 0) + (v == "reproduced")
+            cells.append(f"{_pct(p['rate'])} {_ci(p['ci95'])}: {v}")
+        rm = next(c for k, c in by_claim.items() if k.startswith("RM validation accuracy"))
+        counts["rm"] = counts.get("rm", 0) + (rm["verdict"] == "reproduced")
+        acc = (summary.get("rm") or {}).get("accuracy") or {}
+        agreement = summary.get("agreement", {}).get("train", {}).get("agreement")
+        cells.append(
+            f"{_pct(acc.get('agreement'))} {_ci(acc.get('ci95'))} vs {_pct(agreement)}: "
+            f"{rm['verdict']}"
+        )
+        ppl = summary.get("perplexity", {})
+        cells.append(
+            " / ".join(f"{ppl[k]:.2f}" if k in ppl else "-" for k in ("sft", "ppo", "ptx"))
+        )
+        tax = next(c for k, c in by_claim.items() if k.startswith("PPO-ptx regresses less"))
+        counts["tax"] = counts.get("tax", 0) + (tax["verdict"] == "reproduced")
+        cells.append(tax["verdict"])
+        cells.append(f"{run.get('wall_s', 0) / 60:.1f}")
+        lines.append(f"| {run.get('name')} | {run.get('seed')} | " + " | ".join(cells) + " |")
+    n = len(runs)
+    lines += [
+        "",
+        f"Reproduced (95 % CI clear of the paper's threshold) on: SFT over base "
+        f"{counts.get('sft over base', 0)} of {n} seeds, PPO-ptx over SFT "
+        f"{counts.get('ptx over sft', 0)} of {n}, PPO over SFT {counts.get('ppo over sft', 0)} of "
+        f"{n}, RM within 10 points of agreement {counts.get('rm', 0)} of {n}, PPO-ptx regressing "
+        f"less than PPO {counts.get('tax', 0)} of {n}.",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def replace_block(text: str, block: str, begin: str = README_BEGIN, end: str = README_END) -> str:
+    """text with the part between the begin and end markers replaced by block."""
+    start, stop = text.find(begin), text.find(end)
+    if start < 0 or stop < start:
+        raise ValueError(f"expected the markers {begin} and {end}")
+    return text[: start + len(begin)] + "\n" + block + text[stop:]
