@@ -1,6 +1,6 @@
 """PPO iteration time and peak RSS: instructrl against TRL 1.12.0's PPOTrainer.
 
-    python bench/ppo.py [--iterations 3]
+    python bench/ppo.py [--iterations 3] [--quantize none|bf16]
 
 TRL 1.12.0 is the last release that ships a PPO trainer (`trl.experimental.ppo`). The bench
 makes its own venv, bench/.venv-ppo (torch 2.13.0 CPU, transformers, accelerate, datasets, then
@@ -102,6 +102,7 @@ def side_ours(args) -> dict:
             "checkpoint_every=0",
             "warmup_iterations=0",
             "sample_every=0",
+            f"rollout.quantize={args.quantize}",
         ],
     )
     ppo.run(cfg)
@@ -201,6 +202,8 @@ def run_side(python: Path, side: str, args, prompts_n: int, tokens: int) -> dict
             str(prompts_n),
             "--tokens",
             str(tokens),
+            "--quantize",
+            args.quantize,
         ]
         env = {**os.environ, "PYTHONPATH": str(HERE.parent), "INSTRUCTRL_PROGRESS": "0"}
         proc = subprocess.run(cmd, capture_output=True, text=True, check=False, env=env)
@@ -220,6 +223,13 @@ def main() -> None:
     p.add_argument("--tmp")
     p.add_argument("--prompts", type=int, default=8)
     p.add_argument("--tokens", type=int, default=32)
+    p.add_argument(
+        "--quantize",
+        default="none",
+        choices=["none", "auto", "bf16"],
+        help="our side's rollout.quantize (bf16: sample from a bfloat16 copy; the PPO ratio and "
+        "KL still use the fp32 policy's logprobs, recomputed by one forward)",
+    )
     args = p.parse_args()
     if args.side:
         result = side_ours(args) if args.side == "ours" else side_trl(args)
@@ -231,7 +241,7 @@ def main() -> None:
 
         args.model = str(default_model_dir())
     trl_python = ensure_trl_venv()
-    summary: dict = {"bench": "ppo"}
+    summary: dict = {"bench": "ppo", "quantize": args.quantize}
     print(
         f"{'setting':10s} {'ours s/it':>10s} {'TRL s/it':>10s} {'speed x':>8s} {'ours RSS':>9s} {'TRL RSS':>9s} {'RSS x':>6s}"
     )
