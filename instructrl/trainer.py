@@ -98,6 +98,8 @@ def full_state_dict(accelerator: Any, model: Any) -> dict[str, Any]:
         everywhere = FullStateDictConfig(offload_to_cpu=False, rank0_only=False)
         with FSDP.state_dict_type(model, StateDictType.FULL_STATE_DICT, everywhere):
             return model.state_dict()
+    if is_sharded(accelerator):  # ZeRO-3: PPO refuses DeepSpeed before it gets here
+        raise UserError("whole weights on every process under DeepSpeed ZeRO-3: not supported yet")
     return models.unwrap(model).state_dict()
 
 

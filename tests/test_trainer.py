@@ -184,6 +184,10 @@ def test_deepspeed_config_gets_what_prepare_cannot_read_from_us():
         "gradient_clipping": 1.0,
     }
     assert trainer.is_sharded(acc)
+    from instructrl.errors import UserError
+
+    with pytest.raises(UserError, match="ZeRO-3: not supported yet"):
+        trainer.full_state_dict(acc, _linear())
     acc = fake(2)
     trainer.configure_deepspeed(acc, micro_batch_size=2, grad_clip=0.0)
     config = acc.state.deepspeed_plugin.deepspeed_config
@@ -192,4 +196,6 @@ def test_deepspeed_config_gets_what_prepare_cannot_read_from_us():
     plain = SimpleNamespace(distributed_type=DistributedType.NO)
     trainer.configure_deepspeed(plain, micro_batch_size=2, grad_clip=1.0)  # a no-op
     assert not trainer.is_sharded(plain)
+    model = _linear()
+    assert trainer.full_state_dict(plain, model).keys() == model.state_dict().keys()
     assert trainer.is_sharded(SimpleNamespace(distributed_type=DistributedType.FSDP))
