@@ -12,6 +12,8 @@ Last line: {"bench": "ppo", "ratio": TRL s/iter / ours s/iter at 8 x 32, "goal":
 Measured on the 2-core machine (full-size reward and value models on both sides, 2026-11-26):
 8 x 32: ours 20.7 s/it, TRL 25.3 s/it (1.22x), peak RSS 7.7 GB vs 8.5 GB (0.90x);
 32 x 64: ours 100.4 s/it, TRL 105.5 s/it (1.05x), peak RSS 15.8 GB vs 24.1 GB (0.66x).
+With --quantize bf16 (2026-11-27): 8 x 32 23.7 vs 27.9 s/it (1.17x); 32 x 64 103.9 vs
+108.2 (1.04x): the update and evaluation, not sampling, hold most of an iteration.
 """
 
 from __future__ import annotations
