@@ -98,7 +98,9 @@ def check(name: str, cmd: list[str], expect_fail: str | None = None) -> dict:
         row["error"] = lines[-12:]
     results[name] = row
     print(name, json.dumps(row), flush=True)
-    (WORK / f"{name}.stderr").write_text(err)
+    log_file = WORK / f"{name}.stderr"  # names like fsdp/sft: a folder a failed launch never made
+    log_file.parent.mkdir(parents=True, exist_ok=True)
+    log_file.write_text(err)
     return row
 
 
