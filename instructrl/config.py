@@ -362,6 +362,25 @@ class RMConfig(SupervisedConfig):
     head_weight_decay: float = _f(
         0.1, "with head_only: L2 penalty on the head's weights over standardised features"
     )
+    quantize: str = _f(
+        "none",
+        "with head_only: the frozen backbone in none (fp32), bf16 or auto (bf16 on a CPU that "
+        "multiplies bfloat16 natively, none elsewhere; about 2x faster features); the reward "
+        "model is saved in that precision and scored in it everywhere (PPO, eval, score), so "
+        "it scores exactly the features its head learned from",
+    )
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.quantize not in ("none", "auto", "bf16"):
+            raise ConfigError(
+                f"config: rm.quantize: expected one of none, auto, bf16, got {self.quantize!r}"
+            )
+        if self.quantize == "bf16" and not self.head_only:
+            raise ConfigError(
+                "config: rm.quantize=bf16 needs rm.head_only=true (a fine-tuned backbone trains "
+                "in fp32); use rm.quantize=none or auto"
+            )
 
 
 @dataclass
@@ -552,6 +571,9 @@ class EvalConfig:
         "diagnostic: K samples of the baseline per prompt, the best by the RM and by the held-out "
         "panel itself judged against the baseline's sample (needs reward=; 0 = off)",
     )
+    best_of_prompts: int = _f(
+        0, "best_of on the first N test prompts only (0 = all): a diagnostic's CI, at 1/N the cost"
+    )
     ppl_chunks: int = _f(32, "held-out text chunks for perplexity (the alignment tax)")
     ppl_length: int = _f(128, "tokens per held-out chunk")
     seed: int = _f(0, "seed for sampling, panels and bootstrap")
@@ -578,6 +600,10 @@ class EvalConfig:
         if self.baseline and self.baseline not in names:
             raise ConfigError(
                 f"config: baseline: expected one of the policies ({', '.join(names)}), got {self.baseline!r}"
+            )
+        if self.best_of_prompts < 0:
+            raise ConfigError(
+                f"config: best_of_prompts: expected 0 (all) or N >= 1, got {self.best_of_prompts}"
             )
         if self.best_of == 1 or self.best_of < 0:
             raise ConfigError(f"config: best_of: expected 0 (off) or K >= 2, got {self.best_of}")

@@ -420,6 +420,13 @@ def new_reward_model(spec: str, *, dtype: Any = None) -> Any:
     return _reward_module_class()(backbone)
 
 
+def reward_model_on(backbone: Any, head: Any) -> Any:
+    """A reward model of `backbone` that reads through `head`, the same module (not a copy)."""
+    model = _reward_module_class()(backbone)
+    model.head = head
+    return model.eval()
+
+
 def save_reward_model(
     model: Any,
     tokenizer: Any,
@@ -498,7 +505,9 @@ def load_reward_model(path: str | Path, *, device: str = "cpu", dtype: Any = Non
     """Load a reward model: any `*ForSequenceClassification` directory with one label whose
     architecture has a causal-LM form (ours, or e.g. one written by TRL's RewardTrainer), or the
     older instructrl form (a causal LM plus reward_head.safetensors). config.json's
-    `instructrl.bias` is added to the logit (0 for foreign models)."""
+    `instructrl.bias` is added to the logit (0 for foreign models). `dtype` None: the backbone
+    in config.json's `instructrl.dtype` where the RM stage recorded one (bf16 features,
+    rm.quantize), else load_policy's default; the head stays fp32."""
     import torch
     from safetensors.torch import load_file
 
@@ -508,6 +517,8 @@ def load_reward_model(path: str | Path, *, device: str = "cpu", dtype: Any = Non
             f"reward={path}: no config.json; expected a reward model directory (`instructrl rm`)"
         )
     config = json.loads((path / "config.json").read_text())
+    if dtype is None and (config.get("instructrl") or {}).get("dtype") == "bfloat16":
+        dtype = torch.bfloat16  # trained on bf16 features (rm.quantize): scored as trained
     legacy = (path / REWARD_HEAD_FILE).is_file()  # written by instructrl before the standard form
     score: dict[str, Any] = {}
     if not legacy:

@@ -76,6 +76,9 @@ def test_every_stage_writes_valid_outputs(first_run):
     # the diagnostics: best-of-K, RM accuracy with its interval, over-optimisation from every
     # PPO episode, identical text, paired NLL differences, the machine
     assert summary["best_of"]["k"] == 4 and {"rm", "panel"} <= set(summary["best_of"])
+    assert summary["best_of"]["rm"]["n"] == 3  # eval.best_of_prompts of the test prompts
+    best_of_rows = (run_dir / "eval" / "generations").glob("sft-best-of-4-*.jsonl")
+    assert [len(read_records(p, "sample")) for p in best_of_rows] == [3 * 3]  # K - 1 more
     assert summary["rm"]["accuracy"]["prompts"] == 3 and "by_category" in summary["rm"]["accuracy"]
     episodes = read_metrics(run_dir / "ppo" / "rollouts.jsonl")
     assert len(episodes) == 2 * 4  # iterations x batch_size

@@ -306,3 +306,51 @@ def test_shared_prefix_features_equal_one_forward_per_completion(rm_and_tok):
         torch.testing.assert_close(cached[i], full, atol=1e-5, rtol=1e-4)
     same = reward.shared_prefix_last_hidden(rm.backbone, [rows[0], rows[0]], tok.pad_token_id)
     torch.testing.assert_close(same[0], same[1])
+
+
+def test_head_only_rm_in_bf16_is_scored_as_it_was_trained(tiny_model_dir, tmp_path):
+    """rm.quantize=bf16: features and the demonstrations' bias come from a bf16 backbone; the
+    saved backbone keeps the SFT model's fp32 weights, load_reward_model reads it back in bf16
+    (demonstrations then score exactly 0 on average, as normalised) and a value model loaded in
+    fp32 holds the SFT weights bit for bit."""
+    from instructrl.config import ConfigError, RMConfig, load_config
+    from instructrl.stages import reward
+
+    comps = [
+        {"prompt_id": f"p{i}", "prompt": f"Question {i}?", "responses": RESPONSES[:4],
+         "ranking": [0, 1, 2, 3]}
+        for i in range(12)
+    ]  # fmt: skip
+    demos = [{"prompt": f"Question {i}?", "response": RESPONSES[i % 3]} for i in range(10)]
+    (tmp_path / "c.jsonl").write_text("".join(json.dumps(c) + "\n" for c in comps))
+    (tmp_path / "d.jsonl").write_text("".join(json.dumps(d) + "\n" for d in demos))
+    args = [
+        f"model={tiny_model_dir}",
+        f"data={tmp_path / 'c.jsonl'}",
+        f"demos={tmp_path / 'd.jsonl'}",
+        f"out={tmp_path / 'rm'}",
+        "head_epochs=50",
+        "quantize=bf16",
+    ]
+    with pytest.raises(ConfigError, match="head_only"):
+        load_config(RMConfig, args)
+    out = reward.run(load_config(RMConfig, [*args, "head_only=true"]))
+    assert json.loads((out / "config.json").read_text())["instructrl"]["dtype"] == "bfloat16"
+    tok = models.load_tokenizer(str(out), padding_side="right")
+
+    def demo_mean(rm) -> float:
+        pairs = [(d["prompt"], d["response"]) for d in demos]
+        scores = batches.score_texts(rm, tok, pairs, batch_size=3, max_length=256, device="cpu")
+        return sum(scores) / len(scores)
+
+    rm = models.load_reward_model(out)
+    assert next(rm.backbone.parameters()).dtype == torch.bfloat16
+    assert abs(demo_mean(rm)) < 1e-5
+    fp32 = models.load_reward_model(out, dtype=torch.float32)
+    assert abs(demo_mean(fp32)) > 1e-4  # the precision matters: fp32 features score otherwise
+    base = models.load_policy(str(tiny_model_dir))
+    for name, p in base.named_parameters():
+        if name != "lm_head.weight":
+            torch.testing.assert_close(
+                p, dict(fp32.backbone.named_parameters())[name], atol=0, rtol=0
+            )

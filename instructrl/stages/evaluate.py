@@ -386,8 +386,9 @@ def run(cfg: EvalConfig) -> Path:
     if scorer is not None:
         summary["rm_score"] = rm_scores(cfg, prompts, generations, scorer)
         if cfg.best_of:
+            n = cfg.best_of_prompts or len(prompts)
             summary["best_of"] = best_of_k(
-                cfg, prompts, generations[baseline][0], judge, scorer, out
+                cfg, prompts[:n], generations[baseline][0][:n], judge, scorer, out
             )
     summary.update(reference_figures(cfg))
     if scorer is not None:

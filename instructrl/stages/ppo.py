@@ -603,7 +603,9 @@ def run(cfg: PPOConfig) -> Path:
         ).requires_grad_(False)
     )
     rm = models.load_reward_model(cfg.reward, device=str(accelerator.device)).requires_grad_(False)
-    value_model = _no_dropout(models.load_reward_model(cfg.value or cfg.reward)).train()
+    value_model = _no_dropout(  # trains: fp32 whatever the RM was scored in
+        models.load_reward_model(cfg.value or cfg.reward, dtype=torch.float32)
+    ).train()
     value_model.backbone = trainer.prepare_model(value_model.backbone, cfg)
     trunk_layers = _share_trunk(cfg, accelerator, policy, [ref, value_model], rm)
     ppo = PPOTrainer(

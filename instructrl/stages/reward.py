@@ -22,7 +22,7 @@ from instructrl.errors import UserError
 from instructrl.plots import plot_curves
 from instructrl.progress import progress_bar
 from instructrl.records import Comparison, read_records, write_records
-from instructrl.rollout import encode_response, ended
+from instructrl.rollout import encode_response, ended, resolve_quantize
 
 log = logging.getLogger(__name__)
 
@@ -272,14 +272,19 @@ def run(cfg: RMConfig) -> Path:
         )[0]
 
     model = models.new_reward_model(cfg.model, dtype=torch.float32)
+    scorer = model
+    if features_dtype(cfg, accelerator.device) is not None:
+        scorer = bf16_scorer(cfg, model)
+        log.info("reward model features in bf16 (rm.quantize=%s)", cfg.quantize)
     if cfg.head_only:
         splits = {"train": train, "val": val, "heldout": heldout}
         state = fit_head(
-            cfg, model, splits, tokenizer.pad_token_id, out, main=accelerator.is_main_process
+            cfg, scorer, splits, tokenizer.pad_token_id, out, main=accelerator.is_main_process
         )
     else:
         state, model = fine_tune(cfg, accelerator, model, tokenizer, train, val, heldout, report)
-    final = _finish(accelerator, model, tokenizer, out, cfg, state)
+        scorer = model
+    final = _finish(accelerator, model, tokenizer, out, cfg, state, scorer)
     if accelerator.is_main_process:
         plot_curves(
             out / "metrics.jsonl",
@@ -288,6 +293,23 @@ def run(cfg: RMConfig) -> Path:
             f"reward model from {cfg.model}",
         )
     return final
+
+
+def features_dtype(cfg: RMConfig, device: Any) -> str | None:
+    """ "bfloat16" when the head_only backbone runs in bf16 (rm.quantize), else None."""
+    if not cfg.head_only:
+        return None
+    return "bfloat16" if resolve_quantize(cfg.quantize, device) == "bf16" else None
+
+
+def bf16_scorer(cfg: RMConfig, model: Any) -> Any:
+    """A reward model whose (frozen) backbone is loaded in bfloat16 exactly as load_reward_model
+    will load the saved one (weights cast on load; rotary buffers as transformers builds them,
+    which a plain .to(bfloat16) would round), and whose head *is* `model`'s head. The features
+    and the demonstrations' bias come from it; the saved backbone keeps its fp32 weights, so a
+    value model initialised from the RM keeps the policy's own lower layers."""
+    backbone = models.load_policy(cfg.model, dtype=torch.bfloat16).requires_grad_(False)
+    return models.reward_model_on(backbone, model.head)
 
 
 def fine_tune(
@@ -356,17 +378,26 @@ def normalising_bias(
 
 
 def _finish(
-    accelerator: Any, model: Any, tokenizer: Any, out: Path, cfg: RMConfig, state: dict[str, Any]
+    accelerator: Any,
+    model: Any,
+    tokenizer: Any,
+    out: Path,
+    cfg: RMConfig,
+    state: dict[str, Any],
+    scorer: Any = None,
 ) -> Path:
+    """Normalise (the bias from `scorer`, the model as it will be scored; default `model`) and
+    save `model`."""
     inner = accelerator.unwrap_model(model).eval()
     merged = cfg.lora.r > 0  # a reward model directory is a plain model: adapters always merged
     if merged:
         inner.backbone = inner.backbone.merge_and_unload()
     bias, n_demos = 0.0, 0
     if cfg.demos:
-        inner.bias.fill_(0.0)
+        scoring = inner if scorer is None or scorer is model else scorer
+        scoring.bias.fill_(0.0)
         bias, n_demos = normalising_bias(
-            inner,
+            scoring,
             tokenizer,
             cfg.demos,
             max_length=cfg.max_length,
@@ -382,6 +413,7 @@ def _finish(
         "steps": state["step"],
         "normalised_on": n_demos,
         "max_length": cfg.max_length,
+        **({"dtype": dtype} if (dtype := features_dtype(cfg, accelerator.device)) else {}),
     }
     full = None if merged else accelerator.get_state_dict(model)  # a collective when sharded
     if accelerator.is_main_process:
