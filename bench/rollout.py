@@ -1,6 +1,12 @@
 """Rollout speed: our engine against transformers' `generate` as shipped, and against the roof.
 
     python bench/rollout.py [--model default] [--new-tokens 48] [--batches 1,8,32] [--k 4]
+    python bench/rollout.py --options [--compile]
+
+--options measures, instead, the transformers options on our bf16 engine at the largest batch
+and in the K shape (the shipped path is SDPA attention with a dynamic KV cache): a static KV
+cache (where generate builds the cache; the K shape hands it its shared prefill's), eager attention, a batch twice as large, and with --compile torch.compile of the copy's
+forward (dynamic shapes; its compile time printed). Last line: JSON of those tokens/s.
 
 For each batch size: HF `generate` (sampling at temperature 1 over the full vocabulary, every
 row made to write all its new tokens, so every method does the same work) on the policy, then
@@ -76,7 +82,11 @@ def main() -> None:
     parser.add_argument("--new-tokens", type=int, default=48)
     parser.add_argument("--batches", default="1,8,32")
     parser.add_argument("--k", type=int, default=4, help="samples per prompt in the K row")
+    parser.add_argument("--options", action="store_true", help="transformers' options instead")
+    parser.add_argument("--compile", action="store_true", help="with --options: torch.compile")
     args = parser.parse_args()
+    if args.options:
+        return options(args)
 
     from instructrl import models, rollout
     from instructrl.config import RolloutConfig
@@ -193,6 +203,83 @@ def main() -> None:
                     {k: (round(v, 1) if isinstance(v, float) else v) for k, v in r.items()}
                     for r in rows_out
                 ],
+            }
+        )
+    )
+
+
+def options(args) -> None:
+    """tokens/s of the bf16 engine with each option transformers offers, against the shipped
+    path, at the largest batch and in the K shape, on the same prompts and seeds."""
+    import contextlib
+
+    import transformers
+
+    from instructrl import models, rollout
+    from instructrl.config import RolloutConfig
+    from instructrl.data import load_prompts
+
+    tokenizer = models.load_tokenizer(args.model)
+    policy = models.load_policy(args.model).eval()
+    b = max(int(x) for x in args.batches.split(","))
+    ids = rollout.encode_prompts(tokenizer, [p.prompt for p in load_prompts("train")[: 2 * b]])
+    T = args.new_tokens
+    shipped = transformers.GenerationConfig
+
+    @contextlib.contextmanager
+    def cache(implementation):  # rollout.generate builds its GenerationConfig per call
+        if implementation:
+            transformers.GenerationConfig = lambda **kw: shipped(
+                cache_implementation=implementation, **kw
+            )
+        try:
+            yield
+        finally:
+            transformers.GenerationConfig = shipped
+
+    def measure(engine, implementation=None) -> dict:
+        with cache(implementation):
+            return {
+                f"b{b}": tokens_per_s(lambda: peers.engine_tokens(engine, ids[:b], new_tokens=T)),
+                f"b{2 * b}": tokens_per_s(
+                    lambda: peers.engine_tokens(engine, ids[: 2 * b], new_tokens=T)
+                ),
+                f"{b // args.k}x{args.k}": tokens_per_s(
+                    lambda: peers.engine_tokens(engine, ids[: b // args.k], new_tokens=T, k=args.k)
+                ),
+            }
+
+    def bf16_engine(attn="sdpa"):
+        engine = rollout.Engine(policy, tokenizer, RolloutConfig(quantize="bf16"))
+        engine.model.set_attn_implementation(attn)
+        return engine
+
+    rows = {
+        "shipped (sdpa, dynamic cache)": measure(bf16_engine()),
+        "static cache": measure(bf16_engine(), "static"),
+        "eager attention": measure(bf16_engine("eager")),
+    }
+    extra = {}
+    if args.compile:
+        engine = bf16_engine()
+        engine.model.forward = torch.compile(engine.model.forward, dynamic=True)
+        start = time.perf_counter()
+        peers.engine_tokens(engine, ids[:b], new_tokens=T)
+        extra["compile_s"] = round(time.perf_counter() - start, 1)
+        rows["torch.compile (dynamic)"] = measure(engine)
+    print(f"bf16 engine, {T} new tokens, temperature 1, {torch.get_num_threads()} threads")
+    shapes = list(next(iter(rows.values())))
+    print(f"{'option':32}" + "".join(f"{s:>10}" for s in shapes))
+    for name, r in rows.items():
+        print(f"{name:32}" + "".join(f"{r[s]:10.1f}" for s in shapes))
+    if extra:
+        print(f"torch.compile: first call (compilation) {extra['compile_s']} s")
+    print(
+        json.dumps(
+            {
+                "bench": "rollout-options",
+                **extra,
+                "rows": {n: {s: round(v, 1) for s, v in r.items()} for n, r in rows.items()},
             }
         )
     )
