@@ -1,6 +1,13 @@
 """Reward-model training throughput: the paper's K-way batching against pair flattening.
 
     python bench/rm.py [--model default] [--comparisons 4] [--max-length 96]
+    python bench/rm.py --features [--comparisons 32] [--k 6]
+
+--features measures instead the head_only RM's feature pass (`reward.last_token_features`: the
+K completions of a prompt sharing one prefill) with the backbone in fp32 and in bf16
+(rm.quantize), completions/s of each, and how far the bf16 features are from the fp32 ones
+(relative L2 per completion; and the rank agreement of one random head's scores). Last line:
+{"bench": "rm-features", "ratio": <bf16 / fp32 completions per s>, ...}.
 
 K-way (ours): each prompt's K completions go through the network once and all C(K, 2) pairs
 come from those K rewards. Pair-flattened (pairwise trainers): each pair is its own
@@ -85,7 +92,11 @@ def main() -> None:
     p.add_argument("--comparisons", type=int, default=4)
     p.add_argument("--max-length", type=int, default=96)
     p.add_argument("--child", nargs=2, metavar=("MODE", "K"))
+    p.add_argument("--features", action="store_true", help="fp32 against bf16 features")
+    p.add_argument("--k", type=int, default=6, help="with --features: completions per prompt")
     args = p.parse_args()
+    if args.features:
+        return features(args)
     if args.child:
         print("RESULT " + json.dumps(child(args.child[0], int(args.child[1]), args)))
         return
@@ -132,6 +143,52 @@ def main() -> None:
         max_length=args.max_length,
     )
     print(json.dumps(summary))
+
+
+def features(args) -> None:
+    import torch
+
+    from instructrl import models
+    from instructrl.stages import reward
+
+    tok = models.load_tokenizer(args.model, padding_side="right")
+    comps = comparisons(args.k, args.comparisons)
+    examples, _ = reward.encode_comparisons(tok, comps, max_length=192, where="bench")
+    n = sum(len(e.completions) for e in examples)
+    feats, rate = {}, {}
+    for name, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16)):
+        rm = models.reward_model_on(
+            models.load_policy(args.model, dtype=dtype), torch.nn.Linear(1, 1)
+        )
+        reward.last_token_features(rm, examples[:2], tok.pad_token_id)  # warm-up
+        start = time.perf_counter()
+        feats[name] = reward.last_token_features(rm, examples, tok.pad_token_id)
+        rate[name] = n / (time.perf_counter() - start)
+    a, b = feats["fp32"], feats["bf16"]
+    rel = ((a - b).norm(dim=-1) / a.norm(dim=-1)).mean().item()
+    w = torch.randn(a.shape[1], generator=torch.Generator().manual_seed(0))
+    ra, rb = a @ w, b @ w
+    pairs = [(i, j) for i in range(n) for j in range(i + 1, n)]
+    agree = sum(bool((ra[i] > ra[j]) == (rb[i] > rb[j])) for i, j in pairs) / len(pairs)
+    print(
+        f"{args.comparisons} prompts x K = {args.k} ({n} completions), {torch.get_num_threads()} "
+        f"threads: fp32 {rate['fp32']:.1f}, bf16 {rate['bf16']:.1f} completions/s "
+        f"({rate['bf16'] / rate['fp32']:.2f}x); bf16 features {rel:.4f} from fp32 (relative L2), "
+        f"a random head orders {agree:.4f} of the pairs alike"
+    )
+    print(
+        json.dumps(
+            {
+                "bench": "rm-features",
+                "ratio": round(rate["bf16"] / rate["fp32"], 2),
+                "fp32_per_s": round(rate["fp32"], 1),
+                "bf16_per_s": round(rate["bf16"], 1),
+                "relative_l2": round(rel, 4),
+                "pair_agreement": round(agree, 4),
+                "completions": n,
+            }
+        )
+    )
 
 
 if __name__ == "__main__":
