@@ -272,18 +272,22 @@ def run(cfg: RMConfig) -> Path:
         )[0]
 
     model = models.new_reward_model(cfg.model, dtype=torch.float32)
-    scorer = model
+    scorer = None  # the model itself, unless the head reads bf16 features (rm.quantize)
     if features_dtype(cfg, accelerator.device) is not None:
         scorer = bf16_scorer(cfg, model)
         log.info("reward model features in bf16 (rm.quantize=%s)", cfg.quantize)
     if cfg.head_only:
         splits = {"train": train, "val": val, "heldout": heldout}
         state = fit_head(
-            cfg, scorer, splits, tokenizer.pad_token_id, out, main=accelerator.is_main_process
+            cfg,
+            model if scorer is None else scorer,
+            splits,
+            tokenizer.pad_token_id,
+            out,
+            main=accelerator.is_main_process,
         )
     else:
         state, model = fine_tune(cfg, accelerator, model, tokenizer, train, val, heldout, report)
-        scorer = model
     final = _finish(accelerator, model, tokenizer, out, cfg, state, scorer)
     if accelerator.is_main_process:
         plot_curves(
@@ -386,15 +390,15 @@ def _finish(
     state: dict[str, Any],
     scorer: Any = None,
 ) -> Path:
-    """Normalise (the bias from `scorer`, the model as it will be scored; default `model`) and
-    save `model`."""
+    """Normalise (the bias from `scorer`, the bf16 model as it will be scored, when given; else
+    from `model`) and save `model`."""
     inner = accelerator.unwrap_model(model).eval()
     merged = cfg.lora.r > 0  # a reward model directory is a plain model: adapters always merged
     if merged:
         inner.backbone = inner.backbone.merge_and_unload()
     bias, n_demos = 0.0, 0
     if cfg.demos:
-        scoring = inner if scorer is None or scorer is model else scorer
+        scoring = inner if scorer is None else scorer
         scoring.bias.fill_(0.0)
         bias, n_demos = normalising_bias(
             scoring,
@@ -413,7 +417,7 @@ def _finish(
         "steps": state["step"],
         "normalised_on": n_demos,
         "max_length": cfg.max_length,
-        **({"dtype": dtype} if (dtype := features_dtype(cfg, accelerator.device)) else {}),
+        **({"dtype": "bfloat16"} if scorer is not None else {}),
     }
     full = None if merged else accelerator.get_state_dict(model)  # a collective when sharded
     if accelerator.is_main_process:
