@@ -193,7 +193,38 @@ def load_policy(spec: str, *, device: str = "cpu", dtype: Any = None) -> Any:
     if dtype is None:
         dtype = torch.bfloat16 if str(device).startswith("cuda") else torch.float32
     model = AutoModelForCausalLM.from_pretrained(resolved, dtype=dtype, **_offline_kwargs(resolved))
-    return model.to(device).eval()
+    return contiguous_unembedding(model.to(device).eval())
+
+
+def contiguous_unembedding(model: Any) -> Any:
+    """`model`, its unembedding (lm_head) made to read a contiguous input. With
+    `logits_to_keep=1` (final_hidden, generate's prefill) transformers hands lm_head the slice
+    hidden[:, -1:], a (B, 1, H) view of (B, L, H); when the weight needs no grad (a frozen or
+    inference model, or tied to frozen embeddings) torch's matmul does not fold that view into
+    one matrix product but runs a batched one over B copies of the (V, H) weight: 56 MB each
+    for SmolLM2 in bf16, which halved the RM's bf16 feature pass (bench/rm.py --features).
+    Made contiguous, the slice costs B x H floats. Idempotent."""
+    head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    if head is not None and not getattr(head, "_contiguous_input", False):
+        head.register_forward_pre_hook(_contiguous_first_input)
+        head._contiguous_input = True
+    return model
+
+
+def _contiguous_first_input(module: Any, args: tuple) -> tuple:
+    """The input with the strides of a fresh tensor (`.contiguous()` is not enough: it keeps a
+    (1, 1, H) slice's strides, size-1 dimensions counting as contiguous whatever their stride)."""
+    import torch
+
+    if not args:
+        return args
+    x, canonical, stride = args[0], [], 1
+    for size in reversed(x.shape):
+        canonical.insert(0, stride)
+        stride *= size
+    if list(x.stride()) != canonical:
+        x = x.clone(memory_format=torch.contiguous_format)
+    return (x, *args[1:])
 
 
 def pick_device(device: str = "auto") -> str:

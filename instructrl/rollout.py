@@ -17,6 +17,7 @@ from typing import Any
 
 import torch
 
+from instructrl import models
 from instructrl.errors import UserError
 from instructrl.records import PromptText, prompt_as_text
 
@@ -386,7 +387,8 @@ def _empty_copy(model, dtype: Any = None) -> Any:
     device = next(model.parameters()).device
     with torch.device(device):
         copy_model = AutoModelForCausalLM.from_config(model.config)
-    return copy_model.to(dtype or next(model.parameters()).dtype).eval().requires_grad_(False)
+    copy_model = copy_model.to(dtype or next(model.parameters()).dtype).eval().requires_grad_(False)
+    return models.contiguous_unembedding(copy_model)
 
 
 def low_precision_copy(model, kind: str) -> Any:

@@ -161,3 +161,41 @@ def test_share_trunk_only_when_the_weights_are_equal(tmp_path):
     assert models.share_trunk(a, same, 1)
     assert same.backbone.model.layers[0] is a.model.layers[0]  # one copy in memory
     assert same.backbone.model.layers[1] is not a.model.layers[1]
+
+
+def test_unembedding_reads_canonical_strides_from_a_last_position_slice(tiny_model_dir):
+    """logits_to_keep=1 hands lm_head hidden[:, -1:], a view of (B, L, H); with a weight that
+    needs no grad torch then runs a batched matmul over B copies of the (V, H) weight (half the
+    bf16 RM feature pass went there). Loaded models and rollout copies get a fresh tensor; the
+    numbers do not change."""
+    from transformers import AutoModelForCausalLM
+
+    from instructrl import rollout
+
+    tok = models.load_tokenizer(str(tiny_model_dir))
+    plain = AutoModelForCausalLM.from_pretrained(str(tiny_model_dir)).eval().requires_grad_(False)
+    loaded = models.load_policy(str(tiny_model_dir)).requires_grad_(False)
+    copy = rollout._empty_copy(loaded)
+    copy.load_state_dict(loaded.state_dict())
+
+    def strides_seen(model, texts):
+        seen = []
+        hook = model.get_output_embeddings().register_forward_pre_hook(
+            lambda m, args: seen.append((tuple(args[0].shape), args[0].stride()))
+        )  # registered after ours, so it sees what lm_head reads
+        ids, mask = _left_padded(tok, texts)
+        with torch.no_grad():
+            hidden = models.final_hidden(model, ids, mask)
+        hook.remove()
+        return seen, hidden
+
+    for texts in (["Say hi.", "Write a short poem about the sea."], ["Write a short poem."]):
+        (shape, stride), *_ = strides_seen(plain, texts)[0]
+        assert shape[1] == 1 and stride[0] != shape[1] * shape[2]  # the premise: a strided view
+        reference = strides_seen(plain, texts)[1]
+        for model in (loaded, copy):
+            seen, hidden = strides_seen(model, texts)
+            (shape, stride), *_ = seen
+            assert stride == (shape[1] * shape[2], shape[2], 1)
+            assert torch.equal(hidden, reference)
+    assert len(models.contiguous_unembedding(loaded).lm_head._forward_pre_hooks) == 1

@@ -308,6 +308,22 @@ def test_shared_prefix_features_equal_one_forward_per_completion(rm_and_tok):
     torch.testing.assert_close(same[0], same[1])
 
 
+def test_split_features_compute_each_shared_example_once(rm_and_tok, monkeypatch):
+    """val and heldout rank the same completions: one forward each, the same features as each
+    split computed alone, in each split's own order."""
+    rm, tok = rm_and_tok
+    _, examples = _examples(tok, [4, 3, 5, 4])
+    splits = {"train": examples[:2], "val": examples[2:], "heldout": examples[:1:-1], "x": []}
+    alone = {n: reward.last_token_features(rm, e, tok.pad_token_id) for n, e in splits.items() if e}
+    calls = []
+    real = reward.shared_prefix_last_hidden
+    monkeypatch.setattr(reward, "shared_prefix_last_hidden", lambda *a: calls.append(1) or real(*a))
+    feats = reward.split_features(rm, splits, tok.pad_token_id)
+    assert len(calls) == len(examples) == 4 and set(feats) == {"train", "val", "heldout"}
+    for name in feats:
+        torch.testing.assert_close(feats[name], alone[name])
+
+
 def test_head_only_rm_in_bf16_is_scored_as_it_was_trained(tiny_model_dir, tmp_path):
     """rm.quantize=bf16: features and the demonstrations' bias come from a bf16 backbone; the
     saved backbone keeps the SFT model's fp32 weights, load_reward_model reads it back in bf16

@@ -136,6 +136,36 @@ def last_token_features(model: Any, examples: list[RankedExample], pad_id: int) 
     return torch.cat(out)
 
 
+def split_features(
+    model: Any, splits: dict[str, list[RankedExample]], pad_id: int
+) -> dict[str, torch.Tensor]:
+    """last_token_features of each non-empty split, each distinct list of completions computed
+    once: the held-out panel ranks the validation prompts' own samples, so those two splits
+    share every forward."""
+    distinct: dict[tuple, RankedExample] = {}
+    for examples in splits.values():
+        for e in examples:
+            distinct.setdefault(_completions_key(e), e)
+    unique = list(distinct.values())
+    flat = last_token_features(model, unique, pad_id) if unique else None
+    starts, at = {}, 0
+    for e in unique:
+        starts[_completions_key(e)] = at
+        at += len(e.completions)
+    out = {}
+    for name, examples in splits.items():
+        if examples:
+            rows = [
+                starts[_completions_key(e)] + i for e in examples for i in range(len(e.completions))
+            ]
+            out[name] = flat[rows]
+    return out
+
+
+def _completions_key(example: RankedExample) -> tuple:
+    return tuple(tuple(ids) for ids in example.completions)
+
+
 @torch.no_grad()
 def shared_prefix_last_hidden(backbone: Any, rows: list[list[int]], pad_id: int) -> torch.Tensor:
     """(K, H) final hidden states at the last token of each of K sequences, computing their
@@ -191,11 +221,7 @@ def fit_head(
     standardisation is folded into the head, so the saved model is a plain reward model.
     Every process fits the same head (a few seconds); `main` writes the metrics."""
     model.eval()
-    feats = {
-        name: last_token_features(model, examples, pad_id)
-        for name, examples in splits.items()
-        if examples
-    }
+    feats = split_features(model, splits, pad_id)
     mu, sd = feats["train"].mean(0), feats["train"].std(0).clamp(min=1e-5)
     tensors = {}
     for name, examples in splits.items():
