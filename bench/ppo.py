@@ -1,6 +1,6 @@
 """PPO iteration time and peak RSS: instructrl against TRL 1.12.0's PPOTrainer.
 
-    python bench/ppo.py [--iterations 3] [--quantize none|bf16]
+    python bench/ppo.py [--iterations 3] [--quantize none|bf16] [--bf16]
 
 TRL 1.12.0 is the last release that ships a PPO trainer (`trl.experimental.ppo`). The bench
 makes its own venv, bench/.venv-ppo (torch 2.13.0 CPU, transformers, accelerate, datasets, then
@@ -105,6 +105,7 @@ def side_ours(args) -> dict:
             "warmup_iterations=0",
             "sample_every=0",
             f"rollout.quantize={args.quantize}",
+            f"cpu_bf16={str(args.bf16).lower()}",
         ],
     )
     ppo.run(cfg)
@@ -160,7 +161,7 @@ def side_trl(args) -> dict:
         response_length=args.tokens,
         total_episodes=args.prompts * args.iterations,
         use_cpu=True,
-        bf16=False,
+        bf16=args.bf16,
         report_to=[],
         stop_token="eos",
         local_rollout_forward_batch_size=args.prompts,
@@ -206,6 +207,7 @@ def run_side(python: Path, side: str, args, prompts_n: int, tokens: int) -> dict
             str(tokens),
             "--quantize",
             args.quantize,
+            *(["--bf16"] if args.bf16 else []),
         ]
         env = {**os.environ, "PYTHONPATH": str(HERE.parent), "INSTRUCTRL_PROGRESS": "0"}
         proc = subprocess.run(cmd, capture_output=True, text=True, check=False, env=env)
@@ -232,6 +234,12 @@ def main() -> None:
         help="our side's rollout.quantize (bf16: sample from a bfloat16 copy; the PPO ratio and "
         "KL still use the fp32 policy's logprobs, recomputed by one forward)",
     )
+    p.add_argument(
+        "--bf16",
+        action="store_true",
+        help="both sides train under bf16 autocast on the CPU (ours: cpu_bf16=true, needs "
+        "AVX512-BF16 or AMX; TRL: bf16=True); weights and optimizer state stay fp32",
+    )
     args = p.parse_args()
     if args.side:
         result = side_ours(args) if args.side == "ours" else side_trl(args)
@@ -243,7 +251,7 @@ def main() -> None:
 
         args.model = str(default_model_dir())
     trl_python = ensure_trl_venv()
-    summary: dict = {"bench": "ppo", "quantize": args.quantize}
+    summary: dict = {"bench": "ppo", "quantize": args.quantize, "bf16": args.bf16}
     print(
         f"{'setting':10s} {'ours s/it':>10s} {'TRL s/it':>10s} {'speed x':>8s} {'ours RSS':>9s} {'TRL RSS':>9s} {'RSS x':>6s}"
     )

@@ -233,8 +233,14 @@ class TrainConfig:
     device: str = _f("auto", "auto, cpu, cuda (multi-GPU: launch with accelerate launch)")
     bf16: bool = _f(
         True,
-        "bf16 autocast on GPU (ignored on CPU: training stays fp32 there; rollout.quantize=bf16 "
-        "samples from a bf16 copy)",
+        "bf16 autocast on GPU (on CPU only with cpu_bf16; rollout.quantize=bf16 samples from a "
+        "bf16 copy either way)",
+    )
+    cpu_bf16: bool = _f(
+        False,
+        "with bf16: autocast on a CPU that multiplies bfloat16 natively (AVX512-BF16 or AMX) "
+        "too; weights, gradients and optimizer state stay fp32. Ignored on other CPUs (emulated "
+        "bf16 is slower than fp32)",
     )
     checkpoint_every: int = _f(50, "optimizer steps between checkpoints (0 = only at the end)")
     keep_last: int = _f(1, "checkpoints kept")

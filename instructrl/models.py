@@ -227,6 +227,15 @@ def _contiguous_first_input(module: Any, args: tuple) -> tuple:
     return (x, *args[1:])
 
 
+def cpu_has_bf16() -> bool:
+    """Whether this CPU multiplies bfloat16 natively (AVX512-BF16 or AMX; Linux /proc/cpuinfo)."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text().split()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
 def pick_device(device: str = "auto") -> str:
     import torch
 

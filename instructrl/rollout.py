@@ -12,7 +12,6 @@ import logging
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -371,12 +370,8 @@ def resolve_quantize(quantize: str, device: Any) -> str:
 
 
 def cpu_has_bf16() -> bool:
-    """Whether this CPU multiplies bfloat16 natively (AVX512-BF16 or AMX; Linux /proc/cpuinfo)."""
-    try:
-        flags = Path("/proc/cpuinfo").read_text().split()
-    except OSError:
-        return False
-    return "avx512_bf16" in flags or "amx_bf16" in flags
+    """models.cpu_has_bf16, looked up here so that tests can stand in for the CPU."""
+    return models.cpu_has_bf16()
 
 
 def _empty_copy(model, dtype: Any = None) -> Any:

@@ -34,9 +34,10 @@ def make_accelerator(cfg: TrainConfig, gradient_accumulation_steps: int = 1) -> 
 
     device = models.pick_device(cfg.device)
     on_gpu = device.startswith("cuda")
+    native_bf16 = on_gpu or (cfg.cpu_bf16 and models.cpu_has_bf16())
     return Accelerator(
         cpu=not on_gpu,
-        mixed_precision="bf16" if on_gpu and cfg.bf16 else "no",
+        mixed_precision="bf16" if cfg.bf16 and native_bf16 else "no",
         gradient_accumulation_steps=gradient_accumulation_steps,
         # our schedules count optimizer steps: one scheduler step per optimizer step, not one
         # per process (accelerate's default, which would run the schedule P times as fast)

@@ -199,3 +199,36 @@ def test_deepspeed_config_gets_what_prepare_cannot_read_from_us():
     model = _linear()
     assert trainer.full_state_dict(plain, model).keys() == model.state_dict().keys()
     assert trainer.is_sharded(SimpleNamespace(distributed_type=DistributedType.FSDP))
+
+
+@pytest.mark.parametrize(
+    ("bf16", "cpu_bf16", "native", "expected"),
+    [
+        (True, True, True, "bf16"),
+        (True, True, False, "no"),  # emulated bf16: slower than fp32
+        (True, False, True, "no"),  # off unless asked for
+        (False, True, True, "no"),
+    ],
+)
+def test_cpu_bf16_autocast_only_where_asked_and_native(
+    tmp_path, monkeypatch, bf16, cpu_bf16, native, expected
+):
+    """cpu_bf16: the CPU trains under bf16 autocast (matmuls in bf16, weights, gradients and
+    optimizer state fp32) only when asked and when it multiplies bf16 natively."""
+    from accelerate.state import AcceleratorState
+
+    from instructrl import models
+
+    monkeypatch.setattr(models, "cpu_has_bf16", lambda: native)
+    AcceleratorState._reset_state(reset_partial_state=True)
+    try:
+        acc = trainer.make_accelerator(_cfg(tmp_path, bf16=bf16, cpu_bf16=cpu_bf16))
+        assert acc.mixed_precision == expected
+        model = acc.prepare(_linear())
+        out = model(INPUTS)
+        with acc.autocast():
+            inside = torch.nn.functional.linear(INPUTS, model.weight)
+        assert out.dtype == torch.float32 and model.weight.dtype == torch.float32
+        assert inside.dtype == (torch.bfloat16 if expected == "bf16" else torch.float32)
+    finally:
+        AcceleratorState._reset_state(reset_partial_state=True)
