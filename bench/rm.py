@@ -157,8 +157,9 @@ def features(args) -> None:
     n = sum(len(e.completions) for e in examples)
     feats, rate = {}, {}
     for name, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16)):
-        rm = models.reward_model_on(
-            models.load_policy(args.model, dtype=dtype), torch.nn.Linear(1, 1)
+        rm = models.reward_model_on(  # frozen, as the stage's scorer (reward.bf16_scorer)
+            models.load_policy(args.model, dtype=dtype).requires_grad_(False),
+            torch.nn.Linear(1, 1),
         )
         reward.last_token_features(rm, examples[:2], tok.pad_token_id)  # warm-up
         start = time.perf_counter()
