@@ -14,6 +14,9 @@ Measured on the 2-core machine (full-size reward and value models on both sides,
 32 x 64: ours 100.4 s/it, TRL 105.5 s/it (1.05x), peak RSS 15.8 GB vs 24.1 GB (0.66x).
 With --quantize bf16 (2026-11-27): 8 x 32 23.7 vs 27.9 s/it (1.17x); 32 x 64 103.9 vs
 108.2 (1.04x): the update and evaluation, not sampling, hold most of an iteration.
+2026-11-27, later (after models.contiguous_unembedding): fp32 8 x 32 18.51 vs 18.82 s/it
+(1.02x), 32 x 64 93.2 vs 103.1 (1.11x); --bf16 (both sides under CPU bf16 autocast) 8 x 32
+14.41 vs 21.65 (1.50x), 32 x 64 66.8 vs 89.7 (1.34x): TRL runs slower with bf16 at 8 x 32.
 """
 
 from __future__ import annotations
