@@ -202,7 +202,7 @@ def contiguous_unembedding(model: Any) -> Any:
     hidden[:, -1:], a (B, 1, H) view of (B, L, H); when the weight needs no grad (a frozen or
     inference model, or tied to frozen embeddings) torch's matmul does not fold that view into
     one matrix product but runs a batched one over B copies of the (V, H) weight: 56 MB each
-    for SmolLM2 in bf16, which halved the RM's bf16 feature pass (bench/rm.py --features).
+    for SmolLM2 in bf16, half of the RM stage's bf16 feature pass, and a quarter of a PPO iteration.
     Made contiguous, the slice costs B x H floats. Idempotent."""
     head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
     if head is not None and not getattr(head, "_contiguous_input", False):
