@@ -35,14 +35,28 @@ def make_accelerator(cfg: TrainConfig, gradient_accumulation_steps: int = 1) -> 
     device = models.pick_device(cfg.device)
     on_gpu = device.startswith("cuda")
     native_bf16 = on_gpu or (cfg.cpu_bf16 and models.cpu_has_bf16())
+    mixed_precision = "bf16" if cfg.bf16 and native_bf16 else "no"
+    _precision_of_this_stage(mixed_precision)
     return Accelerator(
         cpu=not on_gpu,
-        mixed_precision="bf16" if cfg.bf16 and native_bf16 else "no",
+        mixed_precision=mixed_precision,
         gradient_accumulation_steps=gradient_accumulation_steps,
         # our schedules count optimizer steps: one scheduler step per optimizer step, not one
         # per process (accelerate's default, which would run the schedule P times as fast)
         step_scheduler_with_optimizer=False,
     )
+
+
+def _precision_of_this_stage(mixed_precision: str) -> None:
+    """`instructrl run` runs its stages in one process, and accelerate keeps one AcceleratorState
+    per process that refuses another mixed precision: when a stage asks for another one than
+    the last (e.g. `sft.cpu_bf16=true` and the RM stage without), drop that state (the process
+    group, PartialState, stays) so the next Accelerator is built with this stage's own."""
+    from accelerate.state import AcceleratorState
+
+    state = AcceleratorState._shared_state
+    if state and state.get("_mixed_precision", mixed_precision) != mixed_precision:
+        AcceleratorState._reset_state(reset_partial_state=False)
 
 
 def _deepspeed(accelerator: Any) -> bool:

@@ -232,3 +232,21 @@ def test_cpu_bf16_autocast_only_where_asked_and_native(
         assert inside.dtype == (torch.bfloat16 if expected == "bf16" else torch.float32)
     finally:
         AcceleratorState._reset_state(reset_partial_state=True)
+
+
+def test_stages_of_one_process_each_get_their_own_precision(tmp_path, monkeypatch):
+    """`instructrl run` builds one accelerator per stage in one process: a bf16 stage (cpu_bf16)
+    followed by an fp32 one, and back, each gets what it asked for (accelerate alone refuses
+    a second precision in a process)."""
+    from accelerate.state import AcceleratorState
+
+    from instructrl import models
+
+    monkeypatch.setattr(models, "cpu_has_bf16", lambda: True)
+    AcceleratorState._reset_state(reset_partial_state=True)
+    try:
+        for cpu_bf16, expected in ((True, "bf16"), (False, "no"), (False, "no"), (True, "bf16")):
+            acc = trainer.make_accelerator(_cfg(tmp_path, cpu_bf16=cpu_bf16))
+            assert acc.mixed_precision == expected
+    finally:
+        AcceleratorState._reset_state(reset_partial_state=True)
