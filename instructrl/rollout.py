@@ -320,7 +320,7 @@ class Engine:
                 f"rollout.quantize=int8: dynamic int8 quantisation runs on the CPU, the policy is "
                 f"on {device}; use rollout.quantize=none or bf16 there"
             )
-        if self.kind == "bf16" and device.type == "cpu" and not cpu_has_bf16():
+        if self.kind == "bf16" and device.type == "cpu" and not models.cpu_has_bf16():
             log.warning(
                 "rollout.quantize=bf16: this CPU has neither AVX512-BF16 nor AMX, so bfloat16 "
                 "matmuls are emulated and sampling gets slower, not faster; use rollout.quantize=none"
@@ -366,12 +366,7 @@ def resolve_quantize(quantize: str, device: Any) -> str:
     bfloat16 natively and none elsewhere (on a GPU the policy samples itself)."""
     if quantize != "auto":
         return quantize
-    return "bf16" if torch.device(device).type == "cpu" and cpu_has_bf16() else "none"
-
-
-def cpu_has_bf16() -> bool:
-    """models.cpu_has_bf16, looked up here so that tests can stand in for the CPU."""
-    return models.cpu_has_bf16()
+    return "bf16" if torch.device(device).type == "cpu" and models.cpu_has_bf16() else "none"
 
 
 def _empty_copy(model, dtype: Any = None) -> Any:

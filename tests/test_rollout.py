@@ -231,7 +231,7 @@ def test_auto_quantize_takes_bf16_only_where_the_cpu_multiplies_it(tiny_model_di
     CPU without it and on a GPU; an explicit choice is kept as it is."""
     from instructrl.config import RolloutConfig
 
-    monkeypatch.setattr(rollout, "cpu_has_bf16", lambda: True)
+    monkeypatch.setattr(models, "cpu_has_bf16", lambda: True)
     assert rollout.resolve_quantize("auto", "cpu") == "bf16"
     assert rollout.resolve_quantize("auto", "cuda:0") == "none"
     assert rollout.resolve_quantize("int8", "cpu") == "int8"
@@ -239,7 +239,7 @@ def test_auto_quantize_takes_bf16_only_where_the_cpu_multiplies_it(tiny_model_di
     tokenizer = models.load_tokenizer(str(tiny_model_dir))
     engine = rollout.Engine(model, tokenizer, RolloutConfig(quantize="auto"))
     assert not engine.exact and next(engine.model.parameters()).dtype == torch.bfloat16
-    monkeypatch.setattr(rollout, "cpu_has_bf16", lambda: False)
+    monkeypatch.setattr(models, "cpu_has_bf16", lambda: False)
     assert rollout.resolve_quantize("auto", "cpu") == "none"
     engine = rollout.Engine(model, tokenizer, RolloutConfig(quantize="auto"))
     assert engine.exact and engine.model is model

@@ -142,24 +142,23 @@ def split_features(
     """last_token_features of each non-empty split, each distinct list of completions computed
     once: the held-out panel ranks the validation prompts' own samples, so those two splits
     share every forward."""
-    distinct: dict[tuple, RankedExample] = {}
+    starts: dict[tuple, int] = {}  # each distinct completion list -> its first row in `flat`
+    unique: list[RankedExample] = []
+    rows = 0
     for examples in splits.values():
         for e in examples:
-            distinct.setdefault(_completions_key(e), e)
-    unique = list(distinct.values())
+            key = _completions_key(e)
+            if key not in starts:
+                starts[key], rows = rows, rows + len(e.completions)
+                unique.append(e)
     flat = last_token_features(model, unique, pad_id) if unique else None
-    starts, at = {}, 0
-    for e in unique:
-        starts[_completions_key(e)] = at
-        at += len(e.completions)
-    out = {}
-    for name, examples in splits.items():
-        if examples:
-            rows = [
-                starts[_completions_key(e)] + i for e in examples for i in range(len(e.completions))
-            ]
-            out[name] = flat[rows]
-    return out
+    return {
+        name: flat[
+            [starts[_completions_key(e)] + i for e in examples for i in range(len(e.completions))]
+        ]
+        for name, examples in splits.items()
+        if examples
+    }
 
 
 def _completions_key(example: RankedExample) -> tuple:
