@@ -90,6 +90,7 @@ def test_fit_equals_a_plain_adamw_loop(tmp_path):
     cfg = _cfg(tmp_path, grad_clip=0.5)
     run, state = _fit(cfg)
     assert state["step"] == 6
+    assert run.optimizer.optimizer.defaults["fused"]  # ours fused, the loop below foreach
 
     model = _linear()
     opt = torch.optim.AdamW(model.parameters(), lr=0.1, betas=(0.9, 0.95), weight_decay=0.0)
