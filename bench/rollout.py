@@ -5,7 +5,9 @@
 
 --options measures, instead, the transformers options on our bf16 engine at the largest batch
 and in the K shape (the shipped path is SDPA attention with a dynamic KV cache): a static KV
-cache (where generate builds the cache; the K shape hands it its shared prefill's), eager attention, a batch twice as large, and with --compile torch.compile of the copy's
+cache (where generate builds the cache; the K shape hands it its shared prefill's), eager
+attention, a batch twice as large, transformers' continuous batching (`generate_batch` with
+paged SDPA attention; no shared prefill), and with --compile torch.compile of the copy's
 forward (dynamic shapes; its compile time printed). Last line: JSON of those tokens/s.
 
 For each batch size: HF `generate` (sampling at temperature 1 over the full vocabulary, every
@@ -259,6 +261,9 @@ def options(args) -> None:
         "static cache": measure(bf16_engine(), "static"),
         "eager attention": measure(bf16_engine("eager")),
     }
+    rows["continuous batching (generate_batch)"] = continuous_batching(
+        policy, ids, b=b, k=args.k, new_tokens=T
+    )
     extra = {}
     if args.compile:
         engine = bf16_engine()
@@ -283,6 +288,41 @@ def options(args) -> None:
             }
         )
     )
+
+
+def continuous_batching(policy, ids: list[list[int]], *, b: int, k: int, new_tokens: int) -> dict:
+    """transformers' continuous batching (`generate_batch`, paged SDPA attention) on a bf16
+    copy, in the shapes of `options`: b and 2b prompts, and b/k prompts each repeated k times
+    (it has no shared prefill; repeated prompts are separate requests), its manager kept between
+    calls so that its start-up is paid in the warm-up call. Sampling at temperature
+    1 over the full vocabulary, every request made to write all its new tokens."""
+    import transformers
+
+    from instructrl import rollout
+
+    model = rollout.low_precision_copy(policy, "bf16")
+    model.set_attn_implementation("paged|sdpa")
+    config = transformers.GenerationConfig(
+        max_new_tokens=new_tokens,
+        min_new_tokens=new_tokens,
+        do_sample=True,
+        temperature=1.0,
+        top_k=0,
+        top_p=1.0,
+    )
+
+    def run(rows: list[list[int]]) -> int:
+        torch.manual_seed(0)
+        out = model.generate_batch(
+            inputs=rows, generation_config=config, progress_bar=False, persistent_manager=True
+        )
+        return sum(len(o.generated_tokens) for o in out.values())
+
+    return {
+        f"b{b}": tokens_per_s(lambda: run(ids[:b])),
+        f"b{2 * b}": tokens_per_s(lambda: run(ids[: 2 * b])),
+        f"{b // k}x{k}": tokens_per_s(lambda: run([r for r in ids[: b // k] for _ in range(k)])),
+    }
 
 
 if __name__ == "__main__":
