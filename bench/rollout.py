@@ -274,9 +274,9 @@ def options(args) -> None:
         rows["torch.compile (dynamic)"] = measure(engine)
     print(f"bf16 engine, {T} new tokens, temperature 1, {torch.get_num_threads()} threads")
     shapes = list(next(iter(rows.values())))
-    print(f"{'option':32}" + "".join(f"{s:>10}" for s in shapes))
+    print(f"{'option':38}" + "".join(f"{s:>10}" for s in shapes))
     for name, r in rows.items():
-        print(f"{name:32}" + "".join(f"{r[s]:10.1f}" for s in shapes))
+        print(f"{name:38}" + "".join(f"{r[s]:10.1f}" for s in shapes))
     if extra:
         print(f"torch.compile: first call (compilation) {extra['compile_s']} s")
     print(
