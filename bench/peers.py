@@ -6,10 +6,24 @@ from __future__ import annotations
 import torch
 
 
-def hf_generate(model, tokenizer, rows: list[list[int]], *, new_tokens: int, device="cpu") -> int:
-    """Response tokens produced by one `model.generate` call over left-padded prompt ids."""
+def peer_sampling(new_tokens: int, **kw):
+    """transformers' GenerationConfig of the peers: temperature 1 over the full vocabulary,
+    every row made to write all `new_tokens`."""
     from transformers import GenerationConfig
 
+    return GenerationConfig(
+        max_new_tokens=new_tokens,
+        min_new_tokens=new_tokens,
+        do_sample=True,
+        temperature=1.0,
+        top_k=0,
+        top_p=1.0,
+        **kw,
+    )
+
+
+def hf_generate(model, tokenizer, rows: list[list[int]], *, new_tokens: int, device="cpu") -> int:
+    """Response tokens produced by one `model.generate` call over left-padded prompt ids."""
     from instructrl import rollout
 
     eos = sorted(rollout.eos_token_ids(model, tokenizer))
@@ -19,15 +33,8 @@ def hf_generate(model, tokenizer, rows: list[list[int]], *, new_tokens: int, dev
         out = model.generate(
             input_ids=input_ids.to(device),
             attention_mask=mask.long().to(device),
-            generation_config=GenerationConfig(
-                max_new_tokens=new_tokens,
-                min_new_tokens=new_tokens,
-                do_sample=True,
-                temperature=1.0,
-                top_k=0,
-                top_p=1.0,
-                pad_token_id=tokenizer.pad_token_id,
-                eos_token_id=eos,
+            generation_config=peer_sampling(
+                new_tokens, pad_token_id=tokenizer.pad_token_id, eos_token_id=eos
             ),
         )
     new = out[:, input_ids.shape[1] :].tolist()

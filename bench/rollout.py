@@ -296,20 +296,11 @@ def continuous_batching(policy, ids: list[list[int]], *, b: int, k: int, new_tok
     (it has no shared prefill; repeated prompts are separate requests), its manager kept between
     calls so that its start-up is paid in the warm-up call. Sampling at temperature
     1 over the full vocabulary, every request made to write all its new tokens."""
-    import transformers
-
     from instructrl import rollout
 
     model = rollout.low_precision_copy(policy, "bf16")
     model.set_attn_implementation("paged|sdpa")
-    config = transformers.GenerationConfig(
-        max_new_tokens=new_tokens,
-        min_new_tokens=new_tokens,
-        do_sample=True,
-        temperature=1.0,
-        top_k=0,
-        top_p=1.0,
-    )
+    config = peers.peer_sampling(new_tokens)
 
     def run(rows: list[list[int]]) -> int:
         torch.manual_seed(0)
