@@ -4,7 +4,15 @@ RM and PPO on that run's records under each shipped accelerate config in one pro
 shard, DeepSpeed ZeRO-2, ZeRO-3). For each check: exit status, seconds, peak GPU memory
 (nvidia-smi, CUDA context included) and, on failure, the last error lines.
 
-    python bench/gpu_paths.py [--smoke] [--only NAME,...]
+    python bench/gpu_paths.py [--smoke] [--only NAME,...] [--shape DIR]
+
+--records DIR: a work folder an earlier run left (its tiny-model/ and runs/tiny/): the stage
+checks use its records and the loop is not run (the loop's simulated labelers need a MiniLM
+package, 83 MB, that a machine without network may not have).
+--shape DIR: then PPO on a random-weight model of DIR's config and tokenizer (e.g. the default
+model's directory: SmolLM2-135M's shape; random weights are fine for time and memory), with a
+reward model built from it: 2 iterations of 64 episodes (minibatch 16, 48 new tokens) in one
+process plain and under each DeepSpeed config, each with seconds per iteration and peak memory.
 
 --smoke: the same code on CPU without accelerate configs (checks the script, not the GPU).
 DeepSpeed needs `pip install '.[deepspeed]'`; a bare GPU image can take it as wheels (README,
@@ -25,6 +33,8 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 SMOKE = "--smoke" in sys.argv
 ONLY = sys.argv[sys.argv.index("--only") + 1].split(",") if "--only" in sys.argv else None
+SHAPE = sys.argv[sys.argv.index("--shape") + 1] if "--shape" in sys.argv else None
+RECORDS = sys.argv[sys.argv.index("--records") + 1] if "--records" in sys.argv else None
 OUT = Path(os.environ.get("OUT", "/tmp/out"))
 WORK = Path(os.environ.get("GPU_PATHS_WORK", "/tmp/gpu_paths"))
 TIMEOUT_S = int(os.environ.get("GPU_PATHS_TIMEOUT_S", "150"))
@@ -95,6 +105,8 @@ def check(name: str, cmd: list[str], expect_fail: str | None = None) -> dict:
         row["ok"] = rc == 0
     if not row["ok"]:
         lines = [x for x in err.splitlines() if x.strip()]
+        if "ChildFailedError" in err:  # the launcher's report: the failed process's own lines
+            lines = [x for x in lines if x.startswith("[rank")] or lines
         row["error"] = lines[-12:]
     results[name] = row
     print(name, json.dumps(row), flush=True)
@@ -112,7 +124,12 @@ def main() -> None:
 
     shutil.rmtree(WORK, ignore_errors=True)
     WORK.mkdir(parents=True)
-    model = make_tiny_model(WORK / "tiny-model", hidden_size=64)
+    if RECORDS:  # an earlier smoke run's model and records: the loop itself is not run here
+        shutil.copytree(Path(RECORDS) / "tiny-model", WORK / "tiny-model")
+        shutil.copytree(Path(RECORDS) / "runs", WORK / "runs")
+        model = WORK / "tiny-model"
+    else:
+        model = make_tiny_model(WORK / "tiny-model", hidden_size=64)
     try:
         import torch
 
@@ -122,8 +139,10 @@ def main() -> None:
         pass
     # 1. the whole loop in one process on the default device (CUDA where there is one)
     run = WORK / "runs" / "tiny"
-    row = check(
-        "run", instructrl("run", "configs/tiny.yaml", f"model={model}", f"root={run.parent}")
+    row = (
+        check("run", instructrl("run", "configs/tiny.yaml", f"model={model}", f"root={run.parent}"))
+        if not RECORDS
+        else {}
     )
     if row.get("ok"):
         first = rundir.read_metrics(run / "ppo" / "metrics.jsonl")[0]
@@ -132,7 +151,14 @@ def main() -> None:
         print("run: PPO's KL at its first iteration", row["ppo_first_kl"], flush=True)
     if not (run / "rm" / "model.safetensors").exists():
         raise SystemExit("the tiny run left no reward model: the stage checks need its records")
-    configs = [None] if SMOKE else ["fsdp.yaml", "deepspeed-zero2.yaml", "deepspeed-zero3.yaml"]
+    configs = [None] if SMOKE or RECORDS else []
+    configs += [] if SMOKE else ["fsdp.yaml"]
+    try:  # DeepSpeed runs on CPUs too (its CPU accelerator, gloo)
+        import deepspeed  # noqa: F401
+
+        configs += ["deepspeed-zero2.yaml", "deepspeed-zero3.yaml"]
+    except ImportError:
+        print("deepspeed is not installed: its checks are left out", flush=True)
     for config in configs:
         tag = (config or "plain.yaml").removesuffix(".yaml")
         out = WORK / tag
@@ -165,7 +191,6 @@ def main() -> None:
                 config=config,
             ),
         )
-        deepspeed = config is not None and config.startswith("deepspeed")
         check(
             f"{tag}/ppo",
             instructrl(
@@ -181,11 +206,61 @@ def main() -> None:
                 "checkpoint_every=1",
                 config=config,
             ),
-            expect_fail="under DeepSpeed: not supported yet" if deepspeed else None,
         )
+        if results.get(f"{tag}/ppo", {}).get("ok"):  # the reference equals the policy at first
+            first = rundir.read_metrics(out / "ppo" / "metrics.jsonl")[0]
+            results[f"{tag}/ppo"]["first_kl"] = first.get("ppo/kl")
+    if SHAPE:
+        shaped(configs)
     OUT.mkdir(parents=True, exist_ok=True)
     (OUT / "gpu_paths.json").write_text(json.dumps(results, indent=2))
     print(json.dumps(results))
+
+
+def shaped(configs: list[str | None]) -> None:
+    """PPO iterations on a random-weight model of SHAPE's config: time and peak memory."""
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    from instructrl import models, rundir
+
+    policy_dir, rm_dir = WORK / "shape-policy", WORK / "shape-rm"
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(SHAPE))
+    tokenizer = AutoTokenizer.from_pretrained(SHAPE)
+    model.save_pretrained(policy_dir)
+    tokenizer.save_pretrained(policy_dir)
+    rm = models.new_reward_model(str(policy_dir), dtype=torch.float32)
+    models.save_reward_model(rm, tokenizer, rm_dir, bias=0.0)
+    n_params = sum(p.numel() for p in model.parameters())
+    results["shape"] = {"config": SHAPE, "parameters": n_params}
+    del model, rm
+    for config in [c for c in configs if c is None or c.startswith("deepspeed")]:
+        tag = "shape/" + (config or "plain.yaml").removesuffix(".yaml")
+        out = WORK / tag
+        row = check(
+            tag,
+            instructrl(
+                "ppo",
+                f"policy={policy_dir}",
+                f"reward={rm_dir}",
+                f"out={out}",
+                "iterations=2",
+                "batch_size=64" if not SMOKE else "batch_size=4",
+                "minibatch_size=16" if not SMOKE else "minibatch_size=2",
+                "max_new_tokens=48" if not SMOKE else "max_new_tokens=4",
+                "ptx=none",
+                "checkpoint_every=0",
+                "freeze_layers=0",
+                "share_trunk=false",
+                config=config,
+            ),
+        )
+        if row.get("ok"):
+            rows = rundir.read_metrics(out / "metrics.jsonl")
+            row["iteration_s"] = [round(r["ppo/iteration_s"], 2) for r in rows]
+            row["first_kl"] = rows[0].get("ppo/kl")
+            print(tag, "seconds per iteration", row["iteration_s"], flush=True)
 
 
 if __name__ == "__main__":

@@ -286,6 +286,25 @@ def position_ids(attention_mask: Any) -> Any:
     return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
 
 
+@contextmanager
+def whole_weights() -> Iterator[None]:
+    """Build models with whole (unpartitioned) weights even under a DeepSpeed ZeRO-3 config:
+    accelerate registers that config with transformers, whose `from_pretrained` and
+    `from_config` then partition every new model (`deepspeed.zero.Init`). For a model that no
+    DeepSpeed engine runs, e.g. the rollout engine's own copy of the policy."""
+    try:
+        from transformers.integrations import deepspeed as hf_deepspeed
+    except ImportError:  # transformers without its DeepSpeed integration
+        yield
+        return
+    ref = hf_deepspeed._hf_deepspeed_config_weak_ref
+    hf_deepspeed._hf_deepspeed_config_weak_ref = None
+    try:
+        yield
+    finally:
+        hf_deepspeed._hf_deepspeed_config_weak_ref = ref
+
+
 def unwrap(model: Any) -> Any:
     """The module inside DDP / accelerate wrappers (peft models stay peft models)."""
     return getattr(model, "module", model)
@@ -493,7 +512,7 @@ def save_reward_model(
     full = state_dict if state_dict is not None else model.state_dict()
     prefix = f"backbone.{backbone.base_model_prefix}."
     weights = {
-        k[len("backbone.") :]: v.detach().contiguous()
+        k[len("backbone.") :]: _own_storage(v.detach())
         for k, v in full.items()
         if k.startswith(prefix)
     }
@@ -501,7 +520,7 @@ def save_reward_model(
         raise ValueError(
             f"save_reward_model: no backbone weights under {prefix!r} (an unmerged adapter?)"
         )
-    weights["score.weight"] = full["head.weight"].detach().float().reshape(1, -1).contiguous()
+    weights["score.weight"] = _own_storage(full["head.weight"].detach().float().reshape(1, -1))
     offset = float(bias) + float(full["head.bias"].detach().float().reshape(()))
     pad_id = pooling_pad_id(tokenizer)
 
@@ -526,6 +545,13 @@ def save_reward_model(
     config.save_pretrained(out)
     tokenizer.save_pretrained(out)
     return out
+
+
+def _own_storage(tensor: Any) -> Any:
+    """The tensor, copied when it is a view into a larger buffer (DeepSpeed ZeRO-3 gathers
+    parameters into flat buffers), which safetensors refuses to write."""
+    tensor = tensor.contiguous()
+    return tensor if tensor.untyped_storage().nbytes() == tensor.nbytes else tensor.clone()
 
 
 def pooling_pad_id(tokenizer: Any) -> int | None:

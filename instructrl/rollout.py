@@ -375,7 +375,7 @@ def _empty_copy(model, dtype: Any = None) -> Any:
     from transformers import AutoModelForCausalLM
 
     device = next(model.parameters()).device
-    with torch.device(device):
+    with torch.device(device), models.whole_weights():
         copy_model = AutoModelForCausalLM.from_config(model.config)
     copy_model = copy_model.to(dtype or next(model.parameters()).dtype).eval().requires_grad_(False)
     return models.contiguous_unembedding(copy_model)

@@ -214,12 +214,16 @@ def save_hf_model(
     *,
     merge: bool = True,
     extra_files: dict[str, str] | None = None,
+    state_dict: dict[str, Any] | None = None,
 ) -> Path:
     """Save a plain HF directory atomically (LoRA merged unless merge=False). Every process
     calls it: gathering a sharded (FSDP / ZeRO-3) state dict is a collective; the main process
-    writes, and all return once the directory is in place."""
+    writes, and all return once the directory is in place. `state_dict`: the model's weights,
+    already gathered (a model trained inside another module's engine)."""
     accelerator.wait_for_everyone()
-    full = accelerator.get_state_dict(model)  # all ranks: a collective under FSDP / ZeRO-3
+    full = (  # all ranks: a collective under FSDP / ZeRO-3
+        accelerator.get_state_dict(model) if state_dict is None else state_dict
+    )
     if accelerator.is_main_process:
         _write_hf_model(accelerator.unwrap_model(model), full, tokenizer, out, merge, extra_files)
     accelerator.wait_for_everyone()

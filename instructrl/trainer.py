@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
+import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -31,20 +32,37 @@ log = logging.getLogger(__name__)
 
 def make_accelerator(cfg: TrainConfig, gradient_accumulation_steps: int = 1) -> Any:
     from accelerate import Accelerator
+    from accelerate.utils import InitProcessGroupKwargs
 
     device = models.pick_device(cfg.device)
     on_gpu = device.startswith("cuda")
     native_bf16 = on_gpu or (cfg.cpu_bf16 and models.cpu_has_bf16())
+    # DeepSpeed runs on CPUs too (its CPU accelerator, gloo), which is how the CPU tests
+    # exercise the ZeRO paths; accelerate ignores a DeepSpeed config when told cpu=True, and
+    # without a named backend counts one process where DeepSpeed started several. There the
+    # accelerate config's precision holds (DeepSpeed casts the weights; bf16 is emulated, slowly,
+    # on a CPU without AVX512-BF16 or AMX)
+    deepspeed_on_cpu = not on_gpu and launched_with_deepspeed()
+    if deepspeed_on_cpu:
+        native_bf16 = os.environ.get("ACCELERATE_MIXED_PRECISION", "no") == "bf16"
     mixed_precision = "bf16" if cfg.bf16 and native_bf16 else "no"
     _precision_of_this_stage(mixed_precision)
     return Accelerator(
-        cpu=not on_gpu,
+        cpu=not on_gpu and not deepspeed_on_cpu,
+        kwargs_handlers=[InitProcessGroupKwargs(backend="gloo")] if deepspeed_on_cpu else None,
         mixed_precision=mixed_precision,
         gradient_accumulation_steps=gradient_accumulation_steps,
         # our schedules count optimizer steps: one scheduler step per optimizer step, not one
         # per process (accelerate's default, which would run the schedule P times as fast)
         step_scheduler_with_optimizer=False,
     )
+
+
+def launched_with_deepspeed() -> bool:
+    """Whether `accelerate launch` was given a DeepSpeed config."""
+    from accelerate.utils import str_to_bool
+
+    return bool(str_to_bool(os.environ.get("ACCELERATE_USE_DEEPSPEED", "false")))
 
 
 def _precision_of_this_stage(mixed_precision: str) -> None:
@@ -59,7 +77,7 @@ def _precision_of_this_stage(mixed_precision: str) -> None:
         AcceleratorState._reset_state(reset_partial_state=False)
 
 
-def _deepspeed(accelerator: Any) -> bool:
+def uses_deepspeed(accelerator: Any) -> bool:
     from accelerate.utils import DistributedType
 
     return accelerator.distributed_type == DistributedType.DEEPSPEED
@@ -69,22 +87,15 @@ def configure_deepspeed(accelerator: Any, *, micro_batch_size: int, grad_clip: f
     """Under DeepSpeed, write into its config what it cannot read from us before `prepare`: we
     feed micro-batches ourselves (no DataLoader for accelerate to take their size from), and
     DeepSpeed clips gradients itself (at `gradient_clipping`). A no-op otherwise."""
-    if not _deepspeed(accelerator):
+    if not uses_deepspeed(accelerator):
         return
     ds = accelerator.state.deepspeed_plugin.deepspeed_config
     ds["train_micro_batch_size_per_gpu"] = micro_batch_size
     ds["train_batch_size"] = micro_batch_size * accelerator.num_processes
     ds["gradient_accumulation_steps"] = 1
-    if grad_clip > 0:
-        ds["gradient_clipping"] = grad_clip
+    ds["gradient_clipping"] = grad_clip  # 0: none (accelerate would fill in 1.0 for "auto")
     if ds.get("zero_optimization", {}).get("stage") == 3:  # we write whole HF model directories
         ds["zero_optimization"]["stage3_gather_16bit_weights_on_model_save"] = True
-
-
-def refuse_deepspeed(accelerator: Any, what: str) -> None:
-    """A clear error where a loop does not fit DeepSpeed yet, instead of a silent misbehaviour."""
-    if _deepspeed(accelerator):
-        raise UserError(f"{what} under DeepSpeed: not supported yet; use DDP or FSDP")
 
 
 def is_sharded(accelerator: Any) -> bool:
@@ -93,7 +104,77 @@ def is_sharded(accelerator: Any) -> bool:
 
     if accelerator.distributed_type == DistributedType.FSDP:
         return True
-    return _deepspeed(accelerator) and (accelerator.state.deepspeed_plugin.zero_stage == 3)
+    return zero3(accelerator)
+
+
+def zero3(accelerator: Any) -> bool:
+    """Whether this is DeepSpeed ZeRO-3."""
+    return uses_deepspeed(accelerator) and accelerator.state.deepspeed_plugin.zero_stage == 3
+
+
+def zero3_adopt(accelerator: Any, model: Any) -> Any:
+    """Under ZeRO-3, make the parameters that transformers did not create partitioned (the
+    reward and value models' scalar head, built after `from_pretrained`) ZeRO parameters too,
+    in the dtype of the partitioned ones. accelerate tells transformers about a ZeRO-3 config
+    whatever `zero3_init_flag` says, so `from_pretrained` loads every backbone as shards
+    (`deepspeed.zero.Init`); DeepSpeed then neither casts nor partitions a module that holds
+    some ZeRO parameters, and its optimizer set-up stops on the mixed dtypes. A no-op otherwise."""
+    if not zero3(accelerator):
+        return model
+    import deepspeed
+    from deepspeed.runtime.zero.partition_parameters import is_zero_param
+
+    params = list(model.parameters())
+    dtypes = {p.dtype for p in params if is_zero_param(p)}
+    plain = [p for p in params if not is_zero_param(p)]
+    if not plain or len(dtypes) != 1:  # none partitioned yet: DeepSpeed's engine does it all
+        return model
+    dtype = dtypes.pop()
+    for p in plain:
+        p.data = p.data.to(dtype)
+    deepspeed.zero.Init(module=model, config_dict_or_path=_deepspeed_config(accelerator))
+    return model
+
+
+def prepare_frozen(accelerator: Any, model: Any) -> Any:
+    """A model that only scores (PPO's reference and reward model), placed as the trained
+    models are: under DeepSpeed an inference engine (ZeRO-3: each process holds a shard; other
+    stages: a whole copy in DeepSpeed's precision; the pattern TRL and DeepSpeed-Chat use),
+    elsewhere the model itself under the prepared models' autocast (autocast_like_prepared)."""
+    if not uses_deepspeed(accelerator):
+        return autocast_like_prepared(accelerator, model)
+    import deepspeed
+
+    config = _deepspeed_config(accelerator)
+    zero = config.setdefault("zero_optimization", {})
+    if zero.get("stage") == 3:
+        zero3_adopt(accelerator, model)
+        hidden = getattr(model.config, "hidden_size", None)
+        if hidden:  # DeepSpeed's inference settings for a frozen ZeRO-3 model (as in TRL)
+            zero["stage3_param_persistence_threshold"] = 10 * hidden
+            zero["stage3_prefetch_bucket_size"] = 0
+    else:
+        zero.clear()
+        zero["stage"] = 0
+    for key in ("optimizer", "scheduler", "gradient_clipping"):
+        config.pop(key, None)
+    engine, *_ = deepspeed.initialize(model=model, config=config)
+    engine.eval()
+    return engine
+
+
+def _deepspeed_config(accelerator: Any) -> dict[str, Any]:
+    """A copy of DeepSpeed's config with its batch sizes made numbers ("auto" until a trained
+    model is prepared; DeepSpeed refuses "auto" elsewhere)."""
+    import copy
+
+    config = copy.deepcopy(accelerator.state.deepspeed_plugin.deepspeed_config)
+    micro = config.get("train_micro_batch_size_per_gpu")
+    micro = micro if isinstance(micro, int) else 1
+    config["train_micro_batch_size_per_gpu"] = micro
+    config["train_batch_size"] = micro * accelerator.num_processes
+    config["gradient_accumulation_steps"] = 1
+    return config
 
 
 def full_state_dict(accelerator: Any, model: Any) -> dict[str, Any]:
@@ -113,9 +194,13 @@ def full_state_dict(accelerator: Any, model: Any) -> dict[str, Any]:
         everywhere = FullStateDictConfig(offload_to_cpu=False, rank0_only=False)
         with FSDP.state_dict_type(model, StateDictType.FULL_STATE_DICT, everywhere):
             return model.state_dict()
-    if is_sharded(accelerator):  # ZeRO-3: PPO refuses DeepSpeed before it gets here
-        raise UserError("whole weights on every process under DeepSpeed ZeRO-3: not supported yet")
-    return models.unwrap(model).state_dict()
+    inner = models.unwrap(model)
+    if zero3(accelerator):  # every process gathers every shard (a collective)
+        import deepspeed
+
+        with deepspeed.zero.GatheredParameters(list(inner.parameters())):
+            return {k: v.detach().clone() for k, v in inner.state_dict().items()}
+    return inner.state_dict()
 
 
 def autocast_like_prepared(accelerator: Any, model: Any) -> Any:
@@ -176,9 +261,22 @@ def freeze_lower(model: Any, n_layers: int) -> None:
         layer.requires_grad_(False)
 
 
-def make_optimizer(model: Any, cfg: TrainConfig, lr: float | None = None) -> torch.optim.Optimizer:
-    params = [p for p in model.parameters() if p.requires_grad]
-    if not params:
+def make_optimizer(
+    model: Any,
+    cfg: TrainConfig,
+    lr: float | None = None,
+    *,
+    groups: list[tuple[Any, float]] | None = None,
+) -> torch.optim.Optimizer:
+    """AdamW over the trainable parameters of `model` at `lr` (default cfg.lr), or over
+    several `groups` of (module, lr), one parameter group each."""
+    groups = groups or [(model, lr or cfg.lr)]
+    param_groups = [
+        {"params": [p for p in module.parameters() if p.requires_grad], "lr": group_lr}
+        for module, group_lr in groups
+    ]
+    params = [p for g in param_groups for p in g["params"]]
+    if not all(g["params"] for g in param_groups):
         raise ValueError("no trainable parameters (check freeze_layers and lora)")
     # torch's fused kernel where it has one (CPU, CUDA), as transformers' Trainer uses: one pass
     # over each tensor instead of foreach's temporaries the size of all trainable parameters
@@ -186,8 +284,8 @@ def make_optimizer(model: Any, cfg: TrainConfig, lr: float | None = None) -> tor
     # the same update to 1e-6
     fused = all(p.device.type in ("cpu", "cuda") and p.is_floating_point() for p in params)
     return torch.optim.AdamW(
-        params,
-        lr=lr or cfg.lr,
+        param_groups,
+        lr=param_groups[0]["lr"],
         betas=(cfg.beta1, cfg.beta2),
         weight_decay=cfg.weight_decay,
         fused=fused or None,
@@ -293,13 +391,14 @@ class Evaluation:
 def setup(accelerator: Any, cfg: SupervisedConfig, model: Any, n_examples: int) -> Supervised:
     """Optimizer, schedule length (epochs or max_steps) and cosine schedule for a model whose
     trainable parameters are chosen (prepare_model), all prepared by accelerate."""
-    if _deepspeed(accelerator) and cfg.grad_accum > 1:
+    if uses_deepspeed(accelerator) and cfg.grad_accum > 1:
         raise UserError(
             f"grad_accum={cfg.grad_accum} under DeepSpeed: not supported yet (accelerate's backward "
             f"steps the DeepSpeed engine every micro-batch); use grad_accum=1 with a larger "
             f"batch_size, or DDP / FSDP"
         )
     configure_deepspeed(accelerator, micro_batch_size=cfg.batch_size, grad_clip=cfg.grad_clip)
+    zero3_adopt(accelerator, model)
     optimizer = make_optimizer(model, cfg)
     per_epoch = steps_per_epoch(
         n_examples, cfg.batch_size, cfg.grad_accum, accelerator.num_processes

@@ -3,7 +3,7 @@ it): every process samples and evaluates the same 8 episodes (same prompts, same
 its contiguous share, computes advantages (whitened over every process's tokens) and runs
 update(); the main process saves the updated policy and value weights and the update's stats.
 
-    python tests/ppo_update_worker.py MODEL_DIR OUT_DIR
+    python tests/ppo_update_worker.py MODEL_DIR OUT_DIR [KEY=VALUE ...]
 """
 
 from __future__ import annotations
@@ -71,7 +71,8 @@ def main(model_dir: str, out: str) -> None:
         "ptx": "none",
         "checkpoint_every": 0,
     }
-    cfg = load_config(PPOConfig, [f"{k}={v}" for k, v in settings.items()])
+    overrides = [f"{k}={v}" for k, v in settings.items()] + sys.argv[3:]
+    cfg = load_config(PPOConfig, overrides)
     acc = trainer.make_accelerator(cfg)
     torch.manual_seed(0)
     tok = models.load_tokenizer(model_dir)
@@ -90,13 +91,16 @@ def main(model_dir: str, out: str) -> None:
     mine = share(whole, torch.arange(len(PROMPTS)).chunk(acc.num_processes)[acc.process_index])
     advantages, returns, _, _ = t.advantages(mine)
     stats = t.update(mine, advantages, returns, seed=0)
+    weights = {  # every process: gathered from the shards under ZeRO-3
+        name: trainer.full_state_dict(acc, model)
+        for name, model in (("policy", t.policy), ("value", t.value_model))
+    }
     if acc.is_main_process:
         path = Path(out)
         path.mkdir(parents=True, exist_ok=True)
-        for name, model in (("policy", t.policy), ("value", t.value_model)):
-            weights = models.unwrap(model).state_dict()
+        for name, state in weights.items():
             save_file(  # cloned: tied embeddings share memory
-                {k: v.detach().clone().contiguous() for k, v in weights.items()},
+                {k: v.detach().float().clone().contiguous() for k, v in state.items()},
                 path / f"{name}.safetensors",
             )
         tokens = [int(m.sum()) for m in mine.response_mask]

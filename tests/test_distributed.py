@@ -26,19 +26,33 @@ def _port() -> int:
         return s.getsockname()[1]
 
 
-def launch(processes: int, *args: str, script: str | None = None) -> subprocess.CompletedProcess:
+ACCELERATE_CONFIGS = Path(__file__).resolve().parent.parent / "configs" / "accelerate"
+
+
+def launch(
+    processes: int, *args: str, script: str | None = None, config: str | None = None
+) -> subprocess.CompletedProcess:
     """`instructrl ARGS` (or `python SCRIPT ARGS`) in `processes` processes (torchrun when
-    more than one)."""
+    more than one; `accelerate launch` with the shipped accelerate CONFIG when given)."""
     env = {**os.environ, "OMP_NUM_THREADS": "1", "INSTRUCTRL_PROGRESS_EVERY": "0"}
     head = [sys.executable]
-    if processes > 1:
+    if config is not None:
+        head += [
+            "-m",
+            "accelerate.commands.launch",
+            "--config_file",
+            str(ACCELERATE_CONFIGS / config),
+        ]
+        head += [f"--num_processes={processes}", f"--main_process_port={_port()}"]
+        head += ["--num_cpu_threads_per_process=1"]
+    elif processes > 1:
         head += [
             "-m",
             "torch.distributed.run",
             f"--nproc_per_node={processes}",
             f"--master_port={_port()}",
         ]
-    program = [script] if script else ["-m", "instructrl.cli"]
+    program = [script] if script else (["--module"] if config else ["-m"]) + ["instructrl.cli"]
     try:
         done = subprocess.run(
             [*head, *program, *args],
@@ -250,3 +264,91 @@ def test_run_in_two_processes_writes_each_output_once(tiny_model_dir, tmp_path):
     for name, kind in (("samples/rm.jsonl", "sample"), ("rankings/train.jsonl", "comparison")):
         assert len(read_records(runs[2] / name, kind)) == len(read_records(runs[1] / name, kind))
     assert (runs[2] / "eval" / "report.html").is_file()
+
+
+def needs_deepspeed() -> None:
+    pytest.importorskip(
+        "deepspeed", reason="DeepSpeed is not installed (make install installs it, CPU build)"
+    )
+
+
+@pytest.mark.parametrize("config", ["deepspeed-zero2.yaml", "deepspeed-zero3.yaml"])
+def test_rm_under_deepspeed_in_two_processes_equals_one_plain_process(
+    config, tiny_model_dir, demos, tmp_path
+):
+    """The RM fine-tuned under DeepSpeed (its CPU accelerator, gloo) in 2 processes: the same
+    losses and saved weights as one plain process with the whole batch. Under ZeRO-3 the
+    backbone loads as shards while the score head does not (an H200 run stopped on their
+    mixed dtypes), and the saved weights are gathered from the shards."""
+    needs_deepspeed()
+    responses = ["Paris.", "It is Paris, in France.", "London.", "I do not know, sorry."]
+    comps = [
+        {"prompt_id": f"p{i}", "prompt": f"Q {i}?", "responses": responses, "ranking": [0, 1, 2, 3]}
+        for i in range(8)
+    ]
+    data = tmp_path / "c.jsonl"
+    data.write_text("".join(json.dumps(c) + "\n" for c in comps))
+    common = [f"model={tiny_model_dir}", f"data={data}", f"demos={demos}", "batch_size=2"]
+    common += ["epochs=1", "val_fraction=0", "lr=1e-3", "head_only=false", "checkpoint_every=0"]
+    common += ["bf16=false"]  # fp32 on both sides (the shipped DeepSpeed configs ask for bf16)
+    launch(1, "rm", *common, "grad_accum=2", f"out={tmp_path / 'one'}")
+    launch(2, "rm", *common, "grad_accum=1", f"out={tmp_path / 'ds'}", config=config)
+    diff = max_diff(tmp_path / "one" / "model.safetensors", tmp_path / "ds" / "model.safetensors")
+    assert diff < 1e-5, f"weights differ by {diff:.3g}"
+    one, ds = (rundir.read_metrics(tmp_path / d / "metrics.jsonl") for d in ("one", "ds"))
+    assert [r.get("rm/loss") for r in ds] == pytest.approx(
+        [r.get("rm/loss") for r in one], abs=1e-5
+    )
+
+
+@pytest.mark.parametrize("config", ["deepspeed-zero2.yaml", "deepspeed-zero3.yaml"])
+def test_ppo_update_under_deepspeed_in_two_processes_equals_one_plain_process(
+    config, tiny_model_dir, tmp_path
+):
+    """PPO under DeepSpeed: policy and value in one engine (one backward of both losses, one
+    AdamW with a parameter group each), the reference as a DeepSpeed inference engine (ZeRO-3:
+    shards), sampling from a gathered copy under ZeRO-3. In 2 processes with half the episodes
+    each it gives the weights of one plain process holding them all (grad_clip=0: DeepSpeed
+    clips over both models at once)."""
+    needs_deepspeed()
+    worker = str(Path(__file__).parent / "ppo_update_worker.py")
+    # DeepSpeed clips policy and value together (one engine): no clipping on either side, and
+    # a smaller step, so that all-reduce rounding stays below 1e-5 in unclipped Adam steps
+    settings = ["grad_clip=0", "lr=1e-3", "value_lr=1e-3", "bf16=false"]
+    launch(1, str(tiny_model_dir), str(tmp_path / "one"), *settings, script=worker)
+    launch(2, str(tiny_model_dir), str(tmp_path / "ds"), *settings, script=worker, config=config)
+    for name in ("policy", "value"):
+        diff = max_diff(
+            tmp_path / "one" / f"{name}.safetensors", tmp_path / "ds" / f"{name}.safetensors"
+        )
+        assert diff < 1e-5, f"{name}: weights differ by {diff:.3g}"
+
+
+def test_rm_under_deepspeed_zero3_in_bf16_trains_and_saves_a_loadable_model(
+    tiny_model_dir, demos, tmp_path
+):
+    """The shipped ZeRO-3 config in bf16: transformers loads the backbone as bf16 shards, the
+    score head is built whole in fp32 after it; DeepSpeed's optimizer set-up stopped on those
+    mixed dtypes (on an H200) until the head was made a ZeRO parameter too. The saved model
+    loads outside DeepSpeed and scores."""
+    needs_deepspeed()
+    import torch
+
+    from instructrl import models
+
+    data = tmp_path / "c.jsonl"
+    rows = [
+        {
+            "prompt": f"Q {i}?",
+            "responses": ["Yes.", "No, never.", "Maybe so."],
+            "ranking": [0, 1, 2],
+        }
+        for i in range(4)
+    ]
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    args = [f"model={tiny_model_dir}", f"data={data}", f"demos={demos}", "batch_size=2"]
+    args += ["epochs=1", "val_fraction=0", "head_only=false", "checkpoint_every=0"]
+    launch(1, "rm", *args, f"out={tmp_path / 'rm'}", config="deepspeed-zero3.yaml")
+    rm = models.load_reward_model(tmp_path / "rm", dtype=torch.float32)
+    ids = torch.tensor([[1, 2, 3, 4]])
+    assert torch.isfinite(rm(ids, torch.ones_like(ids))).all()

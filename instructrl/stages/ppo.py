@@ -121,6 +121,15 @@ def logprob_gap(r: Rollout) -> float:
     return losses.masked_mean(gap, r.response_mask).item()
 
 
+class PolicyAndValue(torch.nn.Module):
+    """Policy and value model in one module, for engines that train one model (DeepSpeed).
+    The loop calls each by name; this module's own forward is never used."""
+
+    def __init__(self, policy: Any, value: Any):
+        super().__init__()
+        self.policy, self.value = policy, value
+
+
 class PPOTrainer:
     """Holds the models and optimizers; `step(prompt_ids)` runs one PPO iteration."""
 
@@ -165,23 +174,29 @@ class PPOTrainer:
                 else 1.0
             )
 
-        policy_opt = trainer.make_optimizer(policy, cfg, lr=cfg.lr)
-        value_opt = trainer.make_optimizer(value_model, cfg, lr=cfg.value_lr)
-        policy_sched = torch.optim.lr_scheduler.LambdaLR(policy_opt, warm)
-        value_sched = torch.optim.lr_scheduler.LambdaLR(value_opt, warm)
-        (
-            self.policy,
-            self.value_model,
-            self.policy_opt,
-            self.value_opt,
-            self.policy_sched,
-            self.value_sched,
-        ) = accelerator.prepare(
-            policy, value_model, policy_opt, value_opt, policy_sched, value_sched
-        )
-        # the reference computes as the prepared policy does (same autocast): KL 0 at the start
+        self.joint = None  # under DeepSpeed: the one engine that trains policy and value
+        if trainer.uses_deepspeed(accelerator):
+            self._prepare_deepspeed(policy, value_model, warm)
+        else:
+            policy_opt = trainer.make_optimizer(policy, cfg, lr=cfg.lr)
+            value_opt = trainer.make_optimizer(value_model, cfg, lr=cfg.value_lr)
+            policy_sched = torch.optim.lr_scheduler.LambdaLR(policy_opt, warm)
+            value_sched = torch.optim.lr_scheduler.LambdaLR(value_opt, warm)
+            (
+                self.policy,
+                self.value_model,
+                self.policy_opt,
+                self.value_opt,
+                policy_sched,
+                value_sched,
+            ) = accelerator.prepare(
+                policy, value_model, policy_opt, value_opt, policy_sched, value_sched
+            )
+            self.schedulers = [policy_sched, value_sched]
+        # the reference computes as the prepared policy does (same autocast, or DeepSpeed's
+        # precision and placement): KL 0 at the start
         self.ref_policy = (
-            None if ref_policy is None else trainer.autocast_like_prepared(accelerator, ref_policy)
+            None if ref_policy is None else trainer.prepare_frozen(accelerator, ref_policy)
         )
         self.kl_ctl = (
             losses.AdaptiveKLController(cfg.kl_coef, cfg.kl_target, cfg.kl_horizon)
@@ -206,6 +221,30 @@ class PPOTrainer:
             accelerator.register_for_checkpointing(self.ema)
         self.iteration = 0
 
+    def _prepare_deepspeed(self, policy: Any, value_model: Any, warm: Callable) -> None:
+        """DeepSpeed takes one model per engine and accelerate one engine per accelerator, so
+        one module holds policy and value (TRL's PolicyAndValueWrapper): one AdamW with a
+        parameter group each (lr, value_lr), one backward of both losses per minibatch (their
+        parameters are disjoint, so each gets the gradient it gets alone), the gradient norm
+        clipped over both. The warmup schedule is ours, stepped once per iteration (DeepSpeed
+        would step a prepared one every minibatch)."""
+        cfg, acc = self.cfg, self.accelerator
+        if cfg.ema_decay and trainer.zero3(acc):
+            raise UserError(
+                "ppo: ema_decay under DeepSpeed ZeRO-3: not supported yet; use ema_decay=0"
+            )
+        trainer.configure_deepspeed(acc, micro_batch_size=self.minibatch, grad_clip=cfg.grad_clip)
+        joint = trainer.zero3_adopt(acc, PolicyAndValue(policy, value_model))
+        optimizer = trainer.make_optimizer(
+            joint, cfg, groups=[(policy, cfg.lr), (value_model, cfg.value_lr)]
+        )
+        schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, warm)
+        self.joint, self.policy_opt = acc.prepare(joint, optimizer)
+        acc.register_for_checkpointing(schedule)
+        inner = models.unwrap(self.joint)
+        self.policy, self.value_model, self.value_opt = inner.policy, inner.value, None
+        self.schedulers = [schedule]
+
     # ------------------------------------------------------------------ rollout
     @torch.no_grad()
     def sample(self, prompt_ids: list[list[int]], seed: int) -> Rollout:
@@ -218,8 +257,10 @@ class PPOTrainer:
         # engine's are kept to measure the gap and weight the loss (rollout.tis_cap)
         # under mixed precision (bf16 autocast on GPU) a cached decode's logits differ from a
         # full forward's by bf16 rounding (1e-3 nats): the training model recomputes them there
-        reuse_own = cfg.reuse_rollout_logprobs and not getattr(
-            self.accelerator, "native_amp", False
+        reuse_own = (
+            cfg.reuse_rollout_logprobs
+            and not getattr(self.accelerator, "native_amp", False)
+            and self.joint is None  # DeepSpeed: bf16 weights, rounded as under autocast
         )
         reuse = (reuse_own or not self.engine.exact) and not cfg.stop
         policy.eval()
@@ -436,11 +477,8 @@ class PPOTrainer:
                     loss, stats = self.policy_objective(
                         r, idx, advantages, self.ptx_batch(rng), tokens
                     )
-                acc.backward(loss)
-                if cfg.grad_clip > 0:
-                    acc.clip_grad_norm_(self.policy.parameters(), cfg.grad_clip)
-                self.policy_opt.step()
-                self.policy_opt.zero_grad(set_to_none=True)
+                if self.joint is None:
+                    self._optimizer_step(loss, self.policy, self.policy_opt)
                 with acc.autocast():
                     values = response_values(
                         self.value_model,
@@ -458,20 +496,26 @@ class PPOTrainer:
                         clip=cfg.value_clip,
                         tokens=tokens,
                     )
-                acc.backward(v_loss)
-                if cfg.grad_clip > 0:
-                    acc.clip_grad_norm_(self.value_model.parameters(), cfg.grad_clip)
-                self.value_opt.step()
-                self.value_opt.zero_grad(set_to_none=True)
+                if self.joint is None:
+                    self._optimizer_step(v_loss, self.value_model, self.value_opt)
+                else:  # one engine: DeepSpeed clips and steps inside accelerate's backward
+                    acc.backward(loss + v_loss)
                 for k, v in {**stats, **v_stats}.items():
                     sums[k] = sums.get(k, 0.0) + float(v)
                 n += 1
-        self.policy_sched.step()
-        self.value_sched.step()
+        for schedule in self.schedulers:
+            schedule.step()
         self.engine.sync(models.unwrap(self.policy))
         if self.ema is not None:
             self.ema.update(models.unwrap(self.policy))
         return {k: v / n for k, v in sums.items()}
+
+    def _optimizer_step(self, loss: torch.Tensor, model: Any, optimizer: Any) -> None:
+        self.accelerator.backward(loss)
+        if self.cfg.grad_clip > 0:
+            self.accelerator.clip_grad_norm_(model.parameters(), self.cfg.grad_clip)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
 
     # ------------------------------------------------------------------ one iteration
     def step(self, prompt_ids: list[list[int]]) -> tuple[dict[str, float], Rollout]:
@@ -509,7 +553,7 @@ class PPOTrainer:
             response_length=lengths.mean().item(),
             ended_frac=rollout.ended.float().mean().item(),
             logprob_gap=logprob_gap(rollout),
-            lr=self.policy_sched.get_last_lr()[0],
+            lr=self.schedulers[0].get_last_lr()[0],
             iteration_s=time.perf_counter() - start,
             sample_s=sampled - start,  # where an iteration's time goes
             evaluate_s=evaluated - sampled,
@@ -583,7 +627,6 @@ def run(cfg: PPOConfig) -> Path:
     out.mkdir(parents=True, exist_ok=True)
     save_config(cfg, out / "config.yaml")
     accelerator = trainer.make_accelerator(cfg)
-    trainer.refuse_deepspeed(accelerator, "ppo (two trained models: policy and value)")
     torch.manual_seed(cfg.seed)
     tokenizer = models.load_tokenizer(cfg.policy)
     rm_tokenizer = models.load_tokenizer(cfg.reward)
@@ -615,7 +658,9 @@ def run(cfg: PPOConfig) -> Path:
         ref_policy=ref,
         value_model=value_model,
         tokenizer=tokenizer,
-        score_fn=reward_model_scorer(rm),
+        score_fn=reward_model_scorer(
+            trainer.prepare_frozen(accelerator, rm) if trainer.uses_deepspeed(accelerator) else rm
+        ),
         ptx=load_ptx(cfg, tokenizer),
         trunk_layers=trunk_layers,
     )
@@ -756,12 +801,25 @@ def finish(ppo: PPOTrainer, out: Path) -> Path:
     policy = acc.unwrap_model(ppo.policy)
     if ppo.ema is not None:
         ppo.ema.copy_to(policy)
+    parts: dict[str, dict[str, Any]] = {"policy": {}, "value": {}}
+    if ppo.joint is not None:  # DeepSpeed: both models' weights from their one engine
+        for key, tensor in acc.get_state_dict(ppo.joint).items():  # a collective under ZeRO-3
+            part, _, name = key.partition(".")
+            parts[part][name] = tensor
     source = rundir.save_hf_model(
-        acc, ppo.policy, ppo.tokenizer, out / ".final", merge=cfg.lora.merge
+        acc,
+        ppo.policy,
+        ppo.tokenizer,
+        out / ".final",
+        merge=cfg.lora.merge,
+        state_dict=parts["policy"] if ppo.joint is not None else None,
     )
     value = acc.unwrap_model(ppo.value_model)
     merged = hasattr(value.backbone, "merge_and_unload")  # reward-model form: always merged
-    full = None if merged else acc.get_state_dict(ppo.value_model)  # a collective when sharded
+    if ppo.joint is not None:
+        full = parts["value"]
+    else:
+        full = None if merged else acc.get_state_dict(ppo.value_model)  # a collective if sharded
     if acc.is_main_process:
         if merged:
             value.backbone = value.backbone.merge_and_unload()

@@ -296,6 +296,11 @@ def run(cfg: RMConfig) -> Path:
             where=cfg.heldout_data,
         )[0]
 
+    if cfg.head_only and trainer.zero3(accelerator):
+        raise UserError(
+            "rm: head_only=true under DeepSpeed ZeRO-3: the frozen backbone's features need whole "
+            "weights, which ZeRO-3 shards; use head_only=false, or ZeRO-2 / FSDP / DDP"
+        )
     model = models.new_reward_model(cfg.model, dtype=torch.float32)
     scorer = None  # the model itself, unless the head reads bf16 features (rm.quantize)
     if features_dtype(cfg, accelerator.device) is not None:
