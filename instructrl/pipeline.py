@@ -23,7 +23,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from instructrl import __version__, data, trainer
+from instructrl import __version__, data, models, trainer
 from instructrl.config import (
     EvalConfig,
     GenerateConfig,
@@ -158,7 +158,13 @@ class Runner:
         self.barrier()
         self._say(f"[bold]{'resume' if resuming else 'run'}[/bold] {name}")
         start = time.perf_counter()
-        figures = (fn(path) if every_process or self.main else None) or {}
+        if every_process:
+            figures = fn(path) or {}
+        elif self.main:  # one process: models load whole even under a ZeRO-3 config (loading
+            with models.whole_weights():  # them as shards would wait for the others)
+                figures = fn(path) or {}
+        else:
+            figures = {}
         wall = time.perf_counter() - start
         self.barrier()
         manifest.update(complete=True, wall_s=round(wall, 1), figures=figures)

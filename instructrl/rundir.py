@@ -250,7 +250,13 @@ def _write_hf_model(
         full = model.state_dict()
     tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
-    state = {k: v.detach().to(torch.float32).contiguous() for k, v in full.items()}
+    # tied weights (SmolLM2's embedding and unembedding) once, as save_pretrained writes them
+    # from a module's own state dict: a gathered one (DeepSpeed) holds a separate copy of each
+    names: dict[int, list[str]] = {}
+    for name, param in model.named_parameters(remove_duplicate=False):
+        names.setdefault(id(param), []).append(name)
+    tied = {name for group in names.values() for name in group[1:]}
+    state = {k: v.detach().to(torch.float32).contiguous() for k, v in full.items() if k not in tied}
     model.save_pretrained(tmp, state_dict=state, safe_serialization=True)
     tokenizer.save_pretrained(tmp)
     for name, text in (extra_files or {}).items():

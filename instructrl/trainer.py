@@ -23,7 +23,6 @@ import torch
 
 from instructrl import models
 from instructrl.config import SupervisedConfig, TrainConfig
-from instructrl.errors import UserError
 from instructrl.progress import progress_bar
 from instructrl.rundir import Checkpointer, MetricsLog, open_trackers
 
@@ -92,7 +91,7 @@ def configure_deepspeed(accelerator: Any, *, micro_batch_size: int, grad_clip: f
     ds = accelerator.state.deepspeed_plugin.deepspeed_config
     ds["train_micro_batch_size_per_gpu"] = micro_batch_size
     ds["train_batch_size"] = micro_batch_size * accelerator.num_processes
-    ds["gradient_accumulation_steps"] = 1
+    ds["gradient_accumulation_steps"] = 1  # we mark each step's last backward (sync_gradients)
     ds["gradient_clipping"] = grad_clip  # 0: none (accelerate would fill in 1.0 for "auto")
     if ds.get("zero_optimization", {}).get("stage") == 3:  # we write whole HF model directories
         ds["zero_optimization"]["stage3_gather_16bit_weights_on_model_save"] = True
@@ -391,12 +390,6 @@ class Evaluation:
 def setup(accelerator: Any, cfg: SupervisedConfig, model: Any, n_examples: int) -> Supervised:
     """Optimizer, schedule length (epochs or max_steps) and cosine schedule for a model whose
     trainable parameters are chosen (prepare_model), all prepared by accelerate."""
-    if uses_deepspeed(accelerator) and cfg.grad_accum > 1:
-        raise UserError(
-            f"grad_accum={cfg.grad_accum} under DeepSpeed: not supported yet (accelerate's backward "
-            f"steps the DeepSpeed engine every micro-batch); use grad_accum=1 with a larger "
-            f"batch_size, or DDP / FSDP"
-        )
     configure_deepspeed(accelerator, micro_batch_size=cfg.batch_size, grad_clip=cfg.grad_clip)
     zero3_adopt(accelerator, model)
     optimizer = make_optimizer(model, cfg)
@@ -507,9 +500,12 @@ def _train_step(run: Supervised, step: int, loss_fn: LossFn) -> tuple[dict[str, 
     )
     sums: dict[str, float] = {}
     tokens, counted = 0, 0
+    deepspeed = uses_deepspeed(acc)
     for k, batch in enumerate(slots):
         weight = acc.num_processes / real if batch else 0.0
         sync = k == len(slots) - 1
+        if deepspeed:  # its engine accumulates until the backward marked as the boundary,
+            acc.sync_gradients = sync  # then clips and steps inside accelerate's backward
         with contextlib.nullcontext() if sync else acc.no_sync(run.model), acc.autocast():
             loss, stats, n_tokens = loss_fn(batch or batches[0])
             acc.backward(loss * weight)

@@ -266,9 +266,45 @@ def test_run_in_two_processes_writes_each_output_once(tiny_model_dir, tmp_path):
     assert (runs[2] / "eval" / "report.html").is_file()
 
 
+def three_way_rankings(path: Path) -> Path:
+    """Four prompts, each with three ranked responses."""
+    rows = [
+        {
+            "prompt": f"Q {i}?",
+            "responses": ["Yes.", "No, never.", "Maybe so."],
+            "ranking": [0, 1, 2],
+        }
+        for i in range(4)
+    ]
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
 def needs_deepspeed() -> None:
     pytest.importorskip(
         "deepspeed", reason="DeepSpeed is not installed (make install installs it, CPU build)"
+    )
+
+
+@pytest.mark.parametrize("config", ["deepspeed-zero2.yaml", "deepspeed-zero3.yaml"])
+def test_sft_under_deepspeed_with_grad_accum_and_an_uneven_last_step_equals_one_plain_process(
+    config, tiny_model_dir, demos, tmp_path
+):
+    """SFT under DeepSpeed with gradient accumulation: its engine accumulates until the step's
+    last backward (marked through accelerate's sync_gradients) and steps once; 2 processes with
+    2 micro-batches a step, the second with none in the last step, give one plain process's
+    weights and losses (micro-batches of 2, 4 a step: as in the plain 2-process test)."""
+    needs_deepspeed()
+    common = [f"model={tiny_model_dir}", f"data={demos}", "batch_size=2", "epochs=1"]
+    common += ["val_fraction=0", "lr=1e-2", "checkpoint_every=0", "bf16=false"]
+    launch(1, "sft", *common, "grad_accum=4", f"out={tmp_path / 'one'}")
+    launch(2, "sft", *common, "grad_accum=2", f"out={tmp_path / 'ds'}", config=config)
+    diff = max_diff(tmp_path / "one" / "model.safetensors", tmp_path / "ds" / "model.safetensors")
+    assert diff < 1e-5, f"weights differ by {diff:.3g}"
+    one, ds = (rundir.read_metrics(tmp_path / d / "metrics.jsonl") for d in ("one", "ds"))
+    assert [r["step"] for r in ds] == [r["step"] for r in one]
+    assert [r.get("sft/loss") for r in ds] == pytest.approx(
+        [r.get("sft/loss") for r in one], abs=1e-5
     )
 
 
@@ -324,6 +360,19 @@ def test_ppo_update_under_deepspeed_in_two_processes_equals_one_plain_process(
         assert diff < 1e-5, f"{name}: weights differ by {diff:.3g}"
 
 
+def test_rm_head_only_under_deepspeed_zero3_equals_a_plain_process(tiny_model_dir, demos, tmp_path):
+    """head_only under ZeRO-3: the frozen backbone's features come from whole weights (loaded
+    unpartitioned, no engine), so the fitted head is the plain run's."""
+    needs_deepspeed()
+    data = three_way_rankings(tmp_path / "c.jsonl")
+    args = [f"model={tiny_model_dir}", f"data={data}", f"demos={demos}", "val_fraction=0"]
+    args += ["head_only=true", "head_epochs=20", "checkpoint_every=0", "bf16=false"]
+    launch(1, "rm", *args, f"out={tmp_path / 'one'}")
+    launch(1, "rm", *args, f"out={tmp_path / 'ds'}", config="deepspeed-zero3.yaml")
+    diff = max_diff(tmp_path / "one" / "model.safetensors", tmp_path / "ds" / "model.safetensors")
+    assert diff < 1e-5, f"weights differ by {diff:.3g}"
+
+
 def test_rm_under_deepspeed_zero3_in_bf16_trains_and_saves_a_loadable_model(
     tiny_model_dir, demos, tmp_path
 ):
@@ -336,19 +385,35 @@ def test_rm_under_deepspeed_zero3_in_bf16_trains_and_saves_a_loadable_model(
 
     from instructrl import models
 
-    data = tmp_path / "c.jsonl"
-    rows = [
-        {
-            "prompt": f"Q {i}?",
-            "responses": ["Yes.", "No, never.", "Maybe so."],
-            "ranking": [0, 1, 2],
-        }
-        for i in range(4)
-    ]
-    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    data = three_way_rankings(tmp_path / "c.jsonl")
     args = [f"model={tiny_model_dir}", f"data={data}", f"demos={demos}", "batch_size=2"]
     args += ["epochs=1", "val_fraction=0", "head_only=false", "checkpoint_every=0"]
     launch(1, "rm", *args, f"out={tmp_path / 'rm'}", config="deepspeed-zero3.yaml")
     rm = models.load_reward_model(tmp_path / "rm", dtype=torch.float32)
     ids = torch.tensor([[1, 2, 3, 4]])
     assert torch.isfinite(rm(ids, torch.ones_like(ids))).all()
+
+
+@pytest.mark.parametrize("config", ["deepspeed-zero3.yaml"])
+def test_run_under_deepspeed_in_two_processes_writes_what_one_plain_process_writes(
+    config, tiny_model_dir, tmp_path
+):
+    """`instructrl run` under ZeRO-3 in 2 processes: labeling, sampling and evaluation in the
+    main process load their models whole (as shards they would wait for the other process and
+    hang), PPO's gathered weights reach the main process only; each stage runs and writes once,
+    the same files as a plain run."""
+    needs_deepspeed()
+    tiny = Path(__file__).resolve().parent.parent / "configs" / "tiny.yaml"
+    launch(1, "run", str(tiny), f"model={tiny_model_dir}", f"root={tmp_path / 'one'}")
+    done = launch(
+        2, "run", str(tiny), f"model={tiny_model_dir}", f"root={tmp_path / 'ds'}", config=config
+    )
+    assert done.stderr.count("headline figures") == 1
+    assert len(re.findall(r"^run (\S+)", done.stderr, re.MULTILINE)) == 8
+    for stage in ("demos", "sft", "samples", "rankings", "rm", "ppo", "ppo-ptx", "eval"):
+        one, ds = (
+            sorted(p.name for p in (tmp_path / d / "tiny" / stage).iterdir()) for d in ("one", "ds")
+        )
+        assert one == ds, stage
+        manifest = json.loads((tmp_path / "ds" / "tiny" / stage / "manifest.json").read_text())
+        assert manifest["complete"] is True

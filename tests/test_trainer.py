@@ -143,18 +143,6 @@ def _rows(out):
     return read_metrics(out / "metrics.jsonl")
 
 
-def test_deepspeed_is_refused_where_the_loops_do_not_fit_it(tmp_path):
-    from types import SimpleNamespace
-
-    from accelerate.utils import DistributedType
-
-    from instructrl.errors import UserError
-
-    ds = SimpleNamespace(distributed_type=DistributedType.DEEPSPEED, num_processes=1)
-    with pytest.raises(UserError, match="grad_accum=2 under DeepSpeed"):
-        trainer.setup(ds, _cfg(tmp_path, grad_accum=2), _linear(), n_examples=4)
-
-
 def test_deepspeed_config_gets_what_prepare_cannot_read_from_us():
     """No DataLoader passes through accelerate.prepare, so DeepSpeed's micro-batch size comes
     from us (on an H200 prepare refused without it); it clips at grad_clip; ZeRO-3 gathers

@@ -803,7 +803,8 @@ def finish(ppo: PPOTrainer, out: Path) -> Path:
         ppo.ema.copy_to(policy)
     parts: dict[str, dict[str, Any]] = {"policy": {}, "value": {}}
     if ppo.joint is not None:  # DeepSpeed: both models' weights from their one engine
-        for key, tensor in acc.get_state_dict(ppo.joint).items():  # a collective under ZeRO-3
+        # a collective under ZeRO-3, whose gathered weights only the main process receives
+        for key, tensor in (acc.get_state_dict(ppo.joint) or {}).items():
             part, _, name = key.partition(".")
             parts[part][name] = tensor
     source = rundir.save_hf_model(

@@ -8,6 +8,7 @@ training, a bias is set so that the demonstrations score 0 on average.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 from pathlib import Path
@@ -296,16 +297,14 @@ def run(cfg: RMConfig) -> Path:
             where=cfg.heldout_data,
         )[0]
 
-    if cfg.head_only and trainer.zero3(accelerator):
-        raise UserError(
-            "rm: head_only=true under DeepSpeed ZeRO-3: the frozen backbone's features need whole "
-            "weights, which ZeRO-3 shards; use head_only=false, or ZeRO-2 / FSDP / DDP"
-        )
-    model = models.new_reward_model(cfg.model, dtype=torch.float32)
-    scorer = None  # the model itself, unless the head reads bf16 features (rm.quantize)
-    if features_dtype(cfg, accelerator.device) is not None:
-        scorer = bf16_scorer(cfg, model)
-        log.info("reward model features in bf16 (rm.quantize=%s)", cfg.quantize)
+    # head_only: no engine trains the backbone, whose features need its whole weights (under
+    # a ZeRO-3 config transformers would load it as shards)
+    with models.whole_weights() if cfg.head_only else contextlib.nullcontext():
+        model = models.new_reward_model(cfg.model, dtype=torch.float32)
+        scorer = None  # the model itself, unless the head reads bf16 features (rm.quantize)
+        if features_dtype(cfg, accelerator.device) is not None:
+            scorer = bf16_scorer(cfg, model)
+            log.info("reward model features in bf16 (rm.quantize=%s)", cfg.quantize)
     if cfg.head_only:
         splits = {"train": train, "val": val, "heldout": heldout}
         state = fit_head(
@@ -449,7 +448,8 @@ def _finish(
         "max_length": cfg.max_length,
         **({"dtype": "bfloat16"} if scorer is not None else {}),
     }
-    full = None if merged else accelerator.get_state_dict(model)  # a collective when sharded
+    # a collective when sharded; head_only trains no prepared model
+    full = None if merged or cfg.head_only else accelerator.get_state_dict(model)
     if accelerator.is_main_process:
         tmp = out / ".final"
         models.save_reward_model(inner, tokenizer, tmp, bias=bias, extra=info, state_dict=full)
