@@ -111,6 +111,8 @@ def test_sft_in_two_processes_killed_and_resumed_equals_a_straight_run(
     import signal
     import time
 
+    import psutil
+
     common = [f"model={tiny_model_dir}", f"data={demos}", "batch_size=1", "epochs=30"]
     common += ["val_fraction=0", "lr=1e-3", "checkpoint_every=10", "dropout=0.1"]
     launch(2, "sft", *common, f"out={tmp_path / 'straight'}")
@@ -122,17 +124,26 @@ def test_sft_in_two_processes_killed_and_resumed_equals_a_straight_run(
         env=env,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
-        start_new_session=True,  # its own process group: the kill reaches every rank
     )
     deadline = time.monotonic() + TIMEOUT_S
     while not list((out / "checkpoints").glob(f"step-*/{rundir.STATE_FILE}")):
         assert proc.poll() is None and time.monotonic() < deadline, "no checkpoint appeared"
         time.sleep(0.02)
-    os.killpg(proc.pid, signal.SIGKILL)
+    # torchrun starts each worker in a session of its own, so killing torchrun's group would
+    # leave the workers running on (finishing the run the resumed one should redo): kill each.
+    victims = [psutil.Process(proc.pid), *psutil.Process(proc.pid).children(recursive=True)]
+    assert len(victims) >= 3, "expected torchrun and its 2 workers"
+    for p in victims:
+        p.send_signal(signal.SIGKILL)
     proc.wait()
+    psutil.wait_procs(victims, timeout=30)
+    assert not any(p.is_running() and p.status() != psutil.STATUS_ZOMBIE for p in victims)
     assert not (out / "model.safetensors").exists()  # killed mid-run, not finished
     killed_at = rundir.read_metrics(out / "metrics.jsonl")[-1]["step"]
-    launch(2, "sft", *common, f"out={out}", "resume=true")
+    done = launch(2, "sft", *common, f"out={out}", "resume=true")
+    said = " ".join(done.stderr.split())  # rich wraps long log lines
+    resumed_at = [int(n) for n in re.findall(r"resumed from .*?\(step (\d+) of", said)]
+    assert resumed_at and 0 < resumed_at[0] <= killed_at, said[-2000:]  # not started afresh
     diff = max_diff(tmp_path / "straight" / "model.safetensors", out / "model.safetensors")
     assert diff < 1e-5, f"killed at step {killed_at} and resumed: weights differ by {diff:.3g}"
     straight, resumed = (
