@@ -102,48 +102,64 @@ def test_sft_two_processes_equal_one_with_an_uneven_last_step(tiny_model_dir, de
     assert one[0]["sft/train_examples"] == two[0]["sft/train_examples"] == 10
 
 
+def launch_and_kill(processes: int, *args: str, out: Path, config: str | None = None) -> int:
+    """Start `instructrl ARGS` as `launch` does, SIGKILL every process of it once `out` holds a
+    checkpoint, and return the last step its metrics logged."""
+    import signal
+    import time
+
+    import psutil
+
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "INSTRUCTRL_PROGRESS_EVERY": "0"}
+    if config is None:
+        head = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={processes}"]
+        head += [f"--master_port={_port()}", "-m"]
+    else:
+        head = [sys.executable, "-m", "accelerate.commands.launch", "--config_file"]
+        head += [str(ACCELERATE_CONFIGS / config), f"--num_processes={processes}"]
+        head += [f"--main_process_port={_port()}", "--num_cpu_threads_per_process=1", "--module"]
+    proc = subprocess.Popen(
+        [*head, "instructrl.cli", *args],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    deadline = time.monotonic() + TIMEOUT_S
+    while not list((out / "checkpoints").glob(f"*/{rundir.STATE_FILE}")):
+        assert proc.poll() is None and time.monotonic() < deadline, "no checkpoint appeared"
+        time.sleep(0.02)
+    # torchrun (also under accelerate launch) starts each worker in a session of its own, so
+    # killing the launcher's process group would leave the workers running on, finishing the
+    # run that the resumed one should redo: kill each process
+    victims = [psutil.Process(proc.pid), *psutil.Process(proc.pid).children(recursive=True)]
+    assert len(victims) > processes, f"expected the launcher and {processes} workers: {victims}"
+    for p in victims:
+        p.send_signal(signal.SIGKILL)
+    proc.wait()
+    psutil.wait_procs(victims, timeout=30)
+    assert not (out / "model.safetensors").exists()  # killed mid-run, not finished
+    return rundir.read_metrics(out / "metrics.jsonl")[-1]["step"]
+
+
+def assert_resumed(done: subprocess.CompletedProcess, killed_at: int) -> None:
+    """The run logged that it resumed from a checkpoint at or before `killed_at`."""
+    said = " ".join(done.stderr.split())  # rich wraps long log lines
+    steps = [int(n) for n in re.findall(r"resumed from .*?\((?:step|iteration) (\d+) of", said)]
+    assert steps and 0 < steps[0] <= killed_at, said[-2000:]  # not started afresh
+
+
 def test_sft_in_two_processes_killed_and_resumed_equals_a_straight_run(
     tiny_model_dir, demos, tmp_path
 ):
     """SIGKILL the whole 2-process run once a checkpoint exists, resume it in 2 processes:
     the same weights and metrics rows as a run never killed (both ranks' data positions and
     RNG states come back from the checkpoint)."""
-    import signal
-    import time
-
-    import psutil
-
     common = [f"model={tiny_model_dir}", f"data={demos}", "batch_size=1", "epochs=30"]
     common += ["val_fraction=0", "lr=1e-3", "checkpoint_every=10", "dropout=0.1"]
     launch(2, "sft", *common, f"out={tmp_path / 'straight'}")
     out = tmp_path / "killed"
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "INSTRUCTRL_PROGRESS_EVERY": "0"}
-    head = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2"]
-    proc = subprocess.Popen(
-        [*head, f"--master_port={_port()}", "-m", "instructrl.cli", "sft", *common, f"out={out}"],
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    deadline = time.monotonic() + TIMEOUT_S
-    while not list((out / "checkpoints").glob(f"step-*/{rundir.STATE_FILE}")):
-        assert proc.poll() is None and time.monotonic() < deadline, "no checkpoint appeared"
-        time.sleep(0.02)
-    # torchrun starts each worker in a session of its own, so killing torchrun's group would
-    # leave the workers running on (finishing the run the resumed one should redo): kill each.
-    victims = [psutil.Process(proc.pid), *psutil.Process(proc.pid).children(recursive=True)]
-    assert len(victims) >= 3, "expected torchrun and its 2 workers"
-    for p in victims:
-        p.send_signal(signal.SIGKILL)
-    proc.wait()
-    psutil.wait_procs(victims, timeout=30)
-    assert not any(p.is_running() and p.status() != psutil.STATUS_ZOMBIE for p in victims)
-    assert not (out / "model.safetensors").exists()  # killed mid-run, not finished
-    killed_at = rundir.read_metrics(out / "metrics.jsonl")[-1]["step"]
-    done = launch(2, "sft", *common, f"out={out}", "resume=true")
-    said = " ".join(done.stderr.split())  # rich wraps long log lines
-    resumed_at = [int(n) for n in re.findall(r"resumed from .*?\(step (\d+) of", said)]
-    assert resumed_at and 0 < resumed_at[0] <= killed_at, said[-2000:]  # not started afresh
+    killed_at = launch_and_kill(2, "sft", *common, f"out={out}", out=out)
+    assert_resumed(launch(2, "sft", *common, f"out={out}", "resume=true"), killed_at)
     diff = max_diff(tmp_path / "straight" / "model.safetensors", out / "model.safetensors")
     assert diff < 1e-5, f"killed at step {killed_at} and resumed: weights differ by {diff:.3g}"
     straight, resumed = (
@@ -186,7 +202,8 @@ def test_rm_two_processes_equal_one(tiny_model_dir, demos, tmp_path):
     )
 
 
-def test_ppo_processes_draw_disjoint_prompts(tiny_model_dir, tmp_path):
+def rm_and_prompts(tiny_model_dir: Path, tmp_path: Path) -> tuple[Path, Path]:
+    """A reward model with a random head on the tiny model, and 8 prompts p0..p7."""
     from instructrl import models
 
     rm = tmp_path / "rm"
@@ -200,6 +217,11 @@ def test_ppo_processes_draw_disjoint_prompts(tiny_model_dir, tmp_path):
     prompts.write_text(
         "".join(json.dumps({"id": f"p{i}", "prompt": f"Say hi {i}."}) + "\n" for i in range(8))
     )
+    return rm, prompts
+
+
+def test_ppo_processes_draw_disjoint_prompts(tiny_model_dir, tmp_path):
+    rm, prompts = rm_and_prompts(tiny_model_dir, tmp_path)
     out = tmp_path / "ppo"
     launch(
         2,
@@ -428,3 +450,33 @@ def test_run_under_deepspeed_in_two_processes_writes_what_one_plain_process_writ
         assert one == ds, stage
         manifest = json.loads((tmp_path / "ds" / "tiny" / stage / "manifest.json").read_text())
         assert manifest["complete"] is True
+
+
+@pytest.mark.parametrize("config", ["deepspeed-zero2.yaml", "deepspeed-zero3.yaml"])
+def test_ppo_under_deepspeed_killed_and_resumed_equals_a_straight_run(
+    config, tiny_model_dir, tmp_path
+):
+    """PPO-ptx in 2 DeepSpeed processes, every process SIGKILLed once a checkpoint exists and
+    the run resumed: the same weights and episodes as a run never killed (the engine's
+    optimizer state, each rank's data position and RNG streams, the KL controller and the
+    ptx stream come back from the checkpoint)."""
+    needs_deepspeed()
+    rm, prompts = rm_and_prompts(tiny_model_dir, tmp_path)
+    common = [f"policy={tiny_model_dir}", f"reward={rm}", f"prompts={prompts}", "batch_size=4"]
+    common += ["minibatch_size=2", "max_new_tokens=4", "iterations=6", "checkpoint_every=2"]
+    common += ["ptx=default", "ptx_batch_size=2", "bf16=false"]
+    launch(2, "ppo", *common, f"out={tmp_path / 'straight'}", config=config)
+    out = tmp_path / "killed"
+    killed_at = launch_and_kill(2, "ppo", *common, f"out={out}", out=out, config=config)
+    done = launch(2, "ppo", *common, f"out={out}", "resume=true", config=config)
+    assert_resumed(done, killed_at)
+    diff = max_diff(tmp_path / "straight" / "model.safetensors", out / "model.safetensors")
+    assert diff < 1e-5, f"killed at iteration {killed_at} and resumed: weights differ by {diff:.3g}"
+    straight, resumed = (
+        [
+            (r["step"], r["prompt_id"], r["response"])
+            for r in rundir.read_metrics(p / "rollouts.jsonl")
+        ]
+        for p in (tmp_path / "straight", out)
+    )
+    assert resumed == straight
