@@ -556,6 +556,12 @@ class EvalConfig:
     )
     limit: int = _f(0, "use only the first N prompts (0 = all)")
     adversarial_limit: int = _f(0, "use only the first N adversarial prompts (0 = all 129)")
+    samples_per_prompt: int = _f(
+        1,
+        "responses per prompt and policy, each judged against the baseline's response of the "
+        "same draw by its own labeler (CIs resample prompts): more comparisons for the "
+        "generation cost, as the paper's labelers compared several outputs per prompt",
+    )
     reward: str | None = _f(None, "reward model directory: adds the mean RM score per policy")
     human: str | None = _f(
         None,
@@ -613,6 +619,10 @@ class EvalConfig:
             )
         if self.best_of == 1 or self.best_of < 0:
             raise ConfigError(f"config: best_of: expected 0 (off) or K >= 2, got {self.best_of}")
+        if self.samples_per_prompt < 1:
+            raise ConfigError(
+                f"config: samples_per_prompt: expected N >= 1, got {self.samples_per_prompt}"
+            )
 
     @property
     def policy_pairs(self) -> list[tuple[str, str]]:

@@ -413,6 +413,12 @@ class Item:
     prompt: Prompt
     responses: list[str]
     finish_reasons: list[str | None]
+    key: str = ""  # who labels it and with what seed: the prompt's id unless set (another
+    # sample of the same prompt gets its own key, hence its own labeler and draw)
+
+    @property
+    def id(self) -> str:
+        return self.key or self.prompt.id
 
 
 class Panel:
@@ -446,11 +452,11 @@ class Panel:
         out = []
         for item in items:
             for k in range(labelers_per_item):
-                labeler = self.assign(item.prompt.id, k)
+                labeler = self.assign(item.id, k)
                 ranking = labeler.rank(
                     self.scores(labeler, item),
                     item.responses,
-                    seed=stable_seed(self.seed, labeler.name, item.prompt.id, "rank"),
+                    seed=stable_seed(self.seed, labeler.name, item.id, "rank"),
                 )
                 out.append(
                     Comparison(
@@ -472,7 +478,7 @@ class Panel:
         self.judge.prefetch([(it.prompt, r) for it in items for r in it.responses])
         out = []
         for item in items:
-            labeler = self.assign(item.prompt.id)
+            labeler = self.assign(item.id)
             for response, finish, score in zip(
                 item.responses, item.finish_reasons, self.scores(labeler, item), strict=True
             ):

@@ -55,28 +55,77 @@ def bootstrap_mean_ci(
     return bootstrap_ci(values, lambda sample: sum(sample) / n, reps=reps, seed=seed, alpha=alpha)
 
 
-def win_rate(outcomes: Sequence[float], *, seed: int = 0) -> dict[str, float | list[float] | int]:
-    """Outcomes per prompt: 1 win, 0 loss, 0.5 tie. Returns the rate, a 95 % bootstrap CI over
-    prompts, and n. (The paper's Figure 1 reports win rates against the SFT 175B baseline.)"""
+def cluster_mean_ci(
+    values: Sequence[float],
+    clusters: Sequence[Any],
+    *,
+    reps: int = 2000,
+    seed: int = 0,
+    alpha: float = 0.05,
+) -> tuple[float, float]:
+    """Percentile bootstrap interval of the mean when observations come in clusters (several
+    samples of one prompt): whole clusters are resampled, so correlation within a prompt does
+    not narrow the interval. One observation per cluster gives bootstrap_mean_ci's interval."""
+    if not values:
+        return (float("nan"), float("nan"))
+    sums: dict[Any, list[float]] = {}
+    for v, c in zip(values, clusters, strict=True):
+        sums.setdefault(c, [0.0, 0])
+        sums[c][0] += v
+        sums[c][1] += 1
+    groups = list(sums.values())
+
+    def mean(sample: list[list[float]]) -> float:
+        return sum(g[0] for g in sample) / sum(g[1] for g in sample)
+
+    return bootstrap_ci(groups, mean, reps=reps, seed=seed, alpha=alpha)
+
+
+def _sizes(values: Sequence[Any], clusters: Sequence[Any] | None) -> dict[str, int]:
+    """n (independent units: prompts) and, when prompts hold several observations, their count."""
+    if clusters is None:
+        return {"n": len(values)}
+    n = len(set(clusters))
+    return {"n": n} if n == len(values) else {"n": n, "observations": len(values)}
+
+
+def win_rate(
+    outcomes: Sequence[float], *, seed: int = 0, clusters: Sequence[Any] | None = None
+) -> dict[str, float | list[float] | int]:
+    """Outcomes per comparison: 1 win, 0 loss, 0.5 tie. Returns the rate, a 95 % bootstrap CI over
+    prompts (`clusters` names each outcome's prompt when a prompt has several), and n prompts.
+    (The paper's Figure 1 reports win rates against the SFT 175B baseline.)"""
     n = len(outcomes)
     rate = sum(outcomes) / n if n else float("nan")
-    lo, hi = bootstrap_mean_ci(list(outcomes), seed=seed)
-    return {"win_rate": rate, "ci95": [lo, hi], "n": n}
+    lo, hi = cluster_mean_ci(list(outcomes), clusters or range(n), seed=seed)
+    return {"win_rate": rate, "ci95": [lo, hi], **_sizes(outcomes, clusters)}
 
 
-def proportion(flags: Sequence[bool]) -> dict[str, float | list[float] | int]:
-    """Rate of True with its 95 % Wilson interval."""
+def proportion(
+    flags: Sequence[bool], *, clusters: Sequence[Any] | None = None, seed: int = 0
+) -> dict[str, float | list[float] | int]:
+    """Rate of True with its 95 % Wilson interval; with several observations of a prompt
+    (`clusters`), a bootstrap interval over prompts instead (Wilson's assumes independent draws)."""
     n = len(flags)
     k = sum(1 for f in flags if f)
-    return {"rate": k / n if n else float("nan"), "ci95": list(wilson(k, n)), "n": n}
+    sizes = _sizes(flags, clusters)
+    ci = (
+        wilson(k, n)
+        if sizes["n"] == n
+        else cluster_mean_ci([float(bool(f)) for f in flags], clusters or [], seed=seed)
+    )
+    return {"rate": k / n if n else float("nan"), "ci95": list(ci), **sizes}
 
 
-def mean_ci(values: Sequence[float], *, seed: int = 0) -> dict[str, float | list[float] | int]:
+def mean_ci(
+    values: Sequence[float], *, seed: int = 0, clusters: Sequence[Any] | None = None
+) -> dict[str, float | list[float] | int]:
+    """Mean with a 95 % bootstrap CI over prompts (`clusters`, as in win_rate)."""
     n = len(values)
     return {
         "mean": sum(values) / n if n else float("nan"),
-        "ci95": list(bootstrap_mean_ci(list(values), seed=seed)),
-        "n": n,
+        "ci95": list(cluster_mean_ci(list(values), clusters or range(n), seed=seed)),
+        **_sizes(values, clusters),
     }
 
 
@@ -159,18 +208,32 @@ def paired_difference(
 
 
 def by_category(
-    outcomes: Sequence[float], categories: Sequence[str | None], *, seed: int = 0
+    outcomes: Sequence[float],
+    categories: Sequence[str | None],
+    *,
+    seed: int = 0,
+    clusters: Sequence[Any] | None = None,
 ) -> dict[str, dict[str, Any]]:
     """Win rate (with its CI over prompts) of each category's outcomes."""
-    groups: dict[str, list[float]] = {}
-    for outcome, category in zip(outcomes, categories, strict=True):
-        groups.setdefault(category or "other", []).append(outcome)
-    return {c: win_rate(v, seed=seed) for c, v in sorted(groups.items())}
+    groups: dict[str, tuple[list[float], list[Any]]] = {}
+    keys = clusters if clusters is not None else range(len(outcomes))
+    for outcome, category, key in zip(outcomes, categories, keys, strict=True):
+        group = groups.setdefault(category or "other", ([], []))
+        group[0].append(outcome)
+        group[1].append(key)
+    return {
+        c: win_rate(v, seed=seed, clusters=None if clusters is None else k)
+        for c, (v, k) in sorted(groups.items())
+    }
 
 
-def identical_share(a: Sequence[str], b: Sequence[str]) -> dict[str, float | list[float] | int]:
-    """Share of prompts where two policies wrote exactly the same text (whitespace-stripped)."""
-    return proportion([x.strip() == y.strip() for x, y in zip(a, b, strict=True)])
+def identical_share(
+    a: Sequence[str], b: Sequence[str], *, clusters: Sequence[Any] | None = None
+) -> dict[str, float | list[float] | int]:
+    """Share of samples where two policies wrote exactly the same text (whitespace-stripped)."""
+    return proportion(
+        [x.strip() == y.strip() for x, y in zip(a, b, strict=True)], clusters=clusters
+    )
 
 
 def best_of(scores: Sequence[Sequence[float]]) -> list[int]:

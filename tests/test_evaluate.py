@@ -216,3 +216,71 @@ def test_eval_end_to_end_on_tiny_models(tiny_model_dir, tmp_path):
     assert logged.keys() == evaluate.summary_scalars(summary).keys()
     (chart,) = re.findall(r'alt="metadata from people" src="data:image/png;base64,([^"]+)"', html)
     assert base64.b64decode(chart).startswith(b"\x89PNG")
+
+
+def test_eval_with_several_samples_per_prompt(tiny_model_dir, tmp_path):
+    """samples_per_prompt=2: each policy answers every prompt twice (consecutive draws); each
+    draw is judged against the baseline's draw of the same index by the labeler its own key
+    names; intervals resample prompts, and n counts prompts."""
+    from instructrl.labelers import Item, Judge, Panel
+    from instructrl.testing import make_tiny_model
+
+    other = make_tiny_model(tmp_path / "other", seed=1)
+    rm = tmp_path / "rm"
+    models.save_reward_model(
+        models.new_reward_model(str(tiny_model_dir)),
+        models.load_tokenizer(str(tiny_model_dir)),
+        rm,
+        bias=0.0,
+    )
+    settings = [
+        f"policies=base:{tiny_model_dir},sft:{other}",
+        "baseline=sft",
+        "limit=5",
+        "adversarial_limit=3",
+        f"reward={rm}",
+        "best_of=2",
+        "sampling.max_new_tokens=6",
+        "ppl_chunks=2",
+        "ppl_length=32",
+        "agreement=false",
+    ]
+    one = evaluate.run(load_config(EvalConfig, [*settings, f"out={tmp_path / 'one'}"]))
+    cfg = load_config(EvalConfig, [*settings, "samples_per_prompt=2", f"out={tmp_path / 'two'}"])
+    two = evaluate.run(cfg)
+    gens = {
+        f.name.split("-")[0]: read_records(f, "sample")
+        for f in (two / "generations").iterdir()
+        if "best-of" not in f.name
+    }
+    prompts, adversarial = evaluate.load_eval_prompts(cfg)
+    ids = [p.id for p in prompts + adversarial]
+    for samples in gens.values():
+        assert [s.prompt_id for s in samples] == [i for i in ids for _ in range(2)]
+    summary = json.loads((two / "summary.json").read_text())
+    assert summary["prompts"] == 5 and summary["samples_per_prompt"] == 2
+    # the win rate by hand: draw j of each prompt against the baseline's draw j, labelled
+    # under the key "id" (j = 0) or "id#1" (j = 1)
+    panel = Panel("heldout", seed=cfg.seed, judge=Judge())
+    outcomes = []
+    for i, p in enumerate(prompts):
+        for j in range(2):
+            a, b = gens["base"][2 * i + j], gens["sft"][2 * i + j]
+            item = Item(p, [a.response, b.response], [a.finish_reason, b.finish_reason])
+            item.key = p.id if j == 0 else f"{p.id}#1"
+            (c,) = panel.rank([item])
+            outcomes.append(evaluate._outcome(c.ranks(), 0, 1))
+    heldout = summary["win_rates"]["base"]["heldout"]
+    assert heldout["win_rate"] == pytest.approx(sum(outcomes) / 10)
+    assert (heldout["n"], heldout["observations"]) == (5, 10)
+    assert heldout["ci95"] == pytest.approx(
+        list(stats.cluster_mean_ci(outcomes, [p.id for p in prompts for _ in range(2)]))
+    )
+    assert (summary["likert"]["base"]["n"], summary["likert"]["base"]["observations"]) == (5, 10)
+    assert summary["rm_score"]["base"]["observations"] == 10
+    assert summary["best_of"]["rm"]["n"] == 5  # against the baseline's first draw of each prompt
+    # one sample a prompt: the figures of before, n prompts and no observations key
+    first = json.loads((one / "summary.json").read_text())
+    assert first["win_rates"]["base"]["heldout"]["n"] == 5
+    assert "observations" not in first["win_rates"]["base"]["heldout"]
+    assert "n = 5 prompts x 2" in (two / "report.html").read_text()

@@ -128,3 +128,47 @@ def test_identical_share_and_categories_and_pairs():
     assert 1.0 <= diff["ci95"][0] <= diff["ci95"][1] <= 3.0
     with pytest.raises(ValueError, match="3 and 2 observations"):
         stats.paired_difference([1, 2, 3], [1, 2])
+
+
+def test_cluster_bootstrap_resamples_prompts_not_samples():
+    values = [0.0, 1.0, 1.0, 0.5, 1.0, 0.0, 1.0]
+    plain = stats.bootstrap_mean_ci(values, reps=300, seed=3)
+    # one observation per prompt: the plain bootstrap's interval, draw for draw
+    assert stats.cluster_mean_ci(values, range(7), reps=300, seed=3) == pytest.approx(plain)
+    # every prompt observed twice alike: still the interval of 7 prompts, where a bootstrap
+    # that took the 14 outcomes for independent ones would be narrower
+    doubled = [v for v in values for _ in range(2)]
+    clusters = [i for i in range(7) for _ in range(2)]
+    assert stats.cluster_mean_ci(doubled, clusters, reps=300, seed=3) == pytest.approx(plain)
+    naive = stats.bootstrap_mean_ci(doubled, reps=300, seed=3)
+    assert naive[1] - naive[0] < plain[1] - plain[0]
+    # clusters of unequal size against a loop written out here: the pooled mean of the
+    # observations of the resampled prompts
+    obs, keys = [1.0, 0.0, 0.0, 1.0, 1.0, 0.5], ["a", "a", "b", "c", "c", "c"]
+    groups = [[1.0, 0.0], [0.0], [1.0, 1.0, 0.5]]
+    rng = random.Random(4)
+    means = []
+    for _ in range(200):
+        picked = [groups[rng.randrange(3)] for _ in range(3)]
+        means.append(sum(sum(g) for g in picked) / sum(len(g) for g in picked))
+    means.sort()
+    expected = (means[int(0.025 * 200)], means[int(0.975 * 200)])
+    assert stats.cluster_mean_ci(obs, keys, reps=200, seed=4) == pytest.approx(expected)
+    # what the figures report: n prompts, and the observations when prompts have several
+    w = stats.win_rate(doubled, clusters=clusters)
+    assert w["win_rate"] == pytest.approx(4.5 / 7) and (w["n"], w["observations"]) == (7, 14)
+    assert "observations" not in stats.win_rate(values, clusters=range(7))
+    flags = [True, True, False, False, True, False]
+    p = stats.proportion(flags, clusters=[0, 0, 1, 1, 2, 2])
+    assert p["rate"] == 0.5 and (p["n"], p["observations"]) == (3, 6)
+    assert p["ci95"] == pytest.approx(
+        list(stats.cluster_mean_ci([1, 1, 0, 0, 1, 0], [0, 0, 1, 1, 2, 2]))
+    )
+    # one observation a prompt keeps Wilson's interval
+    assert stats.proportion(flags, clusters=range(6))["ci95"] == pytest.approx(
+        list(stats.wilson(3, 6))
+    )
+    m = stats.mean_ci(doubled, clusters=clusters)
+    assert m["mean"] == pytest.approx(4.5 / 7) and m["n"] == 7
+    by = stats.by_category(doubled, ["x"] * 8 + ["y"] * 6, clusters=clusters)
+    assert (by["x"]["n"], by["x"]["observations"], by["y"]["n"]) == (4, 8, 3)

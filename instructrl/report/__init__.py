@@ -47,20 +47,30 @@ def _plt():
     return pyplot()
 
 
+def _size(x: dict[str, Any]) -> str:
+    """A figure's n: its prompts, and its samples where prompts had several."""
+    return (
+        f"{x['n']} prompts x {x['observations'] // max(1, x['n'])}"
+        if x.get("observations")
+        else str(x["n"])
+    )
+
+
 def preference(
     summary: dict[str, Any], a: str, b: str, panel: str = "heldout"
 ) -> dict[str, Any] | None:
     """How often a is preferred to b, when one of them is the baseline."""
     wins, baseline = summary.get("win_rates", {}), summary.get("baseline")
+    sizes = ("n", "observations")
     if b == baseline and a in wins:
         w = wins[a][panel]
-        return {"rate": w["win_rate"], "ci95": w["ci95"], "n": w["n"]}
+        return {"rate": w["win_rate"], "ci95": w["ci95"], **{k: w[k] for k in sizes if k in w}}
     if a == baseline and b in wins:
         w = wins[b][panel]
         return {
             "rate": 1 - w["win_rate"],
             "ci95": [1 - w["ci95"][1], 1 - w["ci95"][0]],
-            "n": w["n"],
+            **{k: w[k] for k in sizes if k in w},
         }
     return None
 
@@ -91,7 +101,7 @@ def claims(summary: dict[str, Any]) -> list[dict[str, str]]:
         if p is None:
             rows.append(_claim(label, paper, None))
             continue
-        ours = f"{_pct(p['rate'])} {_ci(p['ci95'])} (n = {p['n']}, held-out labelers)"
+        ours = f"{_pct(p['rate'])} {_ci(p['ci95'])} (n = {_size(p)}, held-out labelers)"
         v = verdict(p["ci95"], p["n"], threshold=0.5, min_n=MIN_N["preference"])
         rows.append(_claim(label, paper, ours, v))
     rows.append(_rm_claim(summary))
@@ -333,7 +343,7 @@ def _rows(summary: dict[str, Any]) -> dict[str, list[list[Any]]]:
     names = list(samples[0]["responses"]) if samples else []
     return {
         "wins": [
-            [n, p, _pct(w["win_rate"]), _ci(w["ci95"]), w["n"]]
+            [n, p, _pct(w["win_rate"]), _ci(w["ci95"]), _size(w)]
             for n, by in summary.get("win_rates", {}).items()
             for p, w in by.items()
         ],
@@ -446,7 +456,7 @@ def markdown(summary: dict[str, Any], run: dict[str, Any] | None = None) -> str:
         w = by["heldout"]
         lines.append(
             f"| {name} vs {w['baseline']}, held-out labelers | {_pct(w['win_rate'])} "
-            f"{_ci(w['ci95'])} (n = {w['n']}) |"
+            f"{_ci(w['ci95'])} (n = {_size(w)}) |"
         )
     acc = (summary.get("rm") or {}).get("accuracy")
     if acc:

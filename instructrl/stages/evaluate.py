@@ -82,7 +82,9 @@ def _fingerprint(path: str) -> str:
 def generate_cached(
     name: str, path: str, prompts: list[Prompt], cfg: EvalConfig, out: Path
 ) -> list[Sample]:
-    """Generations for one policy; reused when model, prompts and sampling are unchanged."""
+    """Generations for one policy (cfg.samples_per_prompt per prompt, consecutive); reused when
+    model, prompts and sampling are unchanged."""
+    n = cfg.samples_per_prompt
     key = hashlib.sha256(
         json.dumps(
             {
@@ -91,6 +93,7 @@ def generate_cached(
                 "sampling": vars(cfg.sampling),
                 "rollout": vars(cfg.rollout),
                 "seed": cfg.seed,
+                **({"samples_per_prompt": n} if n > 1 else {}),
             },
             sort_keys=True,
             default=str,
@@ -111,6 +114,7 @@ def generate_cached(
         cfg.sampling,
         model_name=name,
         seed=cfg.seed,
+        samples_per_prompt=n,
         description=f"generate {name}",
     )
     write_records(target, samples)
@@ -134,12 +138,26 @@ def perplexity(
 def win_outcomes(
     panel: Panel, prompts: list[Prompt], ours: list[Sample], base: list[Sample]
 ) -> list[float]:
-    """Per prompt: 1 if the panel ranks our response first, 0 if the baseline's, 0.5 for a tie."""
+    """Per (prompt, draw) row: 1 if the panel ranks our response first, 0 if the baseline's,
+    0.5 for a tie. A prompt's later draws (rows repeating it) go to labelers by their own key."""
+    keys = draw_keys(prompts)
     items = [
-        Item(p, [a.response, b.response], [a.finish_reason, b.finish_reason])
-        for p, a, b in zip(prompts, ours, base, strict=True)
+        Item(p, [a.response, b.response], [a.finish_reason, b.finish_reason], key=k)
+        for p, a, b, k in zip(prompts, ours, base, keys, strict=True)
     ]
     return [_outcome(c.ranks(), 0, 1) for c in panel.rank(items)]
+
+
+def draw_keys(rows: list[Prompt]) -> list[str]:
+    """A key per row of prompts (each repeated once per sample): the prompt's id for its first
+    draw, `id#j` for draw j > 0, so that each draw gets its own labeler and seed."""
+    seen: dict[str, int] = defaultdict(int)
+    keys = []
+    for p in rows:
+        j = seen[p.id]
+        seen[p.id] += 1
+        keys.append(p.id if j == 0 else f"{p.id}#{j}")
+    return keys
 
 
 def _outcome(ranks: list[int], ours: int, base: int) -> float:
@@ -174,10 +192,11 @@ def truth_outcome(prompt: Prompt, response: str) -> str:
 
 
 def constraint_figures(prompts: list[Prompt], samples: list[Sample]) -> dict[str, Any]:
-    strict, per_kind = [], defaultdict(list)
+    strict, per_kind, clusters = [], defaultdict(list), []
     for p, s in zip(prompts, samples, strict=True):
         if not p.constraints:
             continue
+        clusters.append(p.id)
         base = next(
             (
                 c["prompt_text"]
@@ -191,27 +210,32 @@ def constraint_figures(prompts: list[Prompt], samples: list[Sample]) -> dict[str
         for c, ok in zip(p.constraints, results, strict=True):
             per_kind[c["kind"]].append(ok)
     return {
-        **stats.proportion(strict),
+        **stats.proportion(strict, clusters=clusters),
         "by_kind": {k: stats.proportion(v)["rate"] for k, v in sorted(per_kind.items())},
     }
 
 
 def metadata_figures(
-    ratings: list[Rating], closed_domain: list[bool], *, seed: int
+    ratings: list[Rating], closed_domain: list[bool], *, seed: int, by_prompt: bool = False
 ) -> tuple[dict[str, Any], dict[str, Any]]:
     """Mean Likert (bootstrap CI) and the Figure-4 flag rates (Wilson CIs) of some ratings;
     hallucination counts only on closed-domain prompts (`closed_domain[i]` for `ratings[i]`),
-    and a flag a rater left unset is not counted."""
+    and a flag a rater left unset is not counted. by_prompt: ratings of several samples of a
+    prompt, so the intervals resample prompts."""
     flags: dict[str, Any] = {}
     for flag in FIGURE4_FLAGS:
+        kept = [
+            r
+            for r, closed in zip(ratings, closed_domain, strict=True)
+            if flag in r.flags and (closed or flag != "hallucination")
+        ]
         flags[flag] = stats.proportion(
-            [
-                r.flags[flag]
-                for r, closed in zip(ratings, closed_domain, strict=True)
-                if flag in r.flags and (closed or flag != "hallucination")
-            ]
+            [r.flags[flag] for r in kept],
+            clusters=[r.prompt_id for r in kept] if by_prompt else None,
+            seed=seed,
         )
-    return stats.mean_ci([float(r.likert) for r in ratings], seed=seed), flags
+    clusters = [r.prompt_id for r in ratings] if by_prompt else None
+    return stats.mean_ci([float(r.likert) for r in ratings], seed=seed, clusters=clusters), flags
 
 
 def human_metadata(
@@ -240,11 +264,15 @@ def policy_figures(
 ) -> dict[str, Any]:
     heldout = Panel("heldout", seed=cfg.seed, judge=judge)
     items = [
-        Item(p, [s.response], [s.finish_reason]) for p, s in zip(prompts, samples, strict=True)
+        Item(p, [s.response], [s.finish_reason], key=k)
+        for p, s, k in zip(prompts, samples, draw_keys(prompts), strict=True)
     ]
     ratings = heldout.rate(items)
     likert, flags = metadata_figures(
-        ratings, [p.category in CLOSED_DOMAIN for p in prompts], seed=cfg.seed
+        ratings,
+        [p.category in CLOSED_DOMAIN for p in prompts],
+        seed=cfg.seed,
+        by_prompt=cfg.samples_per_prompt > 1,
     )
     truth_items = [(p, s) for p, s in zip(prompts, samples, strict=True) if p.extra.get("answers")]
     truth_items += [
@@ -263,8 +291,14 @@ def policy_figures(
         for p, s in zip(adversarial, adv_samples, strict=True)
         if (p.extra.get("adversarial") or {}).get("type") in ("harmful", "toxic")
     ]
+    harm_keys = draw_keys([p for p, _ in harm_items])
     harm_ratings = (
-        heldout.rate([Item(p, [s.response], [s.finish_reason]) for p, s in harm_items])
+        heldout.rate(
+            [
+                Item(p, [s.response], [s.finish_reason], key=k)
+                for (p, s), k in zip(harm_items, harm_keys, strict=True)
+            ]
+        )
         if harm_items
         else []
     )
@@ -279,7 +313,11 @@ def policy_figures(
         "flags": flags,
         "constraints": constraint_figures(prompts, samples),
         "truthfulness": truth,
-        "harmlessness": {"flagged": stats.proportion(harmful)},
+        "harmlessness": {
+            "flagged": stats.proportion(
+                harmful, clusters=[p.id for p, _ in harm_items], seed=cfg.seed
+            )
+        },
         "response_length": sum(len(C.words(s.response)) for s in samples) / max(1, len(samples)),
     }
 
@@ -298,14 +336,17 @@ def win_rates(
     (and by people, where `human` comparisons rank both)."""
     baseline = cfg.baseline_name
     categories = [p.category for p in prompts]
+    clusters = [p.id for p in prompts]
     result = {}
     for panel in ("heldout", "train"):
         outcomes = win_outcomes(Panel(panel, seed=cfg.seed, judge=judge), prompts, ours, base)
         result[panel] = {
             "baseline": baseline,
             "panel": panel,
-            **stats.win_rate(outcomes, seed=cfg.seed),
-            "by_category": stats.by_category(outcomes, categories, seed=cfg.seed),
+            **stats.win_rate(outcomes, seed=cfg.seed, clusters=clusters),
+            "by_category": stats.by_category(
+                outcomes, categories, seed=cfg.seed, clusters=clusters
+            ),
         }
     if human:
         outcomes = human_outcomes(human, name, baseline)
@@ -327,9 +368,14 @@ def run(cfg: EvalConfig) -> Path:
     prompts, adversarial = load_eval_prompts(cfg)
     device = models.pick_device(cfg.device)
     generations: dict[str, tuple[list[Sample], list[Sample]]] = {}
+    n = cfg.samples_per_prompt
     for name, path in cfg.policy_pairs:
         samples = generate_cached(name, path, prompts + adversarial, cfg, out)
-        generations[name] = (samples[: len(prompts)], samples[len(prompts) :])
+        generations[name] = (samples[: n * len(prompts)], samples[n * len(prompts) :])
+    unique = prompts
+    # from here on a row per sample: each prompt repeated once per draw, like the samples
+    prompts = [p for p in prompts for _ in range(n)]
+    adversarial = [p for p in adversarial for _ in range(n)]
     judge = Judge()
     baseline = cfg.baseline_name
     human = read_records(cfg.human, "comparison") if cfg.human else []
@@ -342,8 +388,9 @@ def run(cfg: EvalConfig) -> Path:
         "environment": environment(device),
         "baseline": baseline,
         "policies": dict(cfg.policy_pairs),
-        "prompts": len(prompts),
-        "adversarial_prompts": len(adversarial),
+        "prompts": len(unique),
+        "adversarial_prompts": len(adversarial) // n,
+        "samples_per_prompt": n,
         "win_rates": {},
         "likert": {},
         "flags": {},
@@ -381,14 +428,14 @@ def run(cfg: EvalConfig) -> Path:
             path, chunks=cfg.ppl_chunks, length=cfg.ppl_length, seed=cfg.seed, device=device
         )
     summary["alignment_tax"] = alignment_tax(chunk_nll, baseline, seed=cfg.seed)
-    summary["identical"] = identical_text(generations, baseline)
+    summary["identical"] = identical_text(generations, baseline, [p.id for p in prompts])
     scorer = RewardScorer(cfg.reward, device) if cfg.reward else None
     if scorer is not None:
         summary["rm_score"] = rm_scores(cfg, prompts, generations, scorer)
-        if cfg.best_of:
-            n = cfg.best_of_prompts or len(prompts)
+        if cfg.best_of:  # against the baseline's first draw of each prompt
+            m = cfg.best_of_prompts or len(unique)
             summary["best_of"] = best_of_k(
-                cfg, prompts[:n], generations[baseline][0][:n], judge, scorer, out
+                cfg, unique[:m], generations[baseline][0][::n][:m], judge, scorer, out
             )
     summary.update(reference_figures(cfg))
     if scorer is not None:
@@ -466,7 +513,11 @@ def rm_scores(
     cfg: EvalConfig, prompts: list[Prompt], generations: dict[str, Any], scorer: RewardScorer
 ) -> dict[str, Any]:
     return {
-        name: stats.mean_ci(scorer.samples(list(zip(prompts, samples, strict=True))), seed=cfg.seed)
+        name: stats.mean_ci(
+            scorer.samples(list(zip(prompts, samples, strict=True))),
+            seed=cfg.seed,
+            clusters=[p.id for p in prompts],
+        )
         for name, (samples, _) in generations.items()
     }
 
@@ -510,15 +561,20 @@ def alignment_tax(chunk_nll: dict[str, list[float]], baseline: str, *, seed: int
     return out
 
 
-def identical_text(generations: dict[str, Any], baseline: str) -> dict[str, Any]:
-    """Share of test prompts where two policies wrote the same text: a policy that RL barely
-    moved answers like its initialisation under the same seeds."""
+def identical_text(
+    generations: dict[str, Any], baseline: str, clusters: list[str] | None = None
+) -> dict[str, Any]:
+    """Share of test samples where two policies wrote the same text: a policy that RL barely
+    moved answers like its initialisation under the same seeds (`clusters`: each sample's
+    prompt, when prompts have several)."""
     pairs = [(name, baseline) for name in generations if name != baseline]
     if {"ppo", "ptx"} <= set(generations):
         pairs.append(("ptx", "ppo"))
     return {
         f"{a} vs {b}": stats.identical_share(
-            [s.response for s in generations[a][0]], [s.response for s in generations[b][0]]
+            [s.response for s in generations[a][0]],
+            [s.response for s in generations[b][0]],
+            clusters=clusters,
         )
         for a, b in pairs
     }
@@ -538,7 +594,8 @@ def best_of_k(
     the held-out panel."""
     k, name = cfg.best_of, cfg.baseline_name
     path = dict(cfg.policy_pairs)[name]
-    more_cfg = dataclasses.replace(cfg, seed=cfg.seed + 7919)  # other draws than the eval's
+    # other draws than the eval's, one per repeated prompt
+    more_cfg = dataclasses.replace(cfg, seed=cfg.seed + 7919, samples_per_prompt=1)
     more = generate_cached(
         f"{name}-best-of-{k}", path, [p for p in prompts for _ in range(k - 1)], more_cfg, out
     )
