@@ -306,33 +306,67 @@ def make_scheduler(optimizer: torch.optim.Optimizer, cfg: TrainConfig, total_ste
 class WeightEMA:
     """An exponential moving average of a model's trainable weights (the paper saves the PPO
     policy's EMA, decay 0.992). It has state_dict / load_state_dict, so registered with
-    `accelerator.register_for_checkpointing` it is saved and restored with each checkpoint."""
+    `accelerator.register_for_checkpointing` it is saved and restored with each checkpoint.
+
+    Under DeepSpeed ZeRO-3 each process averages only its own partition of each parameter
+    (`param.ds_tensor`), in fp32: no process ever holds a whole copy. state_dict() then gathers
+    the partitions (a collective: accelerate calls it on every process) into whole tensors, and
+    load_state_dict() takes each process's slice back out of them."""
 
     def __init__(self, model: Any, decay: float):
         self.decay = decay
-        self.shadow = {n: p.detach().clone() for n, p in self._params(model)}
+        params = self._params(model)
+        self.sharded = any(hasattr(p, "ds_tensor") for _, p in params)
+        self.shapes = {n: (tuple(p.ds_shape), p.ds_numel) for n, p in params if self.sharded}
+        self.shadow = {
+            n: (self._data(p).detach().float() if self.sharded else p.detach()).clone()
+            for n, p in params
+        }
 
     @staticmethod
     def _params(model: Any) -> list[tuple[str, torch.Tensor]]:
         return [(n, p) for n, p in model.named_parameters() if p.requires_grad]
 
+    @staticmethod
+    def _data(p: torch.Tensor) -> torch.Tensor:
+        """The weights this process holds: its ZeRO-3 partition (flat, padded) or the whole."""
+        return getattr(p, "ds_tensor", p)
+
     @torch.no_grad()
     def update(self, model: Any) -> None:
         for name, p in self._params(model):
-            self.shadow[name].mul_(self.decay).add_(p.detach(), alpha=1 - self.decay)
+            self.shadow[name].mul_(self.decay).add_(self._data(p).detach(), alpha=1 - self.decay)
 
     @torch.no_grad()
     def copy_to(self, model: Any) -> None:
         for name, p in model.named_parameters():
             if name in self.shadow:
-                p.copy_(self.shadow[name])
+                self._data(p).copy_(self.shadow[name])
 
     def state_dict(self) -> dict[str, Any]:
-        return {"decay": self.decay, "shadow": self.shadow}
+        if not self.sharded:
+            return {"decay": self.decay, "shadow": self.shadow}
+        import torch.distributed as dist
+
+        whole = {}
+        for name, part in self.shadow.items():
+            parts = [torch.empty_like(part) for _ in range(dist.get_world_size())]
+            dist.all_gather(parts, part)
+            shape, numel = self.shapes[name]
+            whole[name] = torch.cat(parts)[:numel].view(shape).cpu()
+        return {"decay": self.decay, "shadow": whole}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.decay = state["decay"]
         for name, value in state["shadow"].items():
+            if self.sharded:  # this process's slice of the flattened, padded whole
+                import torch.distributed as dist
+
+                part = self.shadow[name]
+                flat = torch.zeros(part.numel() * dist.get_world_size(), dtype=part.dtype)
+                flat[: value.numel()] = value.flatten()
+                start = dist.get_rank() * part.numel()
+                value = flat[start : start + part.numel()]
             self.shadow[name].copy_(value)
 
 

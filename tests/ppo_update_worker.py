@@ -1,7 +1,8 @@
 """One PPO update on a fixed rollout, in 1 or 2 processes (tests/test_distributed.py launches
 it): every process samples and evaluates the same 8 episodes (same prompts, same seed), keeps
 its contiguous share, computes advantages (whitened over every process's tokens) and runs
-update(); the main process saves the updated policy and value weights and the update's stats.
+update(); the main process saves the updated policy and value weights and the update's stats
+(with ema_decay=D, the policy's weight EMA instead of its weights, and the EMA's state).
 
     python tests/ppo_update_worker.py MODEL_DIR OUT_DIR [KEY=VALUE ...]
 """
@@ -91,6 +92,11 @@ def main(model_dir: str, out: str) -> None:
     mine = share(whole, torch.arange(len(PROMPTS)).chunk(acc.num_processes)[acc.process_index])
     advantages, returns, _, _ = t.advantages(mine)
     stats = t.update(mine, advantages, returns, seed=0)
+    ema = None
+    if t.ema is not None:  # ema_decay=D: its state round-trips, and the output is the average
+        ema = t.ema.state_dict()  # whole tensors (gathered from every process under ZeRO-3)
+        t.ema.load_state_dict(ema)
+        t.ema.copy_to(models.unwrap(t.policy))
     weights = {  # every process: gathered from the shards under ZeRO-3
         name: trainer.full_state_dict(acc, model)
         for name, model in (("policy", t.policy), ("value", t.value_model))
@@ -102,6 +108,11 @@ def main(model_dir: str, out: str) -> None:
             save_file(  # cloned: tied embeddings share memory
                 {k: v.detach().float().clone().contiguous() for k, v in state.items()},
                 path / f"{name}.safetensors",
+            )
+        if ema is not None:
+            save_file(
+                {k: v.float().contiguous() for k, v in ema["shadow"].items()},
+                path / "ema_state.safetensors",
             )
         tokens = [int(m.sum()) for m in mine.response_mask]
         (path / "stats.json").write_text(json.dumps({**stats, "tokens": tokens}))

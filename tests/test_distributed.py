@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 from safetensors.torch import load_file
 
 from instructrl import rundir
@@ -368,6 +369,37 @@ def test_rm_under_deepspeed_in_two_processes_equals_one_plain_process(
     assert [r.get("rm/loss") for r in ds] == pytest.approx(
         [r.get("rm/loss") for r in one], abs=1e-5
     )
+
+
+def test_policy_weight_ema_under_zero3_averages_each_partition(tiny_model_dir, tmp_path):
+    """ema_decay under ZeRO-3: each process averages its own partition of every trainable
+    weight; after one update with decay 0.5 the output is (initial + updated) / 2 of one plain
+    process's update, and the EMA's state, gathered whole and sliced back, round-trips."""
+    needs_deepspeed()
+    worker = str(Path(__file__).parent / "ppo_update_worker.py")
+    settings = ["grad_clip=0", "lr=1e-3", "value_lr=1e-3", "bf16=false"]
+    launch(1, str(tiny_model_dir), str(tmp_path / "one"), *settings, script=worker)
+    launch(
+        2,
+        str(tiny_model_dir),
+        str(tmp_path / "ema"),
+        *settings,
+        "ema_decay=0.5",
+        script=worker,
+        config="deepspeed-zero3.yaml",
+    )
+    initial = load_file(tiny_model_dir / "model.safetensors")
+    updated = load_file(tmp_path / "one" / "policy.safetensors")
+    ema = load_file(tmp_path / "ema" / "policy.safetensors")
+    moved = [k for k in ema if k in initial and not torch.equal(updated[k], initial[k])]
+    assert moved, "the update changed nothing: the test would prove nothing"
+    diff = max(
+        ((initial[k] + updated[k]) / 2 - ema[k]).abs().max().item() for k in ema if k in initial
+    )
+    assert diff < 1e-5, f"EMA weights differ from (initial + updated) / 2 by {diff:.3g}"
+    state = load_file(tmp_path / "ema" / "ema_state.safetensors")
+    assert moved[0] in state and state.keys() <= ema.keys()  # the trainable weights, whole
+    assert max((state[k] - ema[k]).abs().max().item() for k in state) == 0.0
 
 
 @pytest.mark.parametrize("config", ["deepspeed-zero2.yaml", "deepspeed-zero3.yaml"])

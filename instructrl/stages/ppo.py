@@ -229,10 +229,6 @@ class PPOTrainer:
         clipped over both. The warmup schedule is ours, stepped once per iteration (DeepSpeed
         would step a prepared one every minibatch)."""
         cfg, acc = self.cfg, self.accelerator
-        if cfg.ema_decay and trainer.zero3(acc):
-            raise UserError(
-                "ppo: ema_decay under DeepSpeed ZeRO-3: not supported yet; use ema_decay=0"
-            )
         trainer.configure_deepspeed(acc, micro_batch_size=self.minibatch, grad_clip=cfg.grad_clip)
         joint = trainer.zero3_adopt(acc, PolicyAndValue(policy, value_model))
         optimizer = trainer.make_optimizer(
