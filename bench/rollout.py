@@ -2,11 +2,12 @@
 
     python bench/rollout.py [--model default] [--new-tokens 48] [--batches 1,8,32] [--k 4]
     python bench/rollout.py --options [--compile]
+    python bench/rollout.py --ends
 
 --options measures, instead, the transformers options on our bf16 engine at the largest batch
-and in the K shape (the shipped path is SDPA attention with a dynamic KV cache): a static KV
-cache (where generate builds the cache; the K shape hands it its shared prefill's), eager
-attention, a batch twice as large, transformers' continuous batching (`generate_batch` with
+and in the K shape (the shipped path is our decode loop, `rollout.decode`, with SDPA attention
+and a dynamic KV cache; a static cache measured as noise under transformers' generate and is not
+an option of the loop): eager attention, a batch twice as large, transformers' continuous batching (`generate_batch` with
 paged SDPA attention; no shared prefill), and with --compile torch.compile of the copy's
 forward (dynamic shapes; its compile time printed). Last line: JSON of those tokens/s.
 
@@ -86,9 +87,14 @@ def main() -> None:
     parser.add_argument("--k", type=int, default=4, help="samples per prompt in the K row")
     parser.add_argument("--options", action="store_true", help="transformers' options instead")
     parser.add_argument("--compile", action="store_true", help="with --options: torch.compile")
+    parser.add_argument(
+        "--ends", action="store_true", help="answers that end: our decode loop against generate"
+    )
     args = parser.parse_args()
     if args.options:
         return options(args)
+    if args.ends:
+        return ends(args)
 
     from instructrl import models, rollout
     from instructrl.config import RolloutConfig
@@ -213,10 +219,6 @@ def main() -> None:
 def options(args) -> None:
     """tokens/s of the bf16 engine with each option transformers offers, against the shipped
     path, at the largest batch and in the K shape, on the same prompts and seeds."""
-    import contextlib
-
-    import transformers
-
     from instructrl import models, rollout
     from instructrl.config import RolloutConfig
     from instructrl.data import load_prompts
@@ -226,30 +228,17 @@ def options(args) -> None:
     b = max(int(x) for x in args.batches.split(","))
     ids = rollout.encode_prompts(tokenizer, [p.prompt for p in load_prompts("train")[: 2 * b]])
     T = args.new_tokens
-    shipped = transformers.GenerationConfig
 
-    @contextlib.contextmanager
-    def cache(implementation):  # rollout.generate builds its GenerationConfig per call
-        if implementation:
-            transformers.GenerationConfig = lambda **kw: shipped(
-                cache_implementation=implementation, **kw
-            )
-        try:
-            yield
-        finally:
-            transformers.GenerationConfig = shipped
-
-    def measure(engine, implementation=None) -> dict:
-        with cache(implementation):
-            return {
-                f"b{b}": tokens_per_s(lambda: peers.engine_tokens(engine, ids[:b], new_tokens=T)),
-                f"b{2 * b}": tokens_per_s(
-                    lambda: peers.engine_tokens(engine, ids[: 2 * b], new_tokens=T)
-                ),
-                f"{b // args.k}x{args.k}": tokens_per_s(
-                    lambda: peers.engine_tokens(engine, ids[: b // args.k], new_tokens=T, k=args.k)
-                ),
-            }
+    def measure(engine) -> dict:
+        return {
+            f"b{b}": tokens_per_s(lambda: peers.engine_tokens(engine, ids[:b], new_tokens=T)),
+            f"b{2 * b}": tokens_per_s(
+                lambda: peers.engine_tokens(engine, ids[: 2 * b], new_tokens=T)
+            ),
+            f"{b // args.k}x{args.k}": tokens_per_s(
+                lambda: peers.engine_tokens(engine, ids[: b // args.k], new_tokens=T, k=args.k)
+            ),
+        }
 
     def bf16_engine(attn="sdpa"):
         engine = rollout.Engine(policy, tokenizer, RolloutConfig(quantize="bf16"))
@@ -258,7 +247,6 @@ def options(args) -> None:
 
     rows = {
         "shipped (sdpa, dynamic cache)": measure(bf16_engine()),
-        "static cache": measure(bf16_engine(), "static"),
         "eager attention": measure(bf16_engine("eager")),
     }
     rows["continuous batching (generate_batch)"] = continuous_batching(
@@ -285,6 +273,59 @@ def options(args) -> None:
                 "bench": "rollout-options",
                 **extra,
                 "rows": {n: {s: round(v, 1) for s, v in r.items()} for n, r in rows.items()},
+            }
+        )
+    )
+
+
+def ends(args) -> None:
+    """The evaluation's shape, where answers end: 32 test prompts x 3 samples sharing a prefill
+    (96 rows), temperature 0.7, top-p 0.9, up to 48 new tokens, EOS allowed, on the policy in
+    fp32. transformers' generate with our sampler (the engine before its own decode loop: rows
+    that ended decode padding until the batch's last one ends) against rollout.generate
+    (`rollout.decode`: ended rows leave the batch and its KV cache), each run twice, the same
+    seeds; tokens/s counts the response tokens produced. Last line: JSON with ratio."""
+    from instructrl import models, rollout
+    from instructrl.data import load_prompts
+
+    tokenizer = models.load_tokenizer(args.model)
+    policy = models.load_policy(args.model).eval()
+    prompts = [p.prompt for p in load_prompts("test")[:32]]
+    ids = rollout.encode_prompts(tokenizer, prompts)
+    rows = [p for p in ids for _ in range(3)]
+    T, temperature, top_p = args.new_tokens, 0.7, 0.9
+
+    def before() -> int:
+        return peers.hf_generate_sampled(
+            policy, tokenizer, rows, new_tokens=T, temperature=temperature, top_p=top_p
+        )
+
+    def ours() -> int:
+        gens = rollout.generate(
+            policy,
+            tokenizer,
+            ids,
+            max_new_tokens=T,
+            temperature=temperature,
+            top_p=top_p,
+            batch_size=len(rows),
+            samples_per_prompt=3,
+            share_prefill=True,
+        )
+        return sum(len(g.token_ids) for g in gens)
+
+    figures = {"generate": tokens_per_s(before, 2), "decode": tokens_per_s(ours, 2)}
+    print(
+        f"model {args.model}, 32 prompts x 3 samples, up to {T} new tokens, temperature "
+        f"{temperature}, top-p {top_p}, {torch.get_num_threads()} threads: transformers generate "
+        f"{figures['generate']:.1f} tokens/s, our decode loop {figures['decode']:.1f} tokens/s"
+    )
+    print(
+        json.dumps(
+            {
+                "bench": "rollout-ends",
+                "ratio": round(figures["decode"] / figures["generate"], 2),
+                **{k: round(v, 1) for k, v in figures.items()},
             }
         )
     )

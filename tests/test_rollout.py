@@ -95,33 +95,40 @@ def test_sampler_logprobs_equal_a_fresh_forward(tiny_model_dir):
 
 
 def test_sampling_settings_are_explicit(tiny_model_dir, monkeypatch):
-    """Nothing comes from the model's generation_config: generate gets no sampling settings of
-    its own (do_sample off, no top_k default of 50), our sampler holds them."""
+    """Nothing comes from the model's generation_config: the same tokens when it asks for other
+    settings (top_k, temperature, top_p, do_sample, a minimum length); our sampler holds them."""
     tokenizer = models.load_tokenizer(str(tiny_model_dir))
     model = models.load_policy(str(tiny_model_dir))
-    model.generation_config.top_k, model.generation_config.temperature = 3, 0.1
-    seen = []
-    original = model.generate
-
-    def spy(*args, **kw):
-        seen.append((kw["generation_config"], list(kw["logits_processor"])))
-        return original(*args, **kw)
-
-    monkeypatch.setattr(model, "generate", spy)
-    ids = rollout.encode_prompts(tokenizer, ["hi"])
-    rollout.generate(model, tokenizer, ids, max_new_tokens=2, temperature=1.0, top_k=0, top_p=1.0)
-    rollout.generate(model, tokenizer, ids, max_new_tokens=2, temperature=0.5, top_k=5, top_p=0.9)
-    rollout.generate(model, tokenizer, ids, max_new_tokens=2, temperature=0)
-    (full, [full_sampler]), (narrow, [narrow_sampler]), (greedy, no_sampler) = seen
-    for config in (full, narrow, greedy):
-        assert (config.do_sample, config.top_k, config.temperature) == (False, None, None)
-    assert full_sampler.temperature == 1.0 and full_sampler.warpers == []  # full vocabulary
-    assert narrow_sampler.temperature == 0.5
-    assert [type(w).__name__ for w in narrow_sampler.warpers] == [
-        "TopKLogitsWarper",
-        "TopPLogitsWarper",
+    ids = rollout.encode_prompts(tokenizer, ["hi", "List three colours"])
+    settings = [
+        {"temperature": 1.0, "top_k": 0, "top_p": 1.0},
+        {"temperature": 0.5, "top_k": 5, "top_p": 0.9},
+        {"temperature": 0},
     ]
-    assert no_sampler == []
+    built = []
+    original_init = rollout.InverseCDFSampler.__init__
+
+    def spy(self, **kw):
+        original_init(self, **kw)
+        built.append(self)
+
+    monkeypatch.setattr(rollout.InverseCDFSampler, "__init__", spy)
+
+    def tokens():
+        return [
+            [g.token_ids for g in rollout.generate(model, tokenizer, ids, max_new_tokens=6, **s)]
+            for s in settings
+        ]
+
+    plain = tokens()
+    config = model.generation_config
+    config.top_k, config.temperature, config.top_p, config.do_sample = 3, 0.1, 0.5, True
+    config.min_new_tokens = 5
+    assert tokens() == plain
+    full, narrow = built[:2]  # greedy builds no sampler
+    assert len(built) == 4 and full.temperature == 1.0 and full.warpers == []  # full vocabulary
+    assert narrow.temperature == 0.5
+    assert [type(w).__name__ for w in narrow.warpers] == ["TopKLogitsWarper", "TopPLogitsWarper"]
 
 
 def test_inverse_cdf_sampler_draws_from_the_softmax():
@@ -321,3 +328,71 @@ def test_low_precision_refresh_equals_a_fresh_copy(tiny_model_dir, quantize):
     stale = rollout.low_precision_copy(models.load_policy(str(tiny_model_dir)), quantize)
     with torch.no_grad():
         assert (stale(ids).logits - fresh).abs().max() > 1e-3  # the update did change outputs
+
+
+def test_rows_that_end_leave_the_batch_and_the_others_decode_as_generate_does(tiny_model_dir):
+    """decode drops rows that sampled EOS from the batch and its KV cache: greedy tokens equal
+    transformers' generate on the same left-padded batch, while the forward passes see the
+    batch shrink; sampled log-probabilities after the drop equal a fresh forward pass."""
+    from collections import Counter
+
+    from transformers import GenerationConfig
+
+    tokenizer = models.load_tokenizer(str(tiny_model_dir))
+    model = models.load_policy(str(tiny_model_dir))
+    torch.manual_seed(0)
+    with torch.no_grad():  # larger weights: greedy answers that differ between prompts
+        for p in model.parameters():
+            p.add_(0.5 * torch.randn_like(p))
+    prompts = [f"Tell me {w} things about number {i}." for i, w in enumerate("abcdefgh")]
+    ids = rollout.encode_prompts(tokenizer, ["hi", "List three colours", *prompts])
+    free = rollout.generate(model, tokenizer, ids, max_new_tokens=12, temperature=0, batch_size=10)
+    # an extra EOS: a token that some rows write early and others never, so rows end apart
+    firsts = Counter(t for g in free for t in set(g.token_ids[:6]))
+    stop_token = next(t for t, c in firsts.most_common() if c < len(ids) - 2)
+    model.generation_config.eos_token_id = [tokenizer.eos_token_id, stop_token]
+    eos = rollout.eos_token_ids(model, tokenizer)
+    rows = []
+    original = model.forward
+
+    def spy(*args, **kwargs):
+        rows.append(kwargs["input_ids"].shape[0])
+        return original(*args, **kwargs)
+
+    with pytest.MonkeyPatch.context() as monkey:
+        monkey.setattr(model, "forward", spy)
+        ours = rollout.generate(
+            model, tokenizer, ids, max_new_tokens=12, temperature=0, batch_size=10
+        )
+    input_ids, mask = rollout.left_pad(ids, tokenizer.pad_token_id)
+    reference = model.generate(
+        input_ids=input_ids,
+        attention_mask=mask.long(),
+        generation_config=GenerationConfig(
+            do_sample=False,
+            max_new_tokens=12,
+            eos_token_id=sorted(eos),
+            pad_token_id=tokenizer.pad_token_id,
+        ),
+    )[:, input_ids.shape[1] :]
+    expected = [rollout.cut_response(row, eos)[0] for row in reference.tolist()]
+    assert [g.token_ids for g in ours] == expected
+    ended = [g for g in ours if g.finish_reason == "eos"]
+    assert 2 <= len(ended) < len(ids) and min(rows) < 10 == rows[0]  # the batch shrank
+    sampled = rollout.generate(
+        model,
+        tokenizer,
+        ids,
+        max_new_tokens=12,
+        temperature=0.8,
+        batch_size=10,
+        seed=4,
+        return_logprobs=True,
+    )
+    assert any(g.finish_reason == "eos" for g in sampled)
+    for prompt, g in zip(ids, sampled, strict=True):
+        seq = torch.tensor([prompt + g.token_ids])
+        with torch.no_grad():
+            logits = model(seq).logits[0, len(prompt) - 1 : -1] / 0.8
+        expected_lp = losses.token_logprobs(logits, torch.tensor(g.token_ids))
+        torch.testing.assert_close(torch.tensor(g.logprobs), expected_lp, atol=1e-4, rtol=1e-4)
