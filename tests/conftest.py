@@ -16,6 +16,20 @@ def tiny_model_dir(tmp_path_factory):
     return make_tiny_model(tmp_path_factory.mktemp("tiny") / "model", seed=0)
 
 
+@pytest.fixture(scope="session")
+def rm_dir(tiny_model_dir, tmp_path_factory):
+    """A reward model of the tiny model with a random scalar head (seed 0), bias 0."""
+    import torch
+
+    from instructrl import models
+
+    out = tmp_path_factory.mktemp("rm") / "rm"
+    torch.manual_seed(0)
+    rm = models.new_reward_model(str(tiny_model_dir))
+    models.save_reward_model(rm, models.load_tokenizer(str(tiny_model_dir)), out, bias=0.0)
+    return out
+
+
 def needs(component: str, reason: str) -> None:
     """Skip when a system component is absent on a developer's machine; under CI=true (set by
     CI, which installs it) a missing component fails the run instead."""

@@ -203,26 +203,17 @@ def test_rm_two_processes_equal_one(tiny_model_dir, demos, tmp_path):
     )
 
 
-def rm_and_prompts(tiny_model_dir: Path, tmp_path: Path) -> tuple[Path, Path]:
-    """A reward model with a random head on the tiny model, and 8 prompts p0..p7."""
-    from instructrl import models
-
-    rm = tmp_path / "rm"
-    models.save_reward_model(
-        models.new_reward_model(str(tiny_model_dir)),
-        models.load_tokenizer(str(tiny_model_dir)),
-        rm,
-        bias=0.0,
-    )
+def write_prompts(tmp_path: Path) -> Path:
+    """8 prompts p0..p7."""
     prompts = tmp_path / "prompts.jsonl"
     prompts.write_text(
         "".join(json.dumps({"id": f"p{i}", "prompt": f"Say hi {i}."}) + "\n" for i in range(8))
     )
-    return rm, prompts
+    return prompts
 
 
-def test_ppo_processes_draw_disjoint_prompts(tiny_model_dir, tmp_path):
-    rm, prompts = rm_and_prompts(tiny_model_dir, tmp_path)
+def test_ppo_processes_draw_disjoint_prompts(tiny_model_dir, rm_dir, tmp_path):
+    rm, prompts = rm_dir, write_prompts(tmp_path)
     out = tmp_path / "ppo"
     launch(
         2,
@@ -486,14 +477,14 @@ def test_run_under_deepspeed_in_two_processes_writes_what_one_plain_process_writ
 
 @pytest.mark.parametrize("config", ["deepspeed-zero2.yaml", "deepspeed-zero3.yaml"])
 def test_ppo_under_deepspeed_killed_and_resumed_equals_a_straight_run(
-    config, tiny_model_dir, tmp_path
+    config, tiny_model_dir, rm_dir, tmp_path
 ):
     """PPO-ptx in 2 DeepSpeed processes, every process SIGKILLed once a checkpoint exists and
     the run resumed: the same weights and episodes as a run never killed (the engine's
     optimizer state, each rank's data position and RNG streams, the KL controller and the
     ptx stream come back from the checkpoint)."""
     needs_deepspeed()
-    rm, prompts = rm_and_prompts(tiny_model_dir, tmp_path)
+    rm, prompts = rm_dir, write_prompts(tmp_path)
     common = [f"policy={tiny_model_dir}", f"reward={rm}", f"prompts={prompts}", "batch_size=4"]
     common += ["minibatch_size=2", "max_new_tokens=4", "iterations=6", "checkpoint_every=2"]
     common += ["ptx=default", "ptx_batch_size=2", "bf16=false"]

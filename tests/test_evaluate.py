@@ -218,7 +218,7 @@ def test_eval_end_to_end_on_tiny_models(tiny_model_dir, tmp_path):
     assert base64.b64decode(chart).startswith(b"\x89PNG")
 
 
-def test_eval_with_several_samples_per_prompt(tiny_model_dir, tmp_path):
+def test_eval_with_several_samples_per_prompt(tiny_model_dir, rm_dir, tmp_path):
     """samples_per_prompt=2: each policy answers every prompt twice (consecutive draws); each
     draw is judged against the baseline's draw of the same index by the labeler its own key
     names; intervals resample prompts, and n counts prompts."""
@@ -226,19 +226,12 @@ def test_eval_with_several_samples_per_prompt(tiny_model_dir, tmp_path):
     from instructrl.testing import make_tiny_model
 
     other = make_tiny_model(tmp_path / "other", seed=1)
-    rm = tmp_path / "rm"
-    models.save_reward_model(
-        models.new_reward_model(str(tiny_model_dir)),
-        models.load_tokenizer(str(tiny_model_dir)),
-        rm,
-        bias=0.0,
-    )
     settings = [
         f"policies=base:{tiny_model_dir},sft:{other}",
         "baseline=sft",
         "limit=5",
         "adversarial_limit=3",
-        f"reward={rm}",
+        f"reward={rm_dir}",
         "best_of=2",
         "sampling.max_new_tokens=6",
         "ppl_chunks=2",

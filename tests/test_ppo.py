@@ -203,15 +203,6 @@ def test_nan_reward_stops_with_the_iteration(tiny_model_dir):
         t.step(encode_prompts(tok, PROMPTS))
 
 
-@pytest.fixture(scope="module")
-def rm_dir(tiny_model_dir, tmp_path_factory):
-    out = tmp_path_factory.mktemp("rm") / "rm"
-    torch.manual_seed(0)
-    rm = models.new_reward_model(str(tiny_model_dir))
-    models.save_reward_model(rm, models.load_tokenizer(str(tiny_model_dir)), out, bias=0.0)
-    return out
-
-
 def _stage_cfg(tiny_model_dir, rm_dir, tmp_path, out, **over):
     prompts = tmp_path / "prompts.jsonl"
     prompts.write_text(
