@@ -226,6 +226,8 @@ def decode(
     token left standing, InverseCDFSampler) or None for greedy."""
     from transformers import DynamicCache
 
+    from instructrl.losses import token_logprobs
+
     device = input_ids.device
     n = input_ids.shape[0]
     keyword = _cache_keyword(model)
@@ -257,10 +259,11 @@ def decode(
             scores = logits.index_fill(1, eos, float("-inf"))
         token = (sampler(None, scores) if sampler is not None else scores).argmax(-1)  # (b,)
         live = ~done
-        out_tokens[rows[live.cpu()], t] = token[live].cpu()
+        written = rows[live.cpu()]
+        out_tokens[written, t] = token[live].cpu()
         if out_logprobs is not None:
-            lp = torch.log_softmax(logits / logprob_temperature, -1).gather(1, token[:, None])
-            out_logprobs[rows[live.cpu()], t] = lp[live, 0].cpu()
+            lp = token_logprobs(logits / logprob_temperature, token)
+            out_logprobs[written, t] = lp[live].cpu()
         steps = t + 1
         done |= torch.isin(token, eos)
         if bool(done.all()):
