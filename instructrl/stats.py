@@ -49,10 +49,7 @@ def bootstrap_mean_ci(
     values: Sequence[float], *, reps: int = 2000, seed: int = 0, alpha: float = 0.05
 ) -> tuple[float, float]:
     """Percentile bootstrap interval of the mean (resampling the items)."""
-    if not values:
-        return (float("nan"), float("nan"))
-    n = len(values)
-    return bootstrap_ci(values, lambda sample: sum(sample) / n, reps=reps, seed=seed, alpha=alpha)
+    return cluster_mean_ci(values, range(len(values)), reps=reps, seed=seed, alpha=alpha)
 
 
 def cluster_mean_ci(
