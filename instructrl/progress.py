@@ -11,6 +11,15 @@ from typing import Any
 
 
 @contextmanager
+def timed(log: Any, what: str) -> Iterator[None]:
+    """Log `what: N s` at INFO when the block ends (the phases of a stage, so a log shows where
+    its minutes went)."""
+    start = time.perf_counter()
+    yield
+    log.info("%s: %.1f s", what, time.perf_counter() - start)
+
+
+@contextmanager
 def progress_bar(description: str, total: int) -> Iterator[Callable[..., None]]:
     """Yield `update(advance, **figures)`; figures are shown beside the bar (loss, tokens/s, ...).
 

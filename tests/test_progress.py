@@ -45,3 +45,16 @@ def test_plain_lines_when_stderr_is_not_a_terminal(monkeypatch, capsys):
     with progress_bar("quiet", total=1) as update:
         update(1)
     assert capsys.readouterr().err == ""
+
+
+def test_timed_logs_the_phase_and_its_seconds(caplog, monkeypatch):
+    import logging
+
+    from instructrl import progress
+
+    clock = iter([10.0, 12.5])
+    monkeypatch.setattr(progress.time, "perf_counter", lambda: next(clock))
+    log = logging.getLogger("instructrl.test")
+    with caplog.at_level(logging.INFO, logger="instructrl.test"), progress.timed(log, "rm scores"):
+        pass
+    assert [r.getMessage() for r in caplog.records] == ["rm scores: 2.5 s"]

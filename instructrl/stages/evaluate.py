@@ -40,6 +40,7 @@ from instructrl.labelers import (
     contains,
     prompt_index,
 )
+from instructrl.progress import timed
 from instructrl.records import (
     FIGURE4_FLAGS,
     Comparison,
@@ -404,11 +405,12 @@ def run(cfg: EvalConfig) -> Path:
     chunk_nll: dict[str, list[float]] = {}
     for name, path in cfg.policy_pairs:
         ours, adv = generations[name]
-        if name != baseline:
-            summary["win_rates"][name] = win_rates(
-                cfg, prompts, ours, generations[baseline][0], judge, name=name, human=human
-            )
-        figures = policy_figures(cfg, prompts, adversarial, ours, adv, judge)
+        with timed(log, f"judge {name}"):
+            if name != baseline:
+                summary["win_rates"][name] = win_rates(
+                    cfg, prompts, ours, generations[baseline][0], judge, name=name, human=human
+                )
+            figures = policy_figures(cfg, prompts, adversarial, ours, adv, judge)
         for key in (
             "likert",
             "flags",
@@ -424,22 +426,26 @@ def run(cfg: EvalConfig) -> Path:
                 summary.setdefault("human_flags", {})[name] = people[name][1]
             else:
                 log.warning("human_ratings=%s: no rating names policy %s", cfg.human_ratings, name)
-        summary["perplexity"][name], chunk_nll[name] = perplexity(
-            path, chunks=cfg.ppl_chunks, length=cfg.ppl_length, seed=cfg.seed, device=device
-        )
+        with timed(log, f"perplexity {name}"):
+            summary["perplexity"][name], chunk_nll[name] = perplexity(
+                path, chunks=cfg.ppl_chunks, length=cfg.ppl_length, seed=cfg.seed, device=device
+            )
     summary["alignment_tax"] = alignment_tax(chunk_nll, baseline, seed=cfg.seed)
     summary["identical"] = identical_text(generations, baseline, [p.id for p in prompts])
     scorer = RewardScorer(cfg.reward, device) if cfg.reward else None
     if scorer is not None:
-        summary["rm_score"] = rm_scores(cfg, prompts, generations, scorer)
+        with timed(log, "rm scores"):
+            summary["rm_score"] = rm_scores(cfg, prompts, generations, scorer)
         if cfg.best_of:  # against the baseline's first draw of each prompt
             m = cfg.best_of_prompts or len(unique)
-            summary["best_of"] = best_of_k(
-                cfg, unique[:m], generations[baseline][0][::n][:m], judge, scorer, out
-            )
+            with timed(log, f"best of {cfg.best_of}"):
+                summary["best_of"] = best_of_k(
+                    cfg, unique[:m], generations[baseline][0][::n][:m], judge, scorer, out
+                )
     summary.update(reference_figures(cfg))
     if scorer is not None:
-        accuracy = rm_accuracy(cfg, scorer)
+        with timed(log, "rm accuracy"):
+            accuracy = rm_accuracy(cfg, scorer)
         if accuracy:
             summary.setdefault("rm", {}).update(accuracy)
     summary["overoptimization"] = overoptimization(cfg, judge)
