@@ -2,6 +2,13 @@
 
     python bench/rm.py [--model default] [--comparisons 4] [--max-length 96]
     python bench/rm.py --features [--comparisons 32] [--k 6]
+    python bench/rm.py --scoring runs/default/eval
+
+--scoring reads an evaluation's generations (every policy's answers to the test prompts) and
+its reward model, and scores them all as `batches.score_texts` does in the evaluation: the
+answers of one prompt sharing one forward of the prompt, against plain batches by length (the
+same RM behind a wrapper, as under DDP); sequences/s of each, the ratio and the largest reward
+difference. Last line: {"bench": "rm-scoring", "ratio": <shared / plain>, ...}.
 
 --features measures instead the head_only RM's feature pass (`reward.last_token_features`: the
 K completions of a prompt sharing one prefill) with the backbone in fp32 and in bf16
@@ -94,9 +101,12 @@ def main() -> None:
     p.add_argument("--child", nargs=2, metavar=("MODE", "K"))
     p.add_argument("--features", action="store_true", help="fp32 against bf16 features")
     p.add_argument("--k", type=int, default=6, help="with --features: completions per prompt")
+    p.add_argument("--scoring", metavar="EVAL_DIR", help="shared-prompt against plain RM scoring")
     args = p.parse_args()
     if args.features:
         return features(args)
+    if args.scoring:
+        return scoring(args.scoring)
     if args.child:
         print("RESULT " + json.dumps(child(args.child[0], int(args.child[1]), args)))
         return
@@ -187,6 +197,66 @@ def features(args) -> None:
                 "relative_l2": round(rel, 4),
                 "pair_agreement": round(agree, 4),
                 "completions": n,
+            }
+        )
+    )
+
+
+def scoring(eval_dir: str) -> None:
+    from pathlib import Path
+
+    import torch
+    from omegaconf import OmegaConf
+
+    from instructrl import models
+    from instructrl.batches import score_texts
+    from instructrl.records import read_records
+
+    cfg = OmegaConf.load(Path(eval_dir) / "config.yaml")
+    rm = models.load_reward_model(cfg.reward)
+    tok = models.load_tokenizer(cfg.reward, padding_side="right")
+    samples = [
+        s
+        for f in sorted((Path(eval_dir) / "generations").glob("*.jsonl"))
+        for s in read_records(f, "sample")
+    ]
+    pairs = [(s.prompt, s.response) for s in samples]
+    reasons = [s.finish_reason for s in samples]
+    kw = {"batch_size": 16, "max_length": 2048, "device": "cpu", "finish_reasons": reasons}
+
+    class Wrapper(torch.nn.Module):  # no backbone of its own: score_texts' plain batches
+        def __init__(self, inner):
+            super().__init__()
+            self.module = inner
+
+        def forward(self, ids, attn):
+            return self.module(ids, attn)
+
+    score_texts(rm, tok, pairs[:32], **kw)  # warm-up
+    seconds, scores = {}, {}
+    for name, model in (("plain", Wrapper(rm)), ("shared", rm)):
+        start = time.perf_counter()
+        with torch.no_grad():
+            scores[name] = score_texts(model, tok, pairs, **kw)
+        seconds[name] = time.perf_counter() - start
+    gap = max(abs(a - b) for a, b in zip(scores["plain"], scores["shared"], strict=True))
+    n = len(set(zip(pairs, reasons, strict=True)))
+    print(
+        f"{n} distinct sequences of {len({s.prompt_id for s in samples})} prompts, "
+        f"{torch.get_num_threads()} threads: plain batches {n / seconds['plain']:.1f}/s "
+        f"({seconds['plain']:.1f} s), one forward of each prompt {n / seconds['shared']:.1f}/s "
+        f"({seconds['shared']:.1f} s): {seconds['plain'] / seconds['shared']:.2f}x; "
+        f"largest reward difference {gap:.2e}"
+    )
+    print(
+        json.dumps(
+            {
+                "bench": "rm-scoring",
+                "ratio": round(seconds["plain"] / seconds["shared"], 2),
+                "plain_s": round(seconds["plain"], 1),
+                "shared_s": round(seconds["shared"], 1),
+                "sequences": n,
+                "max_abs_diff": gap,
             }
         )
     )

@@ -163,10 +163,12 @@ def score_texts(
 ) -> list[float]:
     """Rewards of (prompt, response) pairs, in their order; a prompt too long for max_length
     is an error. A response whose finish reason is "length" is scored without EOS
-    (rollout.encode_response). Sequences are batched by length (little padding) and each
-    distinct sequence is scored once."""
+    (rollout.encode_response). Each distinct sequence is scored once. On our reward model the
+    responses of one prompt (several policies' answers, several draws) share one forward of the
+    prompt (shared_prefix_last_hidden, up to batch_size rows at a time); the sequences left
+    alone, and every sequence of other models, go in batches by length (little padding)."""
     reasons = list(finish_reasons) if finish_reasons is not None else [None] * len(pairs)
-    encoded = []
+    encoded, prompt_of = [], {}
     for (p, r), f in zip(pairs, reasons, strict=True):
         e = encode_response(tokenizer, p, r, max_length=max_length, ended=ended(f))
         if e is None:
@@ -174,10 +176,79 @@ def score_texts(
                 f"score: a prompt is longer than max_length={max_length} - 8 tokens; raise max_length"
             )
         encoded.append(tuple(e[0]))
+        prompt_of[encoded[-1]] = encoded[-1][: e[1]]
     distinct = sorted(set(encoded), key=lambda e: (len(e), e))
     scores: dict[tuple[int, ...], float] = {}
+    if _is_reward_model(model):
+        groups: dict[tuple[int, ...], list[tuple[int, ...]]] = {}
+        for e in distinct:
+            groups.setdefault(prompt_of[e], []).append(e)
+        alone = []
+        for rows in groups.values():
+            for i in range(0, len(rows), batch_size):
+                chunk = rows[i : i + batch_size]
+                if len(chunk) == 1:
+                    alone += chunk
+                    continue
+                hidden = shared_prefix_last_hidden(model.backbone, chunk, tokenizer.pad_token_id)
+                scores.update(zip(chunk, model.reward_of_hidden(hidden).tolist(), strict=True))
+        distinct = sorted(alone, key=lambda e: (len(e), e))
     for i in range(0, len(distinct), batch_size):
         chunk = distinct[i : i + batch_size]
         ids, attn = right_pad(chunk, tokenizer.pad_token_id)
         scores.update(zip(chunk, model(ids.to(device), attn.to(device)).tolist(), strict=True))
     return [scores[e] for e in encoded]
+
+
+def _is_reward_model(model: Any) -> bool:
+    """Our RewardModel itself (a backbone and a scalar head as its own submodules), not a
+    wrapper (DDP, FSDP, a DeepSpeed engine) that only forwards to one."""
+    children = getattr(model, "_modules", {})
+    return "backbone" in children and "head" in children and hasattr(model, "reward_of_hidden")
+
+
+@torch.no_grad()
+def shared_prefix_last_hidden(
+    backbone: Any, rows: Sequence[Sequence[int]], pad_id: int
+) -> torch.Tensor:
+    """(K, H) fp32 final hidden states at the last token of each of K sequences, computing their
+    common prefix once (all of it but the token before the shortest row's end) and repeating
+    its KV cache K times; on the backbone's device."""
+    from transformers import DynamicCache
+
+    from instructrl.rollout import _cache_keyword
+
+    device = next(backbone.parameters()).device
+    shortest = min(len(r) for r in rows)
+    n = 0
+    while n < shortest - 1 and all(r[n] == rows[0][n] for r in rows):
+        n += 1
+    if n == 0:  # nothing shared: one plain forward
+        ids, attn = right_pad(rows, pad_id)
+        hidden = models.final_hidden(backbone, ids.to(device), attn.to(device))
+        return hidden[torch.arange(len(rows)), models.last_true(attn.bool())].float()
+    keyword, cache = _cache_keyword(backbone), DynamicCache()
+    prefix = torch.tensor([list(rows[0][:n])], device=device)
+    backbone(
+        input_ids=prefix,
+        attention_mask=torch.ones_like(prefix),
+        position_ids=torch.arange(n, device=device)[None],
+        use_cache=True,
+        logits_to_keep=1,
+        **{keyword: cache},
+    )
+    cache.batch_repeat_interleave(len(rows))
+    rest, mask = right_pad([r[n:] for r in rows], pad_id)  # (K, R), every row >= 1 token
+    out = backbone(
+        input_ids=rest.to(device),
+        attention_mask=torch.cat([torch.ones((len(rows), n), dtype=torch.long), mask.long()], 1).to(
+            device
+        ),
+        position_ids=(n + torch.arange(rest.shape[1]).expand_as(rest)).to(device),
+        use_cache=True,
+        output_hidden_states=True,
+        logits_to_keep=1,
+        **{keyword: cache},
+    )
+    hidden = out.hidden_states[-1]  # (K, R, H)
+    return hidden[torch.arange(len(rows)), models.last_true(mask.bool()).to(device)].float()

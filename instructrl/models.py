@@ -465,10 +465,14 @@ def _reward_module_class() -> type:
             `trunk`: these rows' shared lower layers (final_hidden)."""
             hidden = final_hidden(self.backbone, input_ids, attention_mask, trunk)  # (B, L, H)
             if per_token:
-                return self.head(hidden.to(self.head.weight.dtype)).squeeze(-1).float() + self.bias
+                return self.reward_of_hidden(hidden)
             last = last_true(attention_mask)  # (B,)
             h = hidden[torch.arange(hidden.shape[0], device=hidden.device), last]  # (B, H)
-            return self.head(h.to(self.head.weight.dtype)).squeeze(-1).float() + self.bias
+            return self.reward_of_hidden(h)
+
+        def reward_of_hidden(self, hidden: Any) -> Any:
+            """(...,) fp32 rewards of (..., H) final hidden states: head + bias."""
+            return self.head(hidden.to(self.head.weight.dtype)).squeeze(-1).float() + self.bias
 
     return RewardModel
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from instructrl import batches, models
+from instructrl import batches, models, rollout
 
 T, F = True, False
 
@@ -49,6 +49,46 @@ def test_nll_equals_cross_entropy_over_full_logits(tiny_model_dir):
     torch.testing.assert_close(loss, torch.stack(terms).mean(), atol=1e-5, rtol=1e-5)
     mean = batches.mean_nll(model, examples, 0, batch_size=1, device="cpu")
     assert abs(mean - loss.item()) < 1e-5  # token-weighted, whatever the batch size
+
+
+def test_score_texts_shares_each_prompts_forward_and_equals_plain_batches(
+    tiny_model_dir, monkeypatch
+):
+    """Our RM: the responses of one prompt go through one shared-prefix forward (at most
+    batch_size rows); a wrapper that only forwards to the RM takes plain length batches. The
+    rewards agree with each other and with one full forward per sequence."""
+    tokenizer = models.load_tokenizer(str(tiny_model_dir), padding_side="right")
+    rm = models.new_reward_model(str(tiny_model_dir), dtype=torch.float32).eval()
+    answers = ["Blue.", "It is blue", "B", "Grey today, and more", "blue?"]
+    pairs = [("What colour is the sky?", a) for a in answers] + [("hi", "hello"), ("x", "y z")]
+    reasons = ["eos", "eos", "eos", "length", "eos", "eos", "eos"]
+    calls = []
+    real = batches.shared_prefix_last_hidden
+    monkeypatch.setattr(
+        batches,
+        "shared_prefix_last_hidden",
+        lambda b, rows, pad: calls.append(len(rows)) or real(b, rows, pad),
+    )
+    kw = {"max_length": 64, "device": "cpu", "finish_reasons": reasons}
+    shared = batches.score_texts(rm, tokenizer, pairs, batch_size=3, **kw)
+    assert sorted(calls) == [2, 3]  # the sky's 5 answers in chunks of 3 and 2; the others alone
+
+    class Wrapper(torch.nn.Module):  # e.g. DDP: forwards, has no backbone of its own
+        def __init__(self, inner):
+            super().__init__()
+            self.module = inner
+
+        def forward(self, ids, attn):
+            return self.module(ids, attn)
+
+    calls.clear()
+    plain = batches.score_texts(Wrapper(rm), tokenizer, pairs, batch_size=3, **kw)
+    assert calls == []
+    assert shared == pytest.approx(plain, abs=1e-5)
+    for (p, r), f, score in zip(pairs, reasons, shared, strict=True):
+        ids = rollout.encode_response(tokenizer, p, r, max_length=64, ended=f == "eos")[0]
+        ids = torch.tensor([ids])
+        assert rm(ids, torch.ones_like(ids)).item() == pytest.approx(score, abs=1e-5)
 
 
 def test_score_texts_in_a_batch_equals_one_by_one(tiny_model_dir):

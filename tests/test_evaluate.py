@@ -11,7 +11,7 @@ import re
 import pytest
 import torch
 
-from instructrl import models, stats
+from instructrl import models, rollout, stats
 from instructrl.config import EvalConfig, load_config
 from instructrl.records import Prompt, Sample, read_records
 from instructrl.stages import evaluate
@@ -271,6 +271,19 @@ def test_eval_with_several_samples_per_prompt(tiny_model_dir, rm_dir, tmp_path):
     )
     assert (summary["likert"]["base"]["n"], summary["likert"]["base"]["observations"]) == (5, 10)
     assert summary["rm_score"]["base"]["observations"] == 10
+    # the RM score by hand: one full forward per test-prompt answer (the evaluation shares
+    # each prompt's forward among the policies' answers)
+    rm = models.load_reward_model(rm_dir)
+    tok = models.load_tokenizer(rm_dir, padding_side="right")
+    for name, samples in gens.items():
+        by_hand = []
+        for s in samples[:10]:
+            row = rollout.encode_response(
+                tok, s.prompt, s.response, max_length=2048, ended=s.finish_reason == "eos"
+            )[0]
+            row = torch.tensor([row])
+            by_hand.append(rm(row, torch.ones_like(row)).item())
+        assert summary["rm_score"][name]["mean"] == pytest.approx(sum(by_hand) / 10, abs=1e-5)
     assert summary["best_of"]["rm"]["n"] == 5  # against the baseline's first draw of each prompt
     # one sample a prompt: the figures of before, n prompts and no observations key
     first = json.loads((one / "summary.json").read_text())

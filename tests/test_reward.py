@@ -299,12 +299,12 @@ def test_shared_prefix_features_equal_one_forward_per_completion(rm_and_tok):
     prompt = tok("Question: what colour is the sky?")["input_ids"]
     rows = [prompt + tok(r)["input_ids"] + [tok.eos_token_id] for r in ["Blue.", "It is blue", "B"]]
     rows.append(prompt + tok("Grey today, and")["input_ids"])  # cut off: no EOS
-    cached = reward.shared_prefix_last_hidden(rm.backbone, rows, tok.pad_token_id)
+    cached = batches.shared_prefix_last_hidden(rm.backbone, rows, tok.pad_token_id)
     for i, row in enumerate(rows):
         ids = torch.tensor([row])
         full = models.final_hidden(rm.backbone, ids, torch.ones_like(ids))[0, -1]
         torch.testing.assert_close(cached[i], full, atol=1e-5, rtol=1e-4)
-    same = reward.shared_prefix_last_hidden(rm.backbone, [rows[0], rows[0]], tok.pad_token_id)
+    same = batches.shared_prefix_last_hidden(rm.backbone, [rows[0], rows[0]], tok.pad_token_id)
     torch.testing.assert_close(same[0], same[1])
 
 

@@ -518,6 +518,14 @@ class RewardScorer:
 def rm_scores(
     cfg: EvalConfig, prompts: list[Prompt], generations: dict[str, Any], scorer: RewardScorer
 ) -> dict[str, Any]:
+    # every policy's answers scored in one call: the answers to one prompt share its forward
+    scorer.samples(
+        [
+            (p, s)
+            for samples, _ in generations.values()
+            for p, s in zip(prompts, samples, strict=True)
+        ]
+    )
     return {
         name: stats.mean_ci(
             scorer.samples(list(zip(prompts, samples, strict=True))),

@@ -17,7 +17,12 @@ from typing import Any
 import torch
 
 from instructrl import losses, models, rundir, trainer
-from instructrl.batches import RankedExample, collate_ranked, right_pad, score_texts
+from instructrl.batches import (
+    RankedExample,
+    collate_ranked,
+    score_texts,
+    shared_prefix_last_hidden,
+)
 from instructrl.config import RMConfig, ScoreConfig, save_config
 from instructrl.errors import UserError
 from instructrl.plots import plot_curves
@@ -164,47 +169,6 @@ def split_features(
 
 def _completions_key(example: RankedExample) -> tuple:
     return tuple(tuple(ids) for ids in example.completions)
-
-
-@torch.no_grad()
-def shared_prefix_last_hidden(backbone: Any, rows: list[list[int]], pad_id: int) -> torch.Tensor:
-    """(K, H) final hidden states at the last token of each of K sequences, computing their
-    common prefix once (all of it but the token before the shortest row's end)."""
-    from transformers import DynamicCache
-
-    from instructrl.rollout import _cache_keyword
-
-    shortest = min(len(r) for r in rows)
-    n = 0
-    while n < shortest - 1 and all(r[n] == rows[0][n] for r in rows):
-        n += 1
-    if n == 0:  # nothing shared: one plain forward
-        ids, attn = right_pad(rows, pad_id)
-        hidden = models.final_hidden(backbone, ids, attn)
-        return hidden[torch.arange(len(rows)), models.last_true(attn.bool())].float()
-    keyword, cache = _cache_keyword(backbone), DynamicCache()
-    prefix = torch.tensor([rows[0][:n]])
-    backbone(
-        input_ids=prefix,
-        attention_mask=torch.ones_like(prefix),
-        position_ids=torch.arange(n)[None],
-        use_cache=True,
-        logits_to_keep=1,
-        **{keyword: cache},
-    )
-    cache.batch_repeat_interleave(len(rows))
-    rest, mask = right_pad([r[n:] for r in rows], pad_id)  # (K, R), every row >= 1 token
-    out = backbone(
-        input_ids=rest,
-        attention_mask=torch.cat([torch.ones((len(rows), n), dtype=torch.long), mask.long()], 1),
-        position_ids=n + torch.arange(rest.shape[1]).expand_as(rest),
-        use_cache=True,
-        output_hidden_states=True,
-        logits_to_keep=1,
-        **{keyword: cache},
-    )
-    hidden = out.hidden_states[-1]  # (K, R, H)
-    return hidden[torch.arange(len(rows)), models.last_true(mask.bool())].float()
 
 
 def fit_head(
