@@ -2,7 +2,7 @@
 
     python bench/rm.py [--model default] [--comparisons 4] [--max-length 96]
     python bench/rm.py --features [--comparisons 32] [--k 6]
-    python bench/rm.py --scoring runs/default/eval
+    python bench/rm.py --scoring runs/default/eval [--prompts 40]
 
 --scoring reads an evaluation's generations (every policy's answers to the test prompts) and
 its reward model, and scores them all as `batches.score_texts` does in the evaluation: the
@@ -102,11 +102,12 @@ def main() -> None:
     p.add_argument("--features", action="store_true", help="fp32 against bf16 features")
     p.add_argument("--k", type=int, default=6, help="with --features: completions per prompt")
     p.add_argument("--scoring", metavar="EVAL_DIR", help="shared-prompt against plain RM scoring")
+    p.add_argument("--prompts", type=int, default=0, help="with --scoring: the first N prompts")
     args = p.parse_args()
     if args.features:
         return features(args)
     if args.scoring:
-        return scoring(args.scoring)
+        return scoring(args.scoring, args.prompts)
     if args.child:
         print("RESULT " + json.dumps(child(args.child[0], int(args.child[1]), args)))
         return
@@ -202,7 +203,7 @@ def features(args) -> None:
     )
 
 
-def scoring(eval_dir: str) -> None:
+def scoring(eval_dir: str, limit: int = 0) -> None:
     from pathlib import Path
 
     import torch
@@ -220,6 +221,9 @@ def scoring(eval_dir: str) -> None:
         for f in sorted((Path(eval_dir) / "generations").glob("*.jsonl"))
         for s in read_records(f, "sample")
     ]
+    if limit:
+        keep = set(list(dict.fromkeys(s.prompt_id for s in samples))[:limit])
+        samples = [s for s in samples if s.prompt_id in keep]
     pairs = [(s.prompt, s.response) for s in samples]
     reasons = [s.finish_reason for s in samples]
     kw = {"batch_size": 16, "max_length": 2048, "device": "cpu", "finish_reasons": reasons}
@@ -232,7 +236,7 @@ def scoring(eval_dir: str) -> None:
         def forward(self, ids, attn):
             return self.module(ids, attn)
 
-    score_texts(rm, tok, pairs[:32], **kw)  # warm-up
+    score_texts(rm, tok, pairs[:32], **{**kw, "finish_reasons": reasons[:32]})  # warm-up
     seconds, scores = {}, {}
     for name, model in (("plain", Wrapper(rm)), ("shared", rm)):
         start = time.perf_counter()
@@ -240,7 +244,7 @@ def scoring(eval_dir: str) -> None:
             scores[name] = score_texts(model, tok, pairs, **kw)
         seconds[name] = time.perf_counter() - start
     gap = max(abs(a - b) for a, b in zip(scores["plain"], scores["shared"], strict=True))
-    n = len(set(zip(pairs, reasons, strict=True)))
+    n = len({(json.dumps(p), r, f) for (p, r), f in zip(pairs, reasons, strict=True)})
     print(
         f"{n} distinct sequences of {len({s.prompt_id for s in samples})} prompts, "
         f"{torch.get_num_threads()} threads: plain batches {n / seconds['plain']:.1f}/s "
