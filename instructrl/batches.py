@@ -225,8 +225,9 @@ def shared_prefix_last_hidden(
         n += 1
     if n == 0:  # nothing shared: one plain forward
         ids, attn = right_pad(rows, pad_id)
-        hidden = models.final_hidden(backbone, ids.to(device), attn.to(device))
-        return hidden[torch.arange(len(rows)), models.last_true(attn.bool())].float()
+        ids, attn = ids.to(device), attn.to(device)
+        hidden = models.final_hidden(backbone, ids, attn)
+        return hidden[torch.arange(len(rows), device=device), models.last_true(attn)].float()
     keyword, cache = _cache_keyword(backbone), DynamicCache()
     prefix = torch.tensor([list(rows[0][:n])], device=device)
     backbone(
@@ -251,4 +252,5 @@ def shared_prefix_last_hidden(
         **{keyword: cache},
     )
     hidden = out.hidden_states[-1]  # (K, R, H)
-    return hidden[torch.arange(len(rows)), models.last_true(mask.bool()).to(device)].float()
+    last = models.last_true(mask).to(device)
+    return hidden[torch.arange(len(rows), device=device), last].float()
