@@ -10,7 +10,7 @@ answers of one prompt sharing one forward of the prompt, against plain batches b
 same RM behind a wrapper, as under DDP); sequences/s of each, the ratio and the largest reward
 difference. Last line: {"bench": "rm-scoring", "ratio": <shared / plain>, ...}.
 
---features measures instead the head_only RM's feature pass (`reward.last_token_features`: the
+--features measures instead the head_only RM's feature pass (`reward.head_features`: the
 K completions of a prompt sharing one prefill) with the backbone in fp32 and in bf16
 (rm.quantize), completions/s of each, and how far the bf16 features are from the fp32 ones
 (relative L2 per completion; and the rank agreement of one random head's scores). Last line:
@@ -72,7 +72,7 @@ def child(mode: str, k: int, args) -> dict:
     examples, _ = reward.encode_comparisons(tok, comps, max_length=args.max_length, where="bench")
     if mode == "pairs":  # every pair its own K = 2 example
         examples = [
-            RankedExample([e.completions[w], e.completions[lo]], [0, 1])
+            RankedExample([e.completions[w], e.completions[lo]], [0, 1], e.prompt_len)
             for c, e in zip(comps, examples, strict=True)
             for w, lo in c.pairs()
         ]
@@ -172,9 +172,9 @@ def features(args) -> None:
             models.load_policy(args.model, dtype=dtype).requires_grad_(False),
             torch.nn.Linear(1, 1),
         )
-        reward.last_token_features(rm, examples[:2], tok.pad_token_id)  # warm-up
+        reward.head_features(rm, examples[:2], tok.pad_token_id)  # warm-up
         start = time.perf_counter()
-        feats[name] = reward.last_token_features(rm, examples, tok.pad_token_id)
+        feats[name] = reward.head_features(rm, examples, tok.pad_token_id)
         rate[name] = n / (time.perf_counter() - start)
     a, b = feats["fp32"], feats["bf16"]
     rel = ((a - b).norm(dim=-1) / a.norm(dim=-1)).mean().item()

@@ -34,6 +34,12 @@ class RankedExample:
 
     completions: list[list[int]]  # K token id lists: prompt + response + EOS
     ranks: list[int]  # (K,) 0 = best; ties share a rank
+    prompt_len: int = 0  # where the responses begin (the prompt's tokens, common to the K)
+
+
+def response_starts(examples: Sequence[RankedExample]) -> torch.Tensor:
+    """(sum K,) each completion's first response column in collate_ranked's right-padded rows."""
+    return torch.tensor([e.prompt_len for e in examples for _ in e.completions], dtype=torch.long)
 
 
 def right_pad(
@@ -165,7 +171,7 @@ def score_texts(
     is an error. A response whose finish reason is "length" is scored without EOS
     (rollout.encode_response). Each distinct sequence is scored once. On our reward model the
     responses of one prompt (several policies' answers, several draws) share one forward of the
-    prompt (shared_prefix_last_hidden, up to batch_size rows at a time); the sequences left
+    prompt (shared_prefix_hidden, up to batch_size rows at a time); the sequences left
     alone, and every sequence of other models, go in batches by length (little padding)."""
     reasons = list(finish_reasons) if finish_reasons is not None else [None] * len(pairs)
     encoded, prompt_of = [], {}
@@ -190,13 +196,23 @@ def score_texts(
                 if len(chunk) == 1:
                     alone += chunk
                     continue
-                hidden = shared_prefix_last_hidden(model.backbone, chunk, tokenizer.pad_token_id)
+                hidden = shared_prefix_hidden(
+                    model.backbone,
+                    chunk,
+                    tokenizer.pad_token_id,
+                    pooling=model.pooling,
+                    response_start=len(prompt_of[chunk[0]]),
+                )
                 scores.update(zip(chunk, model.reward_of_hidden(hidden).tolist(), strict=True))
         distinct = sorted(alone, key=lambda e: (len(e), e))
+    mean_pooled = models.pooling_of(model) == "mean"
     for i in range(0, len(distinct), batch_size):
         chunk = distinct[i : i + batch_size]
         ids, attn = right_pad(chunk, tokenizer.pad_token_id)
-        scores.update(zip(chunk, model(ids.to(device), attn.to(device)).tolist(), strict=True))
+        kw = {}
+        if mean_pooled:  # right padding: a response starts at its prompt's length
+            kw["response_start"] = torch.tensor([len(prompt_of[e]) for e in chunk]).to(device)
+        scores.update(zip(chunk, model(ids.to(device), attn.to(device), **kw).tolist(), strict=True))
     return [scores[e] for e in encoded]
 
 
@@ -208,26 +224,36 @@ def _is_reward_model(model: Any) -> bool:
 
 
 @torch.no_grad()
-def shared_prefix_last_hidden(
-    backbone: Any, rows: Sequence[Sequence[int]], pad_id: int
+def shared_prefix_hidden(
+    backbone: Any,
+    rows: Sequence[Sequence[int]],
+    pad_id: int,
+    *,
+    pooling: str = "last",
+    response_start: int | None = None,
 ) -> torch.Tensor:
-    """(K, H) fp32 final hidden states at the last token of each of K sequences, computing their
-    common prefix once (all of it but the token before the shortest row's end) and repeating
-    its KV cache K times; on the backbone's device."""
+    """(K, H) fp32 what a reward head reads of K sequences (models.pool_hidden): the final
+    hidden state at each one's last token, or with pooling="mean" the mean of the final hidden
+    states from `response_start` (the prompt's length, common to the K rows) to its end.
+    Their common prefix (all of it but the token before the shortest row's end, and nothing of
+    the responses under mean pooling) is computed once and its KV cache repeated K times; on
+    the backbone's device."""
     from transformers import DynamicCache
 
     from instructrl.rollout import _cache_keyword
 
     device = next(backbone.parameters()).device
     shortest = min(len(r) for r in rows)
+    limit = shortest - 1 if pooling == "last" else min(shortest - 1, int(response_start or 0))
     n = 0
-    while n < shortest - 1 and all(r[n] == rows[0][n] for r in rows):
+    while n < limit and all(r[n] == rows[0][n] for r in rows):
         n += 1
     if n == 0:  # nothing shared: one plain forward
         ids, attn = right_pad(rows, pad_id)
         ids, attn = ids.to(device), attn.to(device)
         hidden = models.final_hidden(backbone, ids, attn)
-        return hidden[torch.arange(len(rows), device=device), models.last_true(attn)].float()
+        start = None if response_start is None else torch.full((len(rows),), response_start)
+        return models.pool_hidden(hidden, attn, pooling, start).float()
     keyword, cache = _cache_keyword(backbone), DynamicCache()
     prefix = torch.tensor([list(rows[0][:n])], device=device)
     backbone(
@@ -251,6 +277,6 @@ def shared_prefix_last_hidden(
         logits_to_keep=1,
         **{keyword: cache},
     )
-    hidden = out.hidden_states[-1]  # (K, R, H)
-    last = models.last_true(mask).to(device)
-    return hidden[torch.arange(len(rows), device=device), last].float()
+    hidden = out.hidden_states[-1]  # (K, R, H): columns n.. of the rows
+    start = None if response_start is None else torch.full((len(rows),), response_start - n)
+    return models.pool_hidden(hidden, mask.to(device), pooling, start).float()

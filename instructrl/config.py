@@ -375,9 +375,17 @@ class RMConfig(SupervisedConfig):
         "model is saved in that precision and scored in it everywhere (PPO, eval, score), so "
         "it scores exactly the features its head learned from",
     )
+    pooling: str = _f(
+        "last",
+        "what the head reads: last (the final hidden state at the response's last token, the "
+        "paper's and the standard form's) or mean (the mean of the final hidden states over the "
+        "response tokens, recorded as instructrl.pooling in config.json)",
+    )
 
     def __post_init__(self) -> None:
         super().__post_init__()
+        if self.pooling not in ("last", "mean"):
+            raise ConfigError(f"config: rm.pooling: expected last or mean, got {self.pooling!r}")
         if self.quantize not in ("none", "auto", "bf16"):
             raise ConfigError(
                 f"config: rm.quantize: expected one of none, auto, bf16, got {self.quantize!r}"

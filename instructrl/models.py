@@ -444,31 +444,41 @@ def _reward_module_class() -> type:
     class RewardModel(nn.Module):
         """A causal-LM backbone whose unembedding is replaced by a scalar head (paper, 3.5).
 
-        reward(x, y) = head(h_last) + bias, where h_last is the final hidden state at the last
-        response token (EOS included) and `bias` makes demonstrations score 0 on average.
+        reward(x, y) = head(h) + bias, where h is the final hidden state at the last response
+        token (EOS included; `pooling="last"`, the standard form's and the paper's) or the mean
+        of the final hidden states over the response tokens (`pooling="mean"`: the mean of the
+        head's per-token scores, as the head is linear), and `bias` makes demonstrations score
+        0 on average.
         """
 
-        def __init__(self, backbone: Any, bias: float = 0.0):
+        def __init__(self, backbone: Any, bias: float = 0.0, pooling: str = "last"):
             super().__init__()
+            if pooling not in POOLINGS:
+                raise ValueError(f"reward model pooling: expected one of {POOLINGS}, got {pooling!r}")
             self.backbone = backbone
             self.config = backbone.config
+            self.pooling = pooling
             self.head = nn.Linear(backbone.config.hidden_size, 1)
             nn.init.normal_(self.head.weight, std=1.0 / (backbone.config.hidden_size + 1) ** 0.5)
             nn.init.zeros_(self.head.bias)
             self.register_buffer("bias", torch.tensor(float(bias)), persistent=False)
 
         def forward(
-            self, input_ids: Any, attention_mask: Any, per_token: bool = False, trunk: Any = None
+            self,
+            input_ids: Any,
+            attention_mask: Any,
+            per_token: bool = False,
+            trunk: Any = None,
+            response_start: Any = None,
         ) -> Any:
             """(B,) rewards for right- or left-padded (B, L) sequences; with per_token, (B, L)
             scores at every position (the value model's V(s_t), initialised from the RM);
-            `trunk`: these rows' shared lower layers (final_hidden)."""
+            `trunk`: these rows' shared lower layers (final_hidden); `response_start`: (B,)
+            the column of each row's first response token (needed by mean pooling)."""
             hidden = final_hidden(self.backbone, input_ids, attention_mask, trunk)  # (B, L, H)
             if per_token:
                 return self.reward_of_hidden(hidden)
-            last = last_true(attention_mask)  # (B,)
-            h = hidden[torch.arange(hidden.shape[0], device=hidden.device), last]  # (B, H)
-            return self.reward_of_hidden(h)
+            return self.reward_of_hidden(pool_hidden(hidden, attention_mask, self.pooling, response_start))
 
         def reward_of_hidden(self, hidden: Any) -> Any:
             """(...,) fp32 rewards of (..., H) final hidden states: head + bias."""
@@ -477,15 +487,42 @@ def _reward_module_class() -> type:
     return RewardModel
 
 
-def new_reward_model(spec: str, *, dtype: Any = None) -> Any:
+POOLINGS = ("last", "mean")
+
+
+def pool_hidden(hidden: Any, attention_mask: Any, pooling: str, response_start: Any = None) -> Any:
+    """(B, H) what a reward head reads of (B, L, H) final hidden states: the state at each row's
+    last real token ("last"), or the mean of the states from `response_start` (B,) (a column;
+    under left padding, count the padding in) to the last real token ("mean")."""
+    import torch
+
+    rows = torch.arange(hidden.shape[0], device=hidden.device)
+    last = last_true(attention_mask).to(hidden.device)  # (B,)
+    if pooling == "last":
+        return hidden[rows, last]
+    if response_start is None:
+        raise ValueError("a mean-pooled reward model needs response_start (where responses begin)")
+    start = torch.as_tensor(response_start, device=hidden.device).long()
+    cols = torch.arange(hidden.shape[1], device=hidden.device)[None]  # (1, L)
+    span = (cols >= start[:, None]) & (cols <= last[:, None]) & attention_mask.bool().to(hidden.device)
+    weights = span.to(hidden.dtype)
+    return (hidden * weights[..., None]).sum(1) / weights.sum(1, keepdim=True).clamp(min=1)
+
+
+def pooling_of(model: Any) -> str:
+    """A reward model's pooling ("last" for models without one, e.g. wrappers' own)."""
+    return getattr(unwrap(model), "pooling", "last")
+
+
+def new_reward_model(spec: str, *, dtype: Any = None, pooling: str = "last") -> Any:
     """A reward model initialised from a causal LM (the SFT policy, in the paper)."""
     backbone = load_policy(spec, device="cpu", dtype=dtype)
-    return _reward_module_class()(backbone)
+    return _reward_module_class()(backbone, pooling=pooling)
 
 
-def reward_model_on(backbone: Any, head: Any) -> Any:
+def reward_model_on(backbone: Any, head: Any, pooling: str = "last") -> Any:
     """A reward model of `backbone` that reads through `head`, the same module (not a copy)."""
-    model = _reward_module_class()(backbone)
+    model = _reward_module_class()(backbone, pooling=pooling)
     model.head = head
     return model.eval()
 
@@ -507,7 +544,9 @@ def save_reward_model(
     config.json, the head's own bias plus the offset that makes demonstrations score 0 on
     average (Llama-style `score` layers have no bias). `load_reward_model` adds it. The config's
     pad token is one that never occurs in a scored sequence (not EOS, which ends every finished
-    response), because transformers pools at the last token that is not padding.
+    response), because transformers pools at the last token that is not padding. A
+    mean-pooled model (`instructrl.pooling: mean`) scores the mean of the logits over the
+    response tokens; tools that read the standard form's last token (TRL) score it otherwise.
     `state_dict`: the whole reward model's weights gathered from a sharded run
     (accelerator.get_state_dict), written instead of the module's own."""
     from huggingface_hub import save_torch_state_dict
@@ -537,6 +576,7 @@ def save_reward_model(
         "type": "reward",
         "bias": offset,
         "reward": "logit + bias",
+        "pooling": getattr(model, "pooling", "last"),
         **(extra or {}),
     }
     if pad_id is not None and pad_id != tokenizer.pad_token_id:
@@ -577,7 +617,8 @@ def load_reward_model(path: str | Path, *, device: str = "cpu", dtype: Any = Non
     older instructrl form (a causal LM plus reward_head.safetensors). config.json's
     `instructrl.bias` is added to the logit (0 for foreign models). `dtype` None: the backbone
     in config.json's `instructrl.dtype` where the RM stage recorded one (bf16 features,
-    rm.quantize), else load_policy's default; the head stays fp32."""
+    rm.quantize), else load_policy's default; the head stays fp32. `instructrl.pooling` (last,
+    the default, or mean) is how the head reads the response."""
     import torch
     from safetensors.torch import load_file
 
@@ -610,7 +651,14 @@ def load_reward_model(path: str | Path, *, device: str = "cpu", dtype: Any = Non
             f"reward={path}: {config.get('architectures')} has no causal-LM form in transformers "
             f"({exc}); reward models must be decoder models that share the policy's tokenizer"
         ) from exc
-    model = _reward_module_class()(backbone, bias=(config.get("instructrl") or {}).get("bias", 0.0))
+    ours = config.get("instructrl") or {}
+    pooling = ours.get("pooling", "last")
+    if pooling not in POOLINGS:
+        raise ModelNotFoundError(
+            f"reward={path}: config.json instructrl.pooling: expected one of {', '.join(POOLINGS)}, "
+            f"got {pooling!r}"
+        )
+    model = _reward_module_class()(backbone, bias=ours.get("bias", 0.0), pooling=pooling)
     if legacy:
         model.head.load_state_dict(load_file(str(path / REWARD_HEAD_FILE)))
     else:

@@ -63,11 +63,11 @@ def test_score_texts_shares_each_prompts_forward_and_equals_plain_batches(
     pairs = [("What colour is the sky?", a) for a in answers] + [("hi", "hello"), ("x", "y z")]
     reasons = ["eos", "eos", "eos", "length", "eos", "eos", "eos"]
     calls = []
-    real = batches.shared_prefix_last_hidden
+    real = batches.shared_prefix_hidden
     monkeypatch.setattr(
         batches,
-        "shared_prefix_last_hidden",
-        lambda b, rows, pad: calls.append(len(rows)) or real(b, rows, pad),
+        "shared_prefix_hidden",
+        lambda b, rows, pad, **k: calls.append(len(rows)) or real(b, rows, pad, **k),
     )
     kw = {"max_length": 64, "device": "cpu", "finish_reasons": reasons}
     shared = batches.score_texts(rm, tokenizer, pairs, batch_size=3, **kw)

@@ -23,7 +23,9 @@ PROMPTS = [
 ]
 
 
-def high_half_score(ids: torch.Tensor, attention: torch.Tensor, width: int = 8) -> torch.Tensor:
+def high_half_score(
+    ids: torch.Tensor, attention: torch.Tensor, response_start=None, width: int = 8
+) -> torch.Tensor:
     """Synthetic reward on the RM's (right-padded) input: the share of the last `width` real
     tokens with an id of 192 or more (the upper half of the vocabulary)."""
     out = []
@@ -197,7 +199,7 @@ def test_nan_reward_stops_with_the_iteration(tiny_model_dir):
     t, tok = make_trainer(
         tiny_model_dir,
         ptx_coef=0,
-        score_fn=lambda ids, attn: torch.full((ids.shape[0],), float("nan")),
+        score_fn=lambda ids, attn, **_: torch.full((ids.shape[0],), float("nan")),
     )
     with pytest.raises(UserError, match=r"iteration 1: the reward model returned NaN or inf"):
         t.step(encode_prompts(tok, PROMPTS))
@@ -375,8 +377,11 @@ def test_rm_scores_exactly_the_sequences_it_was_trained_on(tiny_model_dir):
 
     seen = []
 
-    def capture(ids, attn):
+    starts = []
+
+    def capture(ids, attn, response_start=None):
         seen.extend(row[mask.bool()].tolist() for row, mask in zip(ids, attn, strict=True))
+        starts.extend(response_start.tolist())
         return torch.zeros(ids.shape[0])
 
     t, tok = make_trainer(tiny_model_dir, score_fn=capture, ptx_coef=0, max_new_tokens=16)
@@ -401,6 +406,7 @@ def test_rm_scores_exactly_the_sequences_it_was_trained_on(tiny_model_dir):
     examples, _ = encode_comparisons(tok, [comparison], max_length=256, where="test")
     assert seen == r.scored == examples[0].completions
     p = len(prompt_ids[0])
+    assert starts == [p] * 3 == [examples[0].prompt_len] * 3  # where a mean-pooled RM reads from
     assert r.scored[0][p:] == [*ids[0], eos]  # the sampled tokens, EOS included
     assert r.scored[1][p:] == ids[1]  # cut off: no EOS
     assert r.scored[2][p:] == [*ids[2], eos]  # stopped: ends there

@@ -299,12 +299,12 @@ def test_shared_prefix_features_equal_one_forward_per_completion(rm_and_tok):
     prompt = tok("Question: what colour is the sky?")["input_ids"]
     rows = [prompt + tok(r)["input_ids"] + [tok.eos_token_id] for r in ["Blue.", "It is blue", "B"]]
     rows.append(prompt + tok("Grey today, and")["input_ids"])  # cut off: no EOS
-    cached = batches.shared_prefix_last_hidden(rm.backbone, rows, tok.pad_token_id)
+    cached = batches.shared_prefix_hidden(rm.backbone, rows, tok.pad_token_id)
     for i, row in enumerate(rows):
         ids = torch.tensor([row])
         full = models.final_hidden(rm.backbone, ids, torch.ones_like(ids))[0, -1]
         torch.testing.assert_close(cached[i], full, atol=1e-5, rtol=1e-4)
-    same = batches.shared_prefix_last_hidden(rm.backbone, [rows[0], rows[0]], tok.pad_token_id)
+    same = batches.shared_prefix_hidden(rm.backbone, [rows[0], rows[0]], tok.pad_token_id)
     torch.testing.assert_close(same[0], same[1])
 
 
@@ -314,10 +314,10 @@ def test_split_features_compute_each_shared_example_once(rm_and_tok, monkeypatch
     rm, tok = rm_and_tok
     _, examples = _examples(tok, [4, 3, 5, 4])
     splits = {"train": examples[:2], "val": examples[2:], "heldout": examples[:1:-1], "x": []}
-    alone = {n: reward.last_token_features(rm, e, tok.pad_token_id) for n, e in splits.items() if e}
+    alone = {n: reward.head_features(rm, e, tok.pad_token_id) for n, e in splits.items() if e}
     calls = []
-    real = reward.shared_prefix_last_hidden
-    monkeypatch.setattr(reward, "shared_prefix_last_hidden", lambda *a: calls.append(1) or real(*a))
+    real = reward.shared_prefix_hidden
+    monkeypatch.setattr(reward, "shared_prefix_hidden", lambda *a, **k: calls.append(1) or real(*a, **k))
     feats = reward.split_features(rm, splits, tok.pad_token_id)
     assert len(calls) == len(examples) == 4 and set(feats) == {"train", "val", "heldout"}
     for name in feats:
@@ -370,3 +370,117 @@ def test_head_only_rm_in_bf16_is_scored_as_it_was_trained(tiny_model_dir, tmp_pa
             torch.testing.assert_close(
                 p, dict(fp32.backbone.named_parameters())[name], atol=0, rtol=0
             )
+
+
+def _mean_rm_and_rows(tiny_model_dir):
+    """A mean-pooled reward model and three rows of one prompt whose responses share their
+    first tokens (finished, finished, cut off), with the prompt's length."""
+    torch.manual_seed(0)
+    rm = models.new_reward_model(str(tiny_model_dir), pooling="mean").eval()
+    tok = models.load_tokenizer(str(tiny_model_dir), padding_side="right")
+    prompt = tok("Question: what colour is the sky?", add_special_tokens=False)["input_ids"]
+    answer = lambda text: tok(text, add_special_tokens=False)["input_ids"]  # noqa: E731
+    rows = [
+        prompt + answer("It is blue.") + [tok.eos_token_id],
+        prompt + answer("It is grey today") + [tok.eos_token_id],
+        prompt + answer("It is"),  # cut off: no EOS
+    ]
+    return rm, tok, rows, len(prompt)
+
+
+def test_mean_pooled_reward_is_the_mean_of_per_token_scores_over_the_response(tiny_model_dir):
+    """pooling=mean: each row's reward is the mean of the head's per-token scores over its
+    response tokens (each row alone, no padding), under right and left padding and through the
+    shared-prefix pass, which must not swallow the responses' common opening."""
+    rm, tok, rows, p = _mean_rm_and_rows(tiny_model_dir)
+    assert rows[0][p] == rows[1][p] == rows[2][p]  # the responses share an opening token
+    with torch.no_grad():
+        expected = []
+        for row in rows:
+            ids = torch.tensor([row])
+            expected.append(rm(ids, torch.ones_like(ids), per_token=True)[0, p:].mean())
+        expected = torch.stack(expected)
+        ids, attn = batches.right_pad(rows, tok.pad_token_id)
+        torch.testing.assert_close(rm(ids, attn, response_start=torch.full((3,), p)), expected)
+        from instructrl.rollout import left_pad
+
+        ids, attn = left_pad(rows, tok.pad_token_id)
+        padding = torch.tensor([ids.shape[1] - len(r) for r in rows])
+        torch.testing.assert_close(rm(ids, attn, response_start=p + padding), expected)
+        shared = batches.shared_prefix_hidden(
+            rm.backbone, rows, tok.pad_token_id, pooling="mean", response_start=p
+        )
+        torch.testing.assert_close(rm.reward_of_hidden(shared), expected, atol=1e-5, rtol=1e-4)
+        last = models.pool_hidden(models.final_hidden(rm.backbone, ids, attn), attn, "last")
+        assert not torch.allclose(rm.reward_of_hidden(last), expected)  # pooling matters here
+    with pytest.raises(ValueError, match="response_start"):
+        rm(ids, attn)
+
+
+def test_mean_pooled_batch_loss_equals_a_loop_over_pairs(tiny_model_dir):
+    """The fine-tuning loss of a mean-pooled RM (one forward of every completion, each reading
+    from its prompt's end) against a loop over pairs, each reward from the row alone."""
+    rm, tok, _, _ = _mean_rm_and_rows(tiny_model_dir)
+    comps, examples = _examples(tok, [4, 3])
+    loss, _, _ = reward.batch_loss(rm, examples, tok.pad_token_id, "cpu")
+    terms = []
+    with torch.no_grad():
+        for c, e in zip(comps, examples, strict=True):
+            r = []
+            for row in e.completions:
+                ids = torch.tensor([row])
+                r.append(rm(ids, torch.ones_like(ids), per_token=True)[0, e.prompt_len :].mean())
+            pairs = [-torch.nn.functional.logsigmoid(r[w] - r[lo]) for w, lo in c.pairs()]
+            terms.append(sum(pairs) / len(pairs))
+    torch.testing.assert_close(loss.detach(), sum(terms) / len(terms), atol=1e-5, rtol=1e-5)
+
+
+def test_head_only_mean_pooled_rm_is_saved_loaded_and_scored_alike(tiny_model_dir, tmp_path):
+    """rm.pooling=mean end to end: config.json records it, the loaded model pools so, the
+    demonstrations score 0 on average (the bias from the same pooling), and score_texts (shared
+    prefix and plain batches) and PPO's scorer give the same rewards."""
+    from instructrl.rollout import encode_response
+    from instructrl.stages.ppo import reward_model_scorer
+
+    rows = []
+    for i in range(12):  # the longer response always wins
+        responses = ["ok", "ok then fine", "ok then fine and good, yes indeed quite so"]
+        rows.append(
+            {"prompt_id": f"p{i}", "prompt": f"Question {i}?", "responses": responses, "ranking": [2, 1, 0]}
+        )
+    demos = [{"prompt": f"Question {i}?", "response": RESPONSES[i % 4]} for i in range(8)]
+    (tmp_path / "c.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    (tmp_path / "d.jsonl").write_text("".join(json.dumps(d) + "\n" for d in demos))
+    cfg = load_config(
+        RMConfig,
+        [
+            f"model={tiny_model_dir}",
+            f"data={tmp_path / 'c.jsonl'}",
+            f"demos={tmp_path / 'd.jsonl'}",
+            f"out={tmp_path / 'rm'}",
+            "head_only=true",
+            "head_epochs=100",
+            "val_fraction=0.25",
+            "pooling=mean",
+        ],
+    )
+    out = reward.run(cfg)
+    assert json.loads((out / "config.json").read_text())["instructrl"]["pooling"] == "mean"
+    metrics = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert metrics[-1]["rm/val_accuracy"] == 1.0
+    rm = models.load_reward_model(out)
+    assert rm.pooling == "mean"
+    tok = models.load_tokenizer(str(out), padding_side="right")
+    pairs = [(d["prompt"], d["response"]) for d in demos]
+    shared = batches.score_texts(rm, tok, pairs * 2, batch_size=4, max_length=64, device="cpu")
+    plain = batches.score_texts(rm, tok, pairs, batch_size=1, max_length=64, device="cpu")
+    assert abs(sum(plain) / len(plain)) < 1e-5
+    assert shared == pytest.approx(plain * 2, abs=1e-5)
+    encoded = [encode_response(tok, q, a, max_length=64) for q, a in pairs]
+    ids, attn = batches.right_pad([e[0] for e in encoded], tok.pad_token_id)
+    ppo_scores = reward_model_scorer(rm)(ids, attn, response_start=torch.tensor([e[1] for e in encoded]))
+    assert ppo_scores.tolist() == pytest.approx(plain, abs=1e-5)
+    with pytest.raises(Exception, match=r"pooling: expected last or mean"):
+        load_config(
+            RMConfig, [f"model={tiny_model_dir}", f"data={tmp_path / 'c.jsonl'}", "pooling=max"]
+        )

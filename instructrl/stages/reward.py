@@ -20,8 +20,9 @@ from instructrl import losses, models, rundir, trainer
 from instructrl.batches import (
     RankedExample,
     collate_ranked,
+    response_starts,
     score_texts,
-    shared_prefix_last_hidden,
+    shared_prefix_hidden,
 )
 from instructrl.config import RMConfig, ScoreConfig, save_config
 from instructrl.errors import UserError
@@ -49,7 +50,7 @@ def encode_comparisons(
         truncated += sum(e[2] for e in encoded)
         if not c.pairs():
             continue  # everything tied: no pair to learn from
-        examples.append(RankedExample([e[0] for e in encoded], c.ranks()))
+        examples.append(RankedExample([e[0] for e in encoded], c.ranks(), prompt_len=encoded[0][1]))
     if dropped or truncated:
         log.warning(
             "%s: dropped %d of %d comparisons whose prompt exceeds max_length=%d - 8; truncated %d responses",
@@ -76,16 +77,19 @@ def batch_rewards(
     attention: torch.Tensor,
     rows: torch.Tensor,
     valid: torch.Tensor,
+    starts: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """(B, K) rewards from one forward pass over all (sum K_b) completions."""
-    flat = model(input_ids, attention)  # (sum K_b,)
+    """(B, K) rewards from one forward pass over all (sum K_b) completions; `starts` (sum K_b,):
+    where each one's response begins (read by a mean-pooled model)."""
+    mean_pooled = models.pooling_of(model) == "mean"
+    flat = model(input_ids, attention, **({"response_start": starts} if mean_pooled else {}))
     zeros = torch.zeros(rows.shape, dtype=flat.dtype, device=flat.device)
     return torch.where(valid, flat[rows.clamp(min=0)], zeros)
 
 
 def batch_loss(model: Any, examples: list[RankedExample], pad_id: int, device: Any):
     ids, attn, ranks, valid, rows = (t.to(device) for t in collate_ranked(examples, pad_id))
-    rewards = batch_rewards(model, ids, attn, rows, valid)
+    rewards = batch_rewards(model, ids, attn, rows, valid, response_starts(examples).to(device))
     loss, stats = losses.ranking_loss(rewards=rewards, ranks=ranks, valid=valid)
     return loss, stats, int(attn.sum())
 
@@ -130,14 +134,23 @@ def _split(
 
 
 @torch.no_grad()
-def last_token_features(model: Any, examples: list[RankedExample], pad_id: int) -> torch.Tensor:
-    """(sum K, H) the backbone's final hidden state at each completion's last token, in the
-    examples' order: what the scalar head reads. The K completions of a prompt share their
-    common prefix (the prompt): it is encoded once and its KV cache repeated K times."""
+def head_features(model: Any, examples: list[RankedExample], pad_id: int) -> torch.Tensor:
+    """(sum K, H) what the scalar head reads of each completion, in the examples' order: the
+    backbone's final hidden state at its last token, or (rm.pooling=mean) the mean of those
+    over its response tokens. The K completions of a prompt share their common prefix (the
+    prompt): it is encoded once and its KV cache repeated K times."""
     out = []
     with progress_bar("rm features", total=sum(len(e.completions) for e in examples)) as update:
         for e in examples:
-            out.append(shared_prefix_last_hidden(model.backbone, e.completions, pad_id))
+            out.append(
+                shared_prefix_hidden(
+                    model.backbone,
+                    e.completions,
+                    pad_id,
+                    pooling=model.pooling,
+                    response_start=e.prompt_len,
+                )
+            )
             update(len(e.completions))
     return torch.cat(out)
 
@@ -145,7 +158,7 @@ def last_token_features(model: Any, examples: list[RankedExample], pad_id: int) 
 def split_features(
     model: Any, splits: dict[str, list[RankedExample]], pad_id: int
 ) -> dict[str, torch.Tensor]:
-    """last_token_features of each non-empty split, each distinct list of completions computed
+    """head_features of each non-empty split, each distinct list of completions computed
     once: the held-out panel ranks the validation prompts' own samples, so those two splits
     share every forward."""
     starts: dict[tuple, int] = {}  # each distinct completion list -> its first row in `flat`
@@ -157,7 +170,7 @@ def split_features(
             if key not in starts:
                 starts[key], rows = rows, rows + len(e.completions)
                 unique.append(e)
-    flat = last_token_features(model, unique, pad_id) if unique else None
+    flat = head_features(model, unique, pad_id) if unique else None
     return {
         name: flat[
             [starts[_completions_key(e)] + i for e in examples for i in range(len(e.completions))]
@@ -264,7 +277,7 @@ def run(cfg: RMConfig) -> Path:
     # head_only: no engine trains the backbone, whose features need its whole weights (under
     # a ZeRO-3 config transformers would load it as shards)
     with models.whole_weights() if cfg.head_only else contextlib.nullcontext():
-        model = models.new_reward_model(cfg.model, dtype=torch.float32)
+        model = models.new_reward_model(cfg.model, dtype=torch.float32, pooling=cfg.pooling)
         scorer = None  # the model itself, unless the head reads bf16 features (rm.quantize)
         if features_dtype(cfg, accelerator.device) is not None:
             scorer = bf16_scorer(cfg, model)
@@ -306,7 +319,7 @@ def bf16_scorer(cfg: RMConfig, model: Any) -> Any:
     and the demonstrations' bias come from it; the saved backbone keeps its fp32 weights, so a
     value model initialised from the RM keeps the policy's own lower layers."""
     backbone = models.load_policy(cfg.model, dtype=torch.bfloat16).requires_grad_(False)
-    return models.reward_model_on(backbone, model.head)
+    return models.reward_model_on(backbone, model.head, pooling=model.pooling)
 
 
 def fine_tune(
