@@ -212,7 +212,9 @@ def score_texts(
         kw = {}
         if mean_pooled:  # right padding: a response starts at its prompt's length
             kw["response_start"] = torch.tensor([len(prompt_of[e]) for e in chunk]).to(device)
-        scores.update(zip(chunk, model(ids.to(device), attn.to(device), **kw).tolist(), strict=True))
+        scores.update(
+            zip(chunk, model(ids.to(device), attn.to(device), **kw).tolist(), strict=True)
+        )
     return [scores[e] for e in encoded]
 
 

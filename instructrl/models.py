@@ -454,7 +454,9 @@ def _reward_module_class() -> type:
         def __init__(self, backbone: Any, bias: float = 0.0, pooling: str = "last"):
             super().__init__()
             if pooling not in POOLINGS:
-                raise ValueError(f"reward model pooling: expected one of {POOLINGS}, got {pooling!r}")
+                raise ValueError(
+                    f"reward model pooling: expected one of {POOLINGS}, got {pooling!r}"
+                )
             self.backbone = backbone
             self.config = backbone.config
             self.pooling = pooling
@@ -478,7 +480,9 @@ def _reward_module_class() -> type:
             hidden = final_hidden(self.backbone, input_ids, attention_mask, trunk)  # (B, L, H)
             if per_token:
                 return self.reward_of_hidden(hidden)
-            return self.reward_of_hidden(pool_hidden(hidden, attention_mask, self.pooling, response_start))
+            return self.reward_of_hidden(
+                pool_hidden(hidden, attention_mask, self.pooling, response_start)
+            )
 
         def reward_of_hidden(self, hidden: Any) -> Any:
             """(...,) fp32 rewards of (..., H) final hidden states: head + bias."""
@@ -504,7 +508,9 @@ def pool_hidden(hidden: Any, attention_mask: Any, pooling: str, response_start: 
         raise ValueError("a mean-pooled reward model needs response_start (where responses begin)")
     start = torch.as_tensor(response_start, device=hidden.device).long()
     cols = torch.arange(hidden.shape[1], device=hidden.device)[None]  # (1, L)
-    span = (cols >= start[:, None]) & (cols <= last[:, None]) & attention_mask.bool().to(hidden.device)
+    span = (
+        (cols >= start[:, None]) & (cols <= last[:, None]) & attention_mask.bool().to(hidden.device)
+    )
     weights = span.to(hidden.dtype)
     return (hidden * weights[..., None]).sum(1) / weights.sum(1, keepdim=True).clamp(min=1)
 

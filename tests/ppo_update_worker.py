@@ -29,7 +29,9 @@ PROMPTS = [
 ]
 
 
-def high_half_score(ids: torch.Tensor, attention: torch.Tensor, response_start=None) -> torch.Tensor:
+def high_half_score(
+    ids: torch.Tensor, attention: torch.Tensor, response_start=None
+) -> torch.Tensor:
     """The share of a sequence's last 8 real tokens in the upper half of the vocabulary."""
     return torch.stack(
         [

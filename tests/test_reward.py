@@ -149,6 +149,22 @@ def test_reward_token_under_left_and_right_padding(rm_and_tok):
         torch.testing.assert_close(model(left_ids, left_mask), alone, atol=1e-5, rtol=0)
 
 
+def _rm_config(tiny_model_dir, tmp_path, comparisons, demos, *overrides):
+    """An RM stage config on these comparison and demonstration rows, written to tmp_path."""
+    (tmp_path / "c.jsonl").write_text("".join(json.dumps(c) + "\n" for c in comparisons))
+    (tmp_path / "d.jsonl").write_text("".join(json.dumps(d) + "\n" for d in demos))
+    return load_config(
+        RMConfig,
+        [
+            f"model={tiny_model_dir}",
+            f"data={tmp_path / 'c.jsonl'}",
+            f"demos={tmp_path / 'd.jsonl'}",
+            f"out={tmp_path / 'rm'}",
+            *overrides,
+        ],
+    )
+
+
 def test_rm_stage_normalises_and_reloads(tiny_model_dir, tmp_path):
     comps = [
         {
@@ -160,19 +176,14 @@ def test_rm_stage_normalises_and_reloads(tiny_model_dir, tmp_path):
         for i in range(12)
     ]
     demos = [{"prompt": f"Question {i}?", "response": RESPONSES[i % 3]} for i in range(10)]
-    (tmp_path / "c.jsonl").write_text("".join(json.dumps(c) + "\n" for c in comps))
-    (tmp_path / "d.jsonl").write_text("".join(json.dumps(d) + "\n" for d in demos))
-    cfg = load_config(
-        RMConfig,
-        [
-            f"model={tiny_model_dir}",
-            f"data={tmp_path / 'c.jsonl'}",
-            f"demos={tmp_path / 'd.jsonl'}",
-            f"heldout_data={tmp_path / 'c.jsonl'}",
-            f"out={tmp_path / 'rm'}",
-            "lr=1e-3",
-            "epochs=2",
-        ],
+    cfg = _rm_config(
+        tiny_model_dir,
+        tmp_path,
+        comps,
+        demos,
+        f"heldout_data={tmp_path / 'c.jsonl'}",
+        "lr=1e-3",
+        "epochs=2",
     )
     out = reward.run(cfg)
     rm = models.load_reward_model(out)
@@ -317,7 +328,9 @@ def test_split_features_compute_each_shared_example_once(rm_and_tok, monkeypatch
     alone = {n: reward.head_features(rm, e, tok.pad_token_id) for n, e in splits.items() if e}
     calls = []
     real = reward.shared_prefix_hidden
-    monkeypatch.setattr(reward, "shared_prefix_hidden", lambda *a, **k: calls.append(1) or real(*a, **k))
+    monkeypatch.setattr(
+        reward, "shared_prefix_hidden", lambda *a, **k: calls.append(1) or real(*a, **k)
+    )
     feats = reward.split_features(rm, splits, tok.pad_token_id)
     assert len(calls) == len(examples) == 4 and set(feats) == {"train", "val", "heldout"}
     for name in feats:
@@ -446,23 +459,23 @@ def test_head_only_mean_pooled_rm_is_saved_loaded_and_scored_alike(tiny_model_di
     for i in range(12):  # the longer response always wins
         responses = ["ok", "ok then fine", "ok then fine and good, yes indeed quite so"]
         rows.append(
-            {"prompt_id": f"p{i}", "prompt": f"Question {i}?", "responses": responses, "ranking": [2, 1, 0]}
+            {
+                "prompt_id": f"p{i}",
+                "prompt": f"Question {i}?",
+                "responses": responses,
+                "ranking": [2, 1, 0],
+            }
         )
     demos = [{"prompt": f"Question {i}?", "response": RESPONSES[i % 4]} for i in range(8)]
-    (tmp_path / "c.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
-    (tmp_path / "d.jsonl").write_text("".join(json.dumps(d) + "\n" for d in demos))
-    cfg = load_config(
-        RMConfig,
-        [
-            f"model={tiny_model_dir}",
-            f"data={tmp_path / 'c.jsonl'}",
-            f"demos={tmp_path / 'd.jsonl'}",
-            f"out={tmp_path / 'rm'}",
-            "head_only=true",
-            "head_epochs=100",
-            "val_fraction=0.25",
-            "pooling=mean",
-        ],
+    cfg = _rm_config(
+        tiny_model_dir,
+        tmp_path,
+        rows,
+        demos,
+        "head_only=true",
+        "head_epochs=100",
+        "val_fraction=0.25",
+        "pooling=mean",
     )
     out = reward.run(cfg)
     assert json.loads((out / "config.json").read_text())["instructrl"]["pooling"] == "mean"
@@ -478,7 +491,9 @@ def test_head_only_mean_pooled_rm_is_saved_loaded_and_scored_alike(tiny_model_di
     assert shared == pytest.approx(plain * 2, abs=1e-5)
     encoded = [encode_response(tok, q, a, max_length=64) for q, a in pairs]
     ids, attn = batches.right_pad([e[0] for e in encoded], tok.pad_token_id)
-    ppo_scores = reward_model_scorer(rm)(ids, attn, response_start=torch.tensor([e[1] for e in encoded]))
+    ppo_scores = reward_model_scorer(rm)(
+        ids, attn, response_start=torch.tensor([e[1] for e in encoded])
+    )
     assert ppo_scores.tolist() == pytest.approx(plain, abs=1e-5)
     with pytest.raises(Exception, match=r"pooling: expected last or mean"):
         load_config(

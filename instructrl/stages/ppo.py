@@ -307,7 +307,15 @@ class PPOTrainer:
         reasons = [g.finish_reason for g in generations]
         starts = [len(p) for p in prompt_ids]
         r = Rollout(
-            full, attention, response_mask, input_ids.shape[1], ended, texts, reasons, scored, starts
+            full,
+            attention,
+            response_mask,
+            input_ids.shape[1],
+            ended,
+            texts,
+            reasons,
+            scored,
+            starts,
         )
         if with_logprobs:
             logprobs = torch.zeros((len(generations), T))
