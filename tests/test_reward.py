@@ -259,23 +259,27 @@ def assert_hf_logits_equal(rm_dir, samples, rewards):
     assert (logits + bias).tolist() == pytest.approx(rewards, abs=1e-5)
 
 
+def _longer_wins_rows(n: int = 12) -> list[dict]:
+    """Comparison rows in which the longer response always wins: a feature a head can find."""
+    responses = ["ok", "ok then fine", "ok then fine and good, yes indeed quite so"]
+    return [
+        {
+            "prompt_id": f"p{i}",
+            "prompt": f"Question {i}?",
+            "responses": responses,
+            "ranking": [2, 1, 0],
+        }
+        for i in range(n)
+    ]
+
+
 def test_head_only_rm_learns_a_feature_and_is_a_plain_reward_model(tiny_model_dir, tmp_path):
     """head_only: the head is fitted on frozen features; after folding the standardisation in,
     the saved model scores like any reward model, and ranks by the feature it was shown."""
     from instructrl.config import RMConfig, load_config
     from instructrl.stages import reward
 
-    rows = []
-    for i in range(12):  # the longer response always wins: a feature the head can find
-        responses = ["ok", "ok then fine", "ok then fine and good, yes indeed quite so"]
-        rows.append(
-            {
-                "prompt_id": f"p{i}",
-                "prompt": f"Question {i}?",
-                "responses": responses,
-                "ranking": [2, 1, 0],
-            }
-        )
+    rows = _longer_wins_rows()
     data = tmp_path / "c.jsonl"
     data.write_text("".join(json.dumps(r) + "\n" for r in rows))
     cfg = load_config(
@@ -455,17 +459,7 @@ def test_head_only_mean_pooled_rm_is_saved_loaded_and_scored_alike(tiny_model_di
     from instructrl.rollout import encode_response
     from instructrl.stages.ppo import reward_model_scorer
 
-    rows = []
-    for i in range(12):  # the longer response always wins
-        responses = ["ok", "ok then fine", "ok then fine and good, yes indeed quite so"]
-        rows.append(
-            {
-                "prompt_id": f"p{i}",
-                "prompt": f"Question {i}?",
-                "responses": responses,
-                "ranking": [2, 1, 0],
-            }
-        )
+    rows = _longer_wins_rows()
     demos = [{"prompt": f"Question {i}?", "response": RESPONSES[i % 4]} for i in range(8)]
     cfg = _rm_config(
         tiny_model_dir,
