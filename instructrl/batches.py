@@ -205,13 +205,11 @@ def score_texts(
                 )
                 scores.update(zip(chunk, model.reward_of_hidden(hidden).tolist(), strict=True))
         distinct = sorted(alone, key=lambda e: (len(e), e))
-    mean_pooled = models.pooling_of(model) == "mean"
     for i in range(0, len(distinct), batch_size):
         chunk = distinct[i : i + batch_size]
         ids, attn = right_pad(chunk, tokenizer.pad_token_id)
-        kw = {}
-        if mean_pooled:  # right padding: a response starts at its prompt's length
-            kw["response_start"] = torch.tensor([len(prompt_of[e]) for e in chunk]).to(device)
+        starts = torch.tensor([len(prompt_of[e]) for e in chunk], device=device)  # right padding
+        kw = models.response_start_kwargs(model, starts)
         scores.update(
             zip(chunk, model(ids.to(device), attn.to(device), **kw).tolist(), strict=True)
         )

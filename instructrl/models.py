@@ -515,9 +515,12 @@ def pool_hidden(hidden: Any, attention_mask: Any, pooling: str, response_start: 
     return (hidden * weights[..., None]).sum(1) / weights.sum(1, keepdim=True).clamp(min=1)
 
 
-def pooling_of(model: Any) -> str:
-    """A reward model's pooling ("last" for models without one, e.g. wrappers' own)."""
-    return getattr(unwrap(model), "pooling", "last")
+def response_start_kwargs(model: Any, response_start: Any) -> dict[str, Any]:
+    """The keyword a reward model's forward needs beyond (ids, mask): `response_start` for a
+    mean-pooled one (ours, or inside a wrapper that forwards keywords), none for the others,
+    whose forward may not take it."""
+    mean_pooled = getattr(unwrap(model), "pooling", "last") == "mean"
+    return {"response_start": response_start} if mean_pooled else {}
 
 
 def new_reward_model(spec: str, *, dtype: Any = None, pooling: str = "last") -> Any:

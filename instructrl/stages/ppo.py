@@ -51,7 +51,6 @@ class Rollout:
     texts: list[str]
     finish_reasons: list[str]  # per episode: "eos", "length" or "stop"
     scored: list[list[int]]  # per episode, what the RM reads (rollout.scored_sequence)
-    scored_starts: list[int]  # per episode, where its response begins in `scored`
     logprobs: torch.Tensor | None = None  # (B, T) under the rollout policy (training model)
     engine_logprobs: torch.Tensor | None = None  # (B, T) the sampler's own, when it is not exact
     is_weights: torch.Tensor | None = None  # (B, T) truncated importance weights (rollout.tis_cap)
@@ -111,9 +110,7 @@ def reward_model_scorer(rm: Any) -> ScoreFn:
     def score(
         input_ids: torch.Tensor, attention: torch.Tensor, *, response_start: torch.Tensor
     ) -> torch.Tensor:
-        if models.pooling_of(rm) == "mean":
-            return rm(input_ids, attention, response_start=response_start)
-        return rm(input_ids, attention)
+        return rm(input_ids, attention, **models.response_start_kwargs(rm, response_start))
 
     return score
 
@@ -305,17 +302,8 @@ class PPOTrainer:
             for p, g in zip(prompt_ids, generations, strict=True)
         ]
         reasons = [g.finish_reason for g in generations]
-        starts = [len(p) for p in prompt_ids]
         r = Rollout(
-            full,
-            attention,
-            response_mask,
-            input_ids.shape[1],
-            ended,
-            texts,
-            reasons,
-            scored,
-            starts,
+            full, attention, response_mask, input_ids.shape[1], ended, texts, reasons, scored
         )
         if with_logprobs:
             logprobs = torch.zeros((len(generations), T))
@@ -362,7 +350,7 @@ class PPOTrainer:
             response_values(self.value_model, ids, attn, r.prompt_width, T, r.trunk).float().cpu()
         )
         rm_ids, rm_attn = right_pad(r.scored, self.pad_id)
-        starts = torch.tensor(r.scored_starts, device=dev)
+        starts = r.attention[:, : r.prompt_width].sum(1).to(dev)  # each prompt's length
         scores = self.score_fn(rm_ids.to(dev), rm_attn.to(dev), response_start=starts).float().cpu()
         if cfg.missing_eos_penalty is not None:
             scores = torch.where(r.ended, scores, torch.full_like(scores, cfg.missing_eos_penalty))

@@ -81,8 +81,7 @@ def batch_rewards(
 ) -> torch.Tensor:
     """(B, K) rewards from one forward pass over all (sum K_b) completions; `starts` (sum K_b,):
     where each one's response begins (read by a mean-pooled model)."""
-    mean_pooled = models.pooling_of(model) == "mean"
-    flat = model(input_ids, attention, **({"response_start": starts} if mean_pooled else {}))
+    flat = model(input_ids, attention, **models.response_start_kwargs(model, starts))
     zeros = torch.zeros(rows.shape, dtype=flat.dtype, device=flat.device)
     return torch.where(valid, flat[rows.clamp(min=0)], zeros)
 
