@@ -281,17 +281,17 @@ def decode(
 class InverseCDFSampler:
     """A logits processor that samples the next token and leaves only it standing (0, the rest
     -inf), so that generate's greedy step takes it: temperature, then top-k and top-p with
-    transformers' own warpers (0 and 1 are off), then one uniform draw per row against the
+    transformers' TopKLogitsWarper and NucleusWarper (0 and 1 are off), then one uniform draw per row against the
     cumulative probabilities. The same distribution as generate's softmax + multinomial, at a
     fraction of its cost on CPU (about 1.4 ms against 34 ms for 32 x 49k logits)."""
 
     def __init__(self, *, temperature: float, top_k: int, top_p: float):
-        from transformers import TopKLogitsWarper, TopPLogitsWarper
+        from transformers import TopKLogitsWarper
 
         self.temperature = temperature
         self.warpers = [
             *([TopKLogitsWarper(top_k)] if top_k > 0 else []),
-            *([TopPLogitsWarper(top_p)] if top_p < 1 else []),
+            *([NucleusWarper(top_p)] if top_p < 1 else []),
         ]
 
     def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
@@ -309,6 +309,32 @@ class InverseCDFSampler:
         )
         out = torch.full_like(scores, float("-inf"))
         return out.scatter_(1, chosen, 0.0)
+
+
+class NucleusWarper:
+    """transformers' TopPLogitsWarper (the smallest set of likeliest tokens whose mass reaches
+    top_p stays, the rest -inf, at least one token kept) without its sort of the whole
+    vocabulary: the top m tokens by torch.topk, m widened 8x until every row's nucleus lies
+    inside them. On 96 x 49k logits about 15 ms against 360 for the warper's sort, which
+    cut the evaluation's tokens/s by a third at top_p 0.9 (bench/rollout.py --ends)."""
+
+    def __init__(self, top_p: float, first: int = 256):
+        self.top_p = top_p
+        self.first = first
+
+    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+        probs = torch.softmax(scores.float(), dim=-1)
+        m = min(self.first, scores.shape[-1])
+        while True:
+            top, index = probs.topk(m, dim=-1)  # descending
+            if m == scores.shape[-1] or bool((top.sum(-1) >= self.top_p).all()):
+                break
+            m = min(m * 8, scores.shape[-1])
+        # a token stays when the mass of the likelier tokens is still short of top_p
+        keep = (top.cumsum(-1) - top) < self.top_p
+        keep[:, 0] = True
+        kept = torch.full_like(scores, float("-inf"))
+        return kept.scatter_(1, index, scores.gather(1, index).masked_fill(~keep, float("-inf")))
 
 
 def _shared_prefill(model, input_ids: torch.Tensor, mask: torch.Tensor, k: int) -> Any:

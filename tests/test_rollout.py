@@ -128,7 +128,7 @@ def test_sampling_settings_are_explicit(tiny_model_dir, monkeypatch):
     full, narrow = built[:2]  # greedy builds no sampler
     assert len(built) == 4 and full.temperature == 1.0 and full.warpers == []  # full vocabulary
     assert narrow.temperature == 0.5
-    assert [type(w).__name__ for w in narrow.warpers] == ["TopKLogitsWarper", "TopPLogitsWarper"]
+    assert [type(w).__name__ for w in narrow.warpers] == ["TopKLogitsWarper", "NucleusWarper"]
 
 
 def test_inverse_cdf_sampler_draws_from_the_softmax():
@@ -150,6 +150,24 @@ def test_inverse_cdf_sampler_draws_from_the_softmax():
     out = rollout.InverseCDFSampler(temperature=1.0, top_k=2, top_p=1.0)(ids, logits)
     freq = torch.bincount(out.argmax(1), minlength=4).float() / 40_000
     torch.testing.assert_close(freq, torch.tensor([0, 0, 3 / 7, 4 / 7]), atol=0.01, rtol=0)
+
+
+@pytest.mark.parametrize("scale", [0.01, 1.0, 3.0, 10.0])
+@pytest.mark.parametrize("top_p", [0.1, 0.9, 0.99])
+def test_nucleus_warper_keeps_what_transformers_top_p_keeps(scale, top_p):
+    """The same tokens stand, with the same scores, as after transformers' TopPLogitsWarper
+    (which sorts the whole vocabulary), from peaked logits whose nucleus lies in the first
+    256 tokens to flat ones that make the warper widen to the whole vocabulary; a -inf from
+    top-k stays out."""
+    from transformers import TopPLogitsWarper
+
+    torch.manual_seed(0)
+    logits = torch.randn(16, 3000) * scale
+    logits[0, 5:] = float("-inf")  # as left by top-k 5
+    expected = TopPLogitsWarper(top_p)(None, logits.clone())
+    got = rollout.NucleusWarper(top_p)(None, logits.clone())
+    assert torch.equal(got, expected)
+    assert torch.isfinite(got).sum(1).min() >= 1
 
 
 def test_encode_within_drops_long_prompts_with_a_count(tiny_model_dir, caplog):
