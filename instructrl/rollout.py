@@ -315,7 +315,7 @@ class NucleusWarper:
     """transformers' TopPLogitsWarper (the smallest set of likeliest tokens whose mass reaches
     top_p stays, the rest -inf, at least one token kept) without its sort of the whole
     vocabulary: the top m tokens by torch.topk, m widened 8x until every row's nucleus lies
-    inside them. On 96 x 49k logits about 15 ms against 360 for the warper's sort, which
+    inside them. On 96 x 49k peaked logits about 40 ms against 360 for the warper's sort, which
     cut the evaluation's tokens/s by a third at top_p 0.9 (bench/rollout.py --ends)."""
 
     def __init__(self, top_p: float, first: int = 256):
