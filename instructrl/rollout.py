@@ -316,7 +316,9 @@ class NucleusWarper:
     top_p stays, the rest -inf, at least one token kept) without its sort of the whole
     vocabulary: the top m tokens by torch.topk, m widened 8x until every row's nucleus lies
     inside them. On 96 x 49k peaked logits about 40 ms against 360 for the warper's sort, which
-    cut the evaluation's tokens/s by a third at top_p 0.9 (bench/rollout.py --ends)."""
+    cut the evaluation's tokens/s by a third at top_p 0.9 (bench/rollout.py --ends). Tokens of
+    equal score at the nucleus' edge (common in bf16 logits) may be kept where the warper's sort
+    dropped them, or the reverse: both are the nucleus, so samples differ from that point on."""
 
     def __init__(self, top_p: float, first: int = 256):
         self.top_p = top_p
