@@ -281,8 +281,8 @@ def decode(
 class InverseCDFSampler:
     """A logits processor that samples the next token and leaves only it standing (0, the rest
     -inf), so that generate's greedy step takes it: temperature, then top-k and top-p with
-    transformers' TopKLogitsWarper and NucleusWarper (0 and 1 are off), then one uniform draw per row against the
-    cumulative probabilities. The same distribution as generate's softmax + multinomial, at a
+    transformers' TopKLogitsWarper and our NucleusWarper (0 and 1 are off), then one uniform
+    draw per row against the cumulative probabilities. The same distribution as generate's softmax + multinomial, at a
     fraction of its cost on CPU (about 1.4 ms against 34 ms for 32 x 49k logits)."""
 
     def __init__(self, *, temperature: float, top_k: int, top_p: float):
