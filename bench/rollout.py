@@ -284,7 +284,8 @@ def ends(args) -> None:
     fp32. transformers' generate with our sampler (the engine before its own decode loop: rows
     that ended decode padding until the batch's last one ends) against rollout.generate
     (`rollout.decode`: ended rows leave the batch and its KV cache), each run twice, the same
-    seeds, and the loop again with transformers' TopPLogitsWarper in place of our NucleusWarper;
+    seeds, and the loop again with top-p applied as a warper of the whole scores, then their
+    softmax (NucleusWarper, and transformers' TopPLogitsWarper, which sorts the vocabulary);
     tokens/s counts the response tokens produced. Last line: JSON with ratio."""
     from transformers import TopPLogitsWarper
 
@@ -318,18 +319,31 @@ def ends(args) -> None:
         return sum(len(g.token_ids) for g in gens)
 
     figures = {"generate": tokens_per_s(before, 2), "decode": tokens_per_s(ours, 2)}
-    nucleus = rollout.NucleusWarper
-    rollout.NucleusWarper = TopPLogitsWarper  # the loop as it was, sorting the vocabulary
-    try:
-        figures["decode_sorting_top_p"] = tokens_per_s(ours, 2)
-    finally:
-        rollout.NucleusWarper = nucleus
+    init = rollout.InverseCDFSampler.__init__
+    # the loop as it was: top-p as a warper of the whole (B, V) scores, then a softmax of them
+    for name, warper in (
+        ("decode_warping_top_p", rollout.NucleusWarper),
+        ("decode_sorting_top_p", TopPLogitsWarper),
+    ):
+
+        def as_warper(self, *, warper=warper, **kw):
+            init(self, **kw)
+            if self.nucleus is not None:
+                self.warpers.append(warper(self.nucleus.top_p))
+                self.nucleus = None
+
+        rollout.InverseCDFSampler.__init__ = as_warper
+        try:
+            figures[name] = tokens_per_s(ours, 2)
+        finally:
+            rollout.InverseCDFSampler.__init__ = init
     print(
         f"model {args.model}, 32 prompts x 3 samples, up to {T} new tokens, temperature "
         f"{temperature}, top-p {top_p}, {torch.get_num_threads()} threads: transformers generate "
         f"{figures['generate']:.1f} tokens/s, our decode loop {figures['decode']:.1f} tokens/s "
-        f"({figures['decode_sorting_top_p']:.1f} with transformers' TopPLogitsWarper, which "
-        "sorts the vocabulary every step)"
+        f"({figures['decode_warping_top_p']:.1f} with NucleusWarper as a warper and a second "
+        f"softmax of the vocabulary, {figures['decode_sorting_top_p']:.1f} with transformers' "
+        "TopPLogitsWarper, which sorts the vocabulary every step)"
     )
     print(
         json.dumps(

@@ -126,9 +126,10 @@ def test_sampling_settings_are_explicit(tiny_model_dir, monkeypatch):
     config.min_new_tokens = 5
     assert tokens() == plain
     full, narrow = built[:2]  # greedy builds no sampler
-    assert len(built) == 4 and full.temperature == 1.0 and full.warpers == []  # full vocabulary
-    assert narrow.temperature == 0.5
-    assert [type(w).__name__ for w in narrow.warpers] == ["TopKLogitsWarper", "NucleusWarper"]
+    assert len(built) == 4 and full.temperature == 1.0  # full vocabulary
+    assert full.warpers == [] and full.nucleus is None
+    assert narrow.temperature == 0.5 and narrow.nucleus.top_p == 0.9
+    assert [type(w).__name__ for w in narrow.warpers] == ["TopKLogitsWarper"]
 
 
 def test_inverse_cdf_sampler_draws_from_the_softmax():
@@ -150,6 +151,17 @@ def test_inverse_cdf_sampler_draws_from_the_softmax():
     out = rollout.InverseCDFSampler(temperature=1.0, top_k=2, top_p=1.0)(ids, logits)
     freq = torch.bincount(out.argmax(1), minlength=4).float() / 40_000
     torch.testing.assert_close(freq, torch.tensor([0, 0, 3 / 7, 4 / 7]), atol=0.01, rtol=0)
+    # top-p 0.6, drawn inside the nucleus: 0.4 alone is short of 0.6, so 0.4 and 0.3 stand
+    out = rollout.InverseCDFSampler(temperature=1.0, top_k=0, top_p=0.6)(ids, logits)
+    assert torch.isfinite(out).sum(1).eq(1).all()
+    freq = torch.bincount(out.argmax(1), minlength=4).float() / 40_000
+    torch.testing.assert_close(freq, torch.tensor([0, 0, 3 / 7, 4 / 7]), atol=0.01, rtol=0)
+    # top-k 3 then top-p 0.5 at temperature 2: sqrt(.2), sqrt(.3), sqrt(.4) renormalised are
+    # .27, .33, .39; the nucleus is .39 and .33, renormalised
+    out = rollout.InverseCDFSampler(temperature=2.0, top_k=3, top_p=0.5)(ids, logits)
+    kept = torch.tensor([0, 0, 0.3, 0.4]).sqrt()
+    freq = torch.bincount(out.argmax(1), minlength=4).float() / 40_000
+    torch.testing.assert_close(freq, kept / kept.sum(), atol=0.01, rtol=0)
 
 
 @pytest.mark.parametrize("scale", [0.01, 1.0, 3.0, 10.0])
