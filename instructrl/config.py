@@ -382,8 +382,17 @@ class RMConfig(SupervisedConfig):
         "response tokens, recorded as instructrl.pooling in config.json)",
     )
 
+    layers: int = _f(
+        0,
+        "keep the backbone's first N decoder layers (0: all): the head reads layer N's hidden "
+        "states (after the final norm) and the saved reward model is that shorter standard "
+        "model, cheaper to score; PPO's value model, initialised from it, keeps them too",
+    )
+
     def __post_init__(self) -> None:
         super().__post_init__()
+        if self.layers < 0:
+            raise ConfigError(f"config: rm.layers: expected 0 (all) or more, got {self.layers}")
         if self.pooling not in ("last", "mean"):
             raise ConfigError(f"config: rm.pooling: expected last or mean, got {self.pooling!r}")
         if self.quantize not in ("none", "auto", "bf16"):

@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from instructrl.errors import ModelNotFoundError
+from instructrl.errors import ModelNotFoundError, UserError
 
 log = logging.getLogger(__name__)
 
@@ -318,6 +318,8 @@ def final_hidden(model: Any, input_ids: Any, attention_mask: Any, trunk: Any = N
     states: the same numbers as the whole forward when the model's lower layers are the trunk's.
     Calls the wrapped model's own forward so DDP hooks run as usual.
     """
+    if trunk is not None and trunk.layers == len(decoder_layers(model)):
+        return _decoder(model).norm(trunk.hidden)  # the trunk is all of it: no layer left
     inputs = {"input_ids": input_ids} if trunk is None else {"inputs_embeds": trunk.hidden}
     with _layer_span(model, trunk.layers if trunk is not None else 0, None, norm=True):
         return _last_hidden(model, attention_mask, **inputs)
@@ -352,6 +354,11 @@ def _decoder(model: Any) -> Any:
     or either inside a DDP wrapper."""
     model = unwrap(model)
     return getattr(model, "backbone", model).get_decoder()
+
+
+def decoder_layers(model: Any) -> Any:
+    """The decoder layers (a ModuleList) of a causal LM or a reward model's backbone."""
+    return _decoder(model).layers
 
 
 @contextmanager
@@ -523,10 +530,29 @@ def response_start_kwargs(model: Any, response_start: Any) -> dict[str, Any]:
     return {"response_start": response_start} if mean_pooled else {}
 
 
-def new_reward_model(spec: str, *, dtype: Any = None, pooling: str = "last") -> Any:
-    """A reward model initialised from a causal LM (the SFT policy, in the paper)."""
+def new_reward_model(
+    spec: str, *, dtype: Any = None, pooling: str = "last", layers: int = 0
+) -> Any:
+    """A reward model initialised from a causal LM (the SFT policy, in the paper); `layers` > 0
+    keeps only the backbone's first that many decoder layers (truncate_layers)."""
     backbone = load_policy(spec, device="cpu", dtype=dtype)
+    if layers:
+        truncate_layers(backbone, layers, where=spec)
     return _reward_module_class()(backbone, pooling=pooling)
+
+
+def truncate_layers(model: Any, layers: int, *, where: str = "model") -> None:
+    """Keep a causal LM's first `layers` decoder layers, its config saying so: the final norm
+    then reads layer `layers`' output, and the model saves and loads as that shorter model."""
+    decoder = model.get_decoder()
+    if not 0 < layers <= len(decoder.layers):
+        raise UserError(
+            f"rm.layers={layers}: expected 1 to {len(decoder.layers)}, the layers of {where}"
+        )
+    decoder.layers = decoder.layers[:layers]
+    model.config.num_hidden_layers = layers
+    if getattr(model.config, "layer_types", None):
+        model.config.layer_types = model.config.layer_types[:layers]
 
 
 def reward_model_on(backbone: Any, head: Any, pooling: str = "last") -> Any:

@@ -511,3 +511,50 @@ def test_shared_trunk_trains_the_same_models(tiny_model_dir, rm_dir, tmp_path, m
     a, b = (rundir.read_metrics(runs[s] / "metrics.jsonl") for s in (False, True))
     for key in ("ppo/score", "ppo/kl", "ppo/policy_loss", "ppo/value_loss", "ppo/clip_frac"):
         assert [r[key] for r in a] == pytest.approx([r[key] for r in b], abs=1e-4), key
+
+
+def test_value_model_from_a_shortened_rm_shares_all_its_layers(tmp_path, monkeypatch):
+    """A 4-layer policy with freeze_layers=3 and an RM shortened to 2 layers (rm.layers): the
+    value model, from that RM, keeps its 2 layers frozen (the SFT model's weights, saved
+    unchanged) and trains its norm and head; policy, reference and value share a trunk of 2
+    layers, with the same results as three whole forwards."""
+    from instructrl.testing import make_tiny_model
+
+    policy = make_tiny_model(tmp_path / "policy", seed=0, layers=4)
+    torch.manual_seed(0)
+    rm = models.new_reward_model(str(policy), layers=2)
+    rm_dir = tmp_path / "rm"
+    models.save_reward_model(rm, models.load_tokenizer(str(policy)), rm_dir, bias=0.0)
+    calls = []
+    original = models.trunk_hidden
+    monkeypatch.setattr(
+        models, "trunk_hidden", lambda *a, **k: calls.append(a[-1]) or original(*a, **k)
+    )
+    runs = {}
+    for share in (False, True):
+        out = tmp_path / f"share-{share}"
+        ppo.run(
+            _stage_cfg(
+                policy,
+                rm_dir,
+                tmp_path,
+                out,
+                freeze_layers=3,
+                share_trunk=share,
+                ptx="none",
+                iterations=2,
+            )
+        )
+        runs[share] = out
+    assert calls == [2, 2]  # one trunk of the value model's 2 layers per rollout batch
+    before = load_file(rm_dir / "model.safetensors")
+    value = load_file(runs[True] / "value/model.safetensors")
+    assert json.loads((runs[True] / "value/config.json").read_text())["num_hidden_layers"] == 2
+    for k in before:
+        if ".layers." in k or "embed_tokens" in k:
+            assert torch.equal(before[k], value[k]), k
+    assert not torch.equal(before["score.weight"], value["score.weight"])
+    for name in ("model.safetensors", "value/model.safetensors"):
+        a, b = load_file(runs[False] / name), load_file(runs[True] / name)
+        diff = max((a[k] - b[k]).abs().max().item() for k in a)
+        assert diff < 1e-5, f"{name}: max abs diff {diff:.3g}"

@@ -11,6 +11,7 @@ import torch
 
 from instructrl import batches, losses, models
 from instructrl.config import RMConfig, ScoreConfig, load_config
+from instructrl.errors import UserError
 from instructrl.records import Comparison
 from instructrl.stages import reward
 
@@ -493,3 +494,47 @@ def test_head_only_mean_pooled_rm_is_saved_loaded_and_scored_alike(tiny_model_di
         load_config(
             RMConfig, [f"model={tiny_model_dir}", f"data={tmp_path / 'c.jsonl'}", "pooling=max"]
         )
+
+
+def test_rm_layers_reads_that_layer_of_the_whole_model_and_saves_a_shorter_model(
+    tiny_model_dir, tmp_path
+):
+    """rm.layers=1 of the 2-layer tiny model: the saved reward model has 1 layer in its
+    config.json and weights, and scores what the head reads of the whole SFT model's layer-1
+    hidden states (output_hidden_states, the final norm applied, mean over the response):
+    an independent path through the untruncated model."""
+    from safetensors.torch import load_file
+
+    from instructrl.rollout import encode_response
+
+    rows = _longer_wins_rows()
+    demos = [{"prompt": f"Question {i}?", "response": RESPONSES[i % 4]} for i in range(8)]
+    cfg = _rm_config(
+        tiny_model_dir,
+        tmp_path,
+        rows,
+        demos,
+        "head_only=true",
+        "head_epochs=50",
+        "val_fraction=0.25",
+        "pooling=mean",
+        "layers=1",
+    )
+    out = reward.run(cfg)
+    assert json.loads((out / "config.json").read_text())["num_hidden_layers"] == 1
+    assert not any(".layers.1." in k for k in load_file(out / "model.safetensors"))
+    rm = models.load_reward_model(out)
+    assert len(models.decoder_layers(rm)) == 1
+    tok = models.load_tokenizer(str(out), padding_side="right")
+    whole = models.load_policy(str(tiny_model_dir)).eval()
+    head = rm.head.weight[0].detach()
+    for q, a in [(d["prompt"], d["response"]) for d in demos[:4]]:
+        ids, start = encode_response(tok, q, a, max_length=64)[:2]
+        with torch.no_grad():
+            h = whole(torch.tensor([ids]), output_hidden_states=True).hidden_states[1]
+            h = whole.model.norm(h)[0, start:].mean(0)
+        expected = float(h @ head) + rm.head.bias.item() + float(rm.bias)
+        got = batches.score_texts(rm, tok, [(q, a)], batch_size=1, max_length=64, device="cpu")
+        assert got[0] == pytest.approx(expected, abs=1e-4)
+    with pytest.raises(UserError, match=r"rm.layers=3: expected 1 to 2"):
+        models.new_reward_model(str(tiny_model_dir), layers=3)

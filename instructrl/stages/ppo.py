@@ -20,7 +20,7 @@ import math
 import random
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -649,7 +649,12 @@ def run(cfg: PPOConfig) -> Path:
     value_model = _no_dropout(  # trains: fp32 whatever the RM was scored in
         models.load_reward_model(cfg.value or cfg.reward, dtype=torch.float32)
     ).train()
-    value_model.backbone = trainer.prepare_model(value_model.backbone, cfg)
+    # a value model from a shortened RM (rm.layers) with no more layers than freeze_layers
+    # trains its final norm and head on those frozen layers
+    value_layers = len(models.decoder_layers(value_model))
+    value_model.backbone = trainer.prepare_model(
+        value_model.backbone, replace(cfg, freeze_layers=min(cfg.freeze_layers, value_layers))
+    )
     trunk_layers = _share_trunk(cfg, accelerator, policy, [ref, value_model], rm)
     ppo = PPOTrainer(
         cfg,
@@ -671,14 +676,16 @@ def _share_trunk(cfg: PPOConfig, accelerator: Any, policy: Any, others: list[Any
     """How many bottom layers the policy, the reference and the value model share (0: none).
 
     With freeze_layers=N and all three trained from one SFT model (the value model from an RM
-    whose lower N layers stayed frozen, as in the default head-only RM), those layers hold equal
+    whose lower N layers stayed frozen, as in the default head-only RM), those layers (or all
+    of a value model shortened to fewer by rm.layers) hold equal
     weights: one copy is kept in memory and one forward through them per rollout batch feeds the
     three models' upper layers. Checked weight by weight, never assumed; off under LoRA (adapters
     sit in every layer) and under FSDP / DeepSpeed (sharded parameters).
     """
     from accelerate.utils import DistributedType
 
-    n = cfg.freeze_layers
+    # as many as all of them hold (a value model from a shortened RM may hold fewer)
+    n = min([cfg.freeze_layers] + [len(models.decoder_layers(m)) for m in others if m is not None])
     sharded = accelerator.distributed_type in (DistributedType.FSDP, DistributedType.DEEPSPEED)
     if not cfg.share_trunk or n == 0 or cfg.lora.r > 0 or sharded or None in others:
         return 0

@@ -276,7 +276,9 @@ def run(cfg: RMConfig) -> Path:
     # head_only: no engine trains the backbone, whose features need its whole weights (under
     # a ZeRO-3 config transformers would load it as shards)
     with models.whole_weights() if cfg.head_only else contextlib.nullcontext():
-        model = models.new_reward_model(cfg.model, dtype=torch.float32, pooling=cfg.pooling)
+        model = models.new_reward_model(
+            cfg.model, dtype=torch.float32, pooling=cfg.pooling, layers=cfg.layers
+        )
         scorer = None  # the model itself, unless the head reads bf16 features (rm.quantize)
         if features_dtype(cfg, accelerator.device) is not None:
             scorer = bf16_scorer(cfg, model)
