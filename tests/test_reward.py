@@ -496,13 +496,15 @@ def test_head_only_mean_pooled_rm_is_saved_loaded_and_scored_alike(tiny_model_di
         )
 
 
+@pytest.mark.parametrize("quantize", ["none", "bf16"])
 def test_rm_layers_reads_that_layer_of_the_whole_model_and_saves_a_shorter_model(
-    tiny_model_dir, tmp_path
+    tiny_model_dir, tmp_path, quantize
 ):
-    """rm.layers=1 of the 2-layer tiny model: the saved reward model has 1 layer in its
-    config.json and weights, and scores what the head reads of the whole SFT model's layer-1
-    hidden states (output_hidden_states, the final norm applied, mean over the response):
-    an independent path through the untruncated model."""
+    """rm.layers=1 of the 2-layer tiny model, in fp32 and from bf16 features: the saved reward
+    model has 1 layer in its config.json and weights, its demonstrations score 0 on average
+    (the bias came from the features the head learned from), and it scores what the head
+    reads of the whole SFT model's layer-1 hidden states (output_hidden_states, the final norm
+    applied, mean over the response): an independent path through the untruncated model."""
     from safetensors.torch import load_file
 
     from instructrl.rollout import encode_response
@@ -519,6 +521,7 @@ def test_rm_layers_reads_that_layer_of_the_whole_model_and_saves_a_shorter_model
         "val_fraction=0.25",
         "pooling=mean",
         "layers=1",
+        f"quantize={quantize}",
     )
     out = reward.run(cfg)
     assert json.loads((out / "config.json").read_text())["num_hidden_layers"] == 1
@@ -526,15 +529,19 @@ def test_rm_layers_reads_that_layer_of_the_whole_model_and_saves_a_shorter_model
     rm = models.load_reward_model(out)
     assert len(models.decoder_layers(rm)) == 1
     tok = models.load_tokenizer(str(out), padding_side="right")
-    whole = models.load_policy(str(tiny_model_dir)).eval()
-    head = rm.head.weight[0].detach()
+    pairs = [(d["prompt"], d["response"]) for d in demos]
+    demo_scores = batches.score_texts(rm, tok, pairs, batch_size=4, max_length=64, device="cpu")
+    assert abs(sum(demo_scores) / len(demo_scores)) < 1e-5
+    dtype = torch.bfloat16 if quantize == "bf16" else torch.float32
+    whole = models.load_policy(str(tiny_model_dir), dtype=dtype).eval()
+    head = rm.head.weight[0].detach().float()
     for q, a in [(d["prompt"], d["response"]) for d in demos[:4]]:
         ids, start = encode_response(tok, q, a, max_length=64)[:2]
         with torch.no_grad():
             h = whole(torch.tensor([ids]), output_hidden_states=True).hidden_states[1]
-            h = whole.model.norm(h)[0, start:].mean(0)
+            h = whole.model.norm(h)[0, start:].float().mean(0)
         expected = float(h @ head) + rm.head.bias.item() + float(rm.bias)
         got = batches.score_texts(rm, tok, [(q, a)], batch_size=1, max_length=64, device="cpu")
-        assert got[0] == pytest.approx(expected, abs=1e-4)
+        assert got[0] == pytest.approx(expected, abs=1e-4 if quantize == "none" else 1e-2)
     with pytest.raises(UserError, match=r"rm.layers=3: expected 1 to 2"):
         models.new_reward_model(str(tiny_model_dir), layers=3)
