@@ -476,15 +476,21 @@ def test_minibatches_and_epochs_clip(tiny_model_dir):
     assert stats1["clip_frac"] == 0
 
 
-def test_shared_trunk_trains_the_same_models(tiny_model_dir, rm_dir, tmp_path, monkeypatch):
-    """freeze_layers=1: policy, reference and value model (from the RM, itself the tiny model
-    plus a head) run their common bottom layer once per batch, with the same result as three
-    whole forwards."""
+def _trunk_calls(monkeypatch) -> list[int]:
+    """The layer count of every models.trunk_hidden call from now on (one per rollout batch)."""
     calls = []
     original = models.trunk_hidden
     monkeypatch.setattr(
         models, "trunk_hidden", lambda *a, **k: calls.append(a[-1]) or original(*a, **k)
     )
+    return calls
+
+
+def test_shared_trunk_trains_the_same_models(tiny_model_dir, rm_dir, tmp_path, monkeypatch):
+    """freeze_layers=1: policy, reference and value model (from the RM, itself the tiny model
+    plus a head) run their common bottom layer once per batch, with the same result as three
+    whole forwards."""
+    calls = _trunk_calls(monkeypatch)
     runs = {}
     for share in (False, True):
         out = tmp_path / f"share-{share}"
@@ -525,11 +531,7 @@ def test_value_model_from_a_shortened_rm_shares_all_its_layers(tmp_path, monkeyp
     rm = models.new_reward_model(str(policy), layers=2)
     rm_dir = tmp_path / "rm"
     models.save_reward_model(rm, models.load_tokenizer(str(policy)), rm_dir, bias=0.0)
-    calls = []
-    original = models.trunk_hidden
-    monkeypatch.setattr(
-        models, "trunk_hidden", lambda *a, **k: calls.append(a[-1]) or original(*a, **k)
-    )
+    calls = _trunk_calls(monkeypatch)
     runs = {}
     for share in (False, True):
         out = tmp_path / f"share-{share}"

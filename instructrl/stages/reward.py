@@ -320,8 +320,9 @@ def bf16_scorer(cfg: RMConfig, model: Any) -> Any:
     and the demonstrations' bias come from it; the saved backbone keeps its fp32 weights, so a
     value model initialised from the RM keeps the policy's own lower layers."""
     backbone = models.load_policy(cfg.model, dtype=torch.bfloat16).requires_grad_(False)
-    if cfg.layers:  # as shortened as the saved model (rm.layers)
-        models.truncate_layers(backbone, cfg.layers, where=cfg.model)
+    layers = len(models.decoder_layers(model))  # as many as the saved model (rm.layers)
+    if layers < len(models.decoder_layers(backbone)):
+        models.truncate_layers(backbone, layers, where=cfg.model)
     return models.reward_model_on(backbone, model.head, pooling=model.pooling)
 
 
